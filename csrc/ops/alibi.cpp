@@ -1,0 +1,64 @@
+// ALiBi schemas and the public C++ functions.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "alibi.h"
+#include "posenc/ops.h"
+
+namespace posenc {
+namespace {
+
+// Slopes are a handful of numbers computed once per model: plain ATen in fp64 keeps them
+// exact and traceable (FakeTensor, torch.compile) on every device.
+at::Tensor alibi_slopes_impl(int64_t num_heads, std::optional<at::ScalarType> dtype,
+                             std::optional<at::Device> device) {
+  detail::check_positive("alibi_slopes", "num_heads", num_heads);
+  auto opts = at::TensorOptions().dtype(at::kDouble).device(device.value_or(at::kCPU));
+  // n = largest power of two <= num_heads; slopes 2^(-8 k / n), k = 1..n.
+  int64_t n = 1;
+  while (n * 2 <= num_heads) n *= 2;
+  auto k = at::arange(1, n + 1, opts);
+  auto slopes = at::exp2(k * (-8.0 / static_cast<double>(n)));
+  if (n < num_heads) {
+    // The remaining heads take the odd-numbered slopes of the 2n-head sequence.
+    auto k2 = at::arange(1, 2 * (num_heads - n), 2, opts);
+    slopes = at::cat({slopes, at::exp2(k2 * (-8.0 / static_cast<double>(2 * n)))});
+  }
+  return slopes.to(dtype.value_or(at::kFloat));
+}
+
+}  // namespace
+
+namespace ops {
+
+at::Tensor alibi_slopes(int64_t num_heads, at::ScalarType dtype, at::Device device) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("posenc::alibi_slopes", "")
+                       .typed<at::Tensor(int64_t, std::optional<at::ScalarType>,
+                                         std::optional<at::Device>)>();
+  return op.call(num_heads, dtype, device);
+}
+
+at::Tensor alibi_bias(const at::Tensor& slopes, int64_t q_len, int64_t k_len, int64_t q_offset,
+                      int64_t k_offset, bool causal) {
+  return detail::alibi_bias_op().call(slopes, q_len, k_len, q_offset, k_offset, causal);
+}
+
+}  // namespace ops
+}  // namespace posenc
+
+TORCH_LIBRARY_FRAGMENT(posenc, m) {
+  m.def("alibi_slopes(int num_heads, *, ScalarType? dtype=None, Device? device=None) -> Tensor");
+  m.def(
+      "alibi_bias(Tensor slopes, SymInt q_len, SymInt k_len, SymInt q_offset=0, "
+      "SymInt k_offset=0, bool causal=True) -> Tensor");
+  m.def(
+      "alibi_bias_backward(Tensor grad, Tensor slopes, SymInt q_len, SymInt k_len, "
+      "SymInt q_offset, SymInt k_offset, bool causal) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(posenc, CompositeImplicitAutograd, m) {
+  m.impl("alibi_slopes", &posenc::alibi_slopes_impl);
+}

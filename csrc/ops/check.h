@@ -1,0 +1,102 @@
+// Input validation shared by every kernel (CPU, CUDA, Meta) so that a bad call raises the
+// same message on every backend, on the host, before anything is allocated or launched.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <optional>
+#include <string>
+
+namespace posenc {
+namespace detail {
+
+inline std::string shape_str(const at::Tensor& t) {
+  return c10::str(t.sym_sizes());
+}
+
+// "posenc.<op>: argument '<arg>' <expected>, but got <given>"
+#define POSENC_CHECK_ARG(cond, op, arg, expected, ...)                                     \
+  TORCH_CHECK((cond), "posenc.", op, ": argument '", arg, "' ", expected, ", but got ", \
+              __VA_ARGS__)
+
+inline void check_defined(const char* op, const char* arg, const at::Tensor& t) {
+  POSENC_CHECK_ARG(t.defined(), op, arg, "must be a tensor", "an undefined tensor");
+}
+
+inline void check_dim(const char* op, const char* arg, const at::Tensor& t, int64_t dim,
+                      const char* shape_doc) {
+  check_defined(op, arg, t);
+  POSENC_CHECK_ARG(t.dim() == dim, op, arg,
+                   c10::str("must be a ", dim, "-D tensor of shape ", shape_doc),
+                   "a ", t.dim(), "-D tensor of shape ", shape_str(t));
+}
+
+inline bool is_float_dtype(at::ScalarType s) {
+  return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
+}
+
+inline void check_floating(const char* op, const char* arg, const at::Tensor& t) {
+  check_defined(op, arg, t);
+  POSENC_CHECK_ARG(is_float_dtype(t.scalar_type()), op, arg,
+                   "must have dtype float16, bfloat16, float32 or float64", "dtype ",
+                   t.scalar_type());
+}
+
+inline void check_dtype(const char* op, const char* arg, const at::Tensor& t,
+                        at::ScalarType expected) {
+  check_defined(op, arg, t);
+  POSENC_CHECK_ARG(t.scalar_type() == expected, op, arg, c10::str("must have dtype ", expected),
+                   "dtype ", t.scalar_type());
+}
+
+inline void check_same_dtype(const char* op, const char* arg, const at::Tensor& t,
+                             const char* other_arg, const at::Tensor& other) {
+  POSENC_CHECK_ARG(t.scalar_type() == other.scalar_type(), op, arg,
+                   c10::str("must have the dtype of '", other_arg, "' (", other.scalar_type(), ")"),
+                   "dtype ", t.scalar_type());
+}
+
+inline void check_same_device(const char* op, const char* arg, const at::Tensor& t,
+                              const char* other_arg, const at::Tensor& other) {
+  POSENC_CHECK_ARG(t.device() == other.device(), op, arg,
+                   c10::str("must be on the device of '", other_arg, "' (", other.device(), ")"),
+                   "device ", t.device());
+}
+
+template <typename T>
+inline void check_nonnegative(const char* op, const char* arg, const T& value) {
+  POSENC_CHECK_ARG(value >= 0, op, arg, "must be >= 0", value);
+}
+
+template <typename T>
+inline void check_positive(const char* op, const char* arg, const T& value) {
+  POSENC_CHECK_ARG(value > 0, op, arg, "must be > 0", value);
+}
+
+}  // namespace detail
+}  // namespace posenc
+
+namespace posenc {
+namespace detail {
+
+// Lengths arrive as int64 in the CPU/CUDA kernels and as SymInt in the Meta kernels; a
+// symbolic length is checked when it becomes concrete in a real kernel.
+inline std::optional<int64_t> concrete(const c10::SymInt& v) { return v.maybe_as_int(); }
+inline std::optional<int64_t> concrete(int64_t v) { return v; }
+
+template <typename T>
+inline void check_length(const char* op, const char* arg, const T& v) {
+  if (auto c = concrete(v)) {
+    check_nonnegative(op, arg, *c);
+  }
+}
+
+// Grain for at::parallel_for over rows of `row_len` elements: about 32K elements a chunk.
+inline int64_t row_grain(int64_t row_len) {
+  return std::max<int64_t>(1, int64_t{1 << 15} / std::max<int64_t>(1, row_len));
+}
+
+}  // namespace detail
+}  // namespace posenc

@@ -1,0 +1,28 @@
+// Relative position scores schemas and public C++ functions.
+#include <torch/library.h>
+
+#include "posenc/ops.h"
+#include "rel_pos.h"
+
+namespace posenc {
+namespace ops {
+
+at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_t q_offset,
+                          int64_t k_offset, std::optional<int64_t> k_len,
+                          std::optional<int64_t> max_distance) {
+  detail::check_defined("rel_pos_scores", "q", q);
+  const int64_t kl = k_len.has_value() ? *k_len : q_offset + q.size(-2) - k_offset;
+  return detail::rel_pos_scores_op().call(q, rel_emb, q_offset, k_offset, kl, max_distance);
+}
+
+}  // namespace ops
+}  // namespace posenc
+
+TORCH_LIBRARY_FRAGMENT(posenc, m) {
+  m.def(
+      "rel_pos_scores(Tensor q, Tensor rel_emb, SymInt q_offset, SymInt k_offset, SymInt k_len, "
+      "int? max_distance=None) -> Tensor");
+  m.def(
+      "rel_pos_scores_backward(Tensor grad, Tensor q, Tensor rel_emb, SymInt q_offset, "
+      "SymInt k_offset, SymInt k_len, int? max_distance) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,64 @@
+// RoPE schemas, rope_inv_freq, and the public C++ functions.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "posenc/ops.h"
+#include "rope.h"
+
+namespace posenc {
+namespace {
+
+// A handful of numbers per model: plain ATen in fp64, rounded once to fp32, stays exact and
+// traceable on every device.
+at::Tensor rope_inv_freq_impl(int64_t dim, double base, std::optional<at::Device> device) {
+  POSENC_CHECK_ARG(dim > 0 && dim % 2 == 0, "rope_inv_freq", "dim", "must be even and > 0", dim);
+  POSENC_CHECK_ARG(base > 1.0, "rope_inv_freq", "base", "must be > 1", base);
+  auto opts = at::TensorOptions().dtype(at::kDouble).device(device.value_or(at::kCPU));
+  auto i2 = at::arange(0, dim, 2, opts);
+  return at::pow(base, i2 * (-1.0 / static_cast<double>(dim))).to(at::kFloat);
+}
+
+}  // namespace
+
+namespace ops {
+
+at::Tensor rope_inv_freq(int64_t dim, double base, at::Device device) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("posenc::rope_inv_freq", "")
+                       .typed<at::Tensor(int64_t, double, std::optional<at::Device>)>();
+  return op.call(dim, base, device);
+}
+
+at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
+                const at::Tensor& inv_freq, int64_t offset, std::optional<int64_t> rotary_dim,
+                bool interleaved, const std::string& layout) {
+  return detail::rope_op().call(x, positions, inv_freq, offset, rotary_dim, interleaved, layout);
+}
+
+at::Tensor apply_rotary_pos_emb(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                                bool interleaved, const std::string& layout) {
+  return detail::apply_rotary_pos_emb_op().call(x, cos, sin, interleaved, layout);
+}
+
+}  // namespace ops
+}  // namespace posenc
+
+TORCH_LIBRARY_FRAGMENT(posenc, m) {
+  m.def("rope_inv_freq(int dim, float base=10000.0, *, Device? device=None) -> Tensor");
+  m.def(
+      "rope(Tensor x, Tensor? positions, Tensor inv_freq, SymInt offset=0, int? rotary_dim=None, "
+      "bool interleaved=False, str layout=\"bhsd\") -> Tensor");
+  m.def(
+      "rope_backward(Tensor grad, Tensor? positions, Tensor inv_freq, SymInt offset, "
+      "int? rotary_dim, bool interleaved, str layout) -> Tensor");
+  m.def(
+      "apply_rotary_pos_emb(Tensor x, Tensor cos, Tensor sin, bool interleaved=False, "
+      "str layout=\"bhsd\") -> Tensor");
+  m.def(
+      "apply_rotary_pos_emb_backward(Tensor grad, Tensor x, Tensor cos, Tensor sin, "
+      "bool interleaved, str layout) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(posenc, CompositeImplicitAutograd, m) {
+  m.impl("rope_inv_freq", &posenc::rope_inv_freq_impl);
+}

@@ -1,0 +1,98 @@
+// Public C++ API: one function per op, each calling the dispatcher (so CPU, CUDA, Meta and
+// Autograd kernels are all reachable from C++ exactly as from torch.ops.posenc.* in Python).
+//
+// Position contract shared by every relative op: query i sits at absolute position
+// q_offset + i, key j at k_offset + j. Offsets are how KV-cache decoding, Transformer-XL
+// memory and context parallelism line queries up with keys.
+//
+// Errors: every function raises c10::Error (std::exception) naming the op, the argument,
+// what was expected and what was given, before any kernel runs.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace posenc {
+namespace ops {
+
+/// Sinusoidal absolute position table (Vaswani et al. 2017, §3.5).
+/// Returns (num_positions, dim) in `dtype` (default float32) on `device`; row p is the
+/// encoding of absolute position offset + p. Angles are computed in fp64.
+///  interleaved=true : [sin(p w_0), cos(p w_0), sin(p w_1), ...], w_i = base^(-2i/dim) (paper).
+///  interleaved=false: [sin(p v_0..v_{h-1}), cos(p v_0..v_{h-1})], v_i = exp(-i ln(base)/max(h-1,1)),
+///                     h = dim/2 (tensor2tensor's get_timing_signal_1d, used by fairseq and TXL ports).
+/// Errors: dim must be even and > 0; num_positions >= 0.
+at::Tensor sinusoidal_table(int64_t num_positions, int64_t dim, double base = 10000.0,
+                            int64_t offset = 0, bool interleaved = true,
+                            at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+
+/// Same as above for arbitrary int64 positions of shape (N,) -> (N, dim).
+at::Tensor sinusoidal_table_at(const at::Tensor& positions, int64_t dim, double base = 10000.0,
+                               bool interleaved = true,
+                               std::optional<at::ScalarType> dtype = std::nullopt);
+
+/// ALiBi head slopes (Press et al. 2022, §3): (num_heads,) geometric sequence 2^(-8i/n);
+/// for num_heads not a power of two, the slopes of the closest lower power of two followed by
+/// every other slope of twice that many heads. Computed in fp64, returned in `dtype`.
+at::Tensor alibi_slopes(int64_t num_heads, at::ScalarType dtype = at::kFloat,
+                        at::Device device = at::kCPU);
+
+/// ALiBi bias (H, q_len, k_len) from slopes (H,): causal -slope*(q_pos - k_pos),
+/// bidirectional -slope*|q_pos - k_pos|. Differentiable in slopes.
+at::Tensor alibi_bias(const at::Tensor& slopes, int64_t q_len, int64_t k_len,
+                      int64_t q_offset = 0, int64_t k_offset = 0, bool causal = true);
+
+/// T5 relative position buckets (Raffel et al. 2020; HF T5Attention._relative_position_bucket,
+/// final clamp included). relative_position = key - query, any shape, int64 -> int64 buckets.
+at::Tensor t5_relative_bucket(const at::Tensor& relative_position, bool bidirectional = true,
+                              int64_t num_buckets = 32, int64_t max_distance = 128);
+
+/// T5 relative bias: table (num_buckets, H) -> (H, q_len, k_len),
+/// out[h,i,j] = table[bucket(k_pos - q_pos), h]. Differentiable in table.
+at::Tensor t5_bias(const at::Tensor& table, int64_t q_len, int64_t k_len, int64_t q_offset = 0,
+                   int64_t k_offset = 0, bool bidirectional = true, int64_t max_distance = 128);
+
+/// KERPLE bias (Chi et al. 2022, eq. 6/7) from r1, r2 (H,), both > 0:
+///  kind "log"  : -r1 * log(1 + r2 * d)
+///  kind "power": -r1 * d^r2
+/// d = |q_pos - k_pos| (bidirectional) or max(q_pos - k_pos, 0) (causal: future keys, which
+/// the causal mask removes anyway, get 0). Differentiable in r1 and r2.
+at::Tensor kerple_bias(const at::Tensor& r1, const at::Tensor& r2, int64_t q_len, int64_t k_len,
+                       int64_t q_offset = 0, int64_t k_offset = 0, const std::string& kind = "log",
+                       bool causal = true);
+
+/// Relative position scores (Transformer-XL terms (b)+(d), Dai et al. 2019 §3.3; Shaw et al.
+/// 2018 eq. 5 relative keys): out[b,h,i,j] = q[b,h,i,:] . rel_emb[h, c + clamp(d, -M, M), :]
+/// with d = q_pos - k_pos, c = (R - 1) / 2 (R odd), M = max_distance (default c, at most c).
+/// q (B,H,Lq,D), rel_emb (H,R,D) -> (B,H,Lq,k_len). k_len defaults to q_offset + Lq - k_offset
+/// (keys end with the last query). Computed directly: no (Lq x R) product, no shift.
+/// Differentiable in q and rel_emb.
+at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_t q_offset = 0,
+                          int64_t k_offset = 0, std::optional<int64_t> k_len = std::nullopt,
+                          std::optional<int64_t> max_distance = std::nullopt);
+
+/// RoPE inverse frequencies base^(-2i/dim), i < dim/2 (Su et al. 2021, eq. 15), computed in
+/// fp64, returned as float32 (dim/2,). dim is the rotary dimension and must be even.
+at::Tensor rope_inv_freq(int64_t dim, double base = 10000.0, at::Device device = at::kCPU);
+
+/// Rotary position embedding (Su et al. 2021, eq. 34). x (B,H,S,D) for layout "bhsd" or
+/// (B,S,H,D) for "bshd", any strides; positions int64 (S,) or (B,S), or none for
+/// offset + arange(S) (offset is added to given positions too); inv_freq float32 (R/2,)
+/// with R = rotary_dim <= D even. Pairs (i, i + R/2) (half-split, GPT-NeoX/Llama) or
+/// (2i, 2i+1) (interleaved, GPT-J/RoFormer); dims >= R pass through. Angles in fp32.
+at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
+                const at::Tensor& inv_freq, int64_t offset = 0,
+                std::optional<int64_t> rotary_dim = std::nullopt, bool interleaved = false,
+                const std::string& layout = "bhsd");
+
+/// Rotary embedding from caller-supplied cos/sin tables, as Hugging Face's
+/// apply_rotary_pos_emb: out = x*cos + rotate(x)*sin on the first R dims, with cos/sin of
+/// shape (S, R) or (B, S, R). Differentiable in x, cos and sin.
+at::Tensor apply_rotary_pos_emb(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                                bool interleaved = false, const std::string& layout = "bhsd");
+
+}  // namespace ops
+}  // namespace posenc

@@ -1,0 +1,5 @@
+// Umbrella header: ops, C++ modules and version.
+#pragma once
+
+#include "posenc/ops.h"
+#include "posenc/version.h"

@@ -1,0 +1,40 @@
+"""posenc: positional encodings for transformers as LibTorch ops.
+
+Importing posenc loads ``libposenc`` (which registers ``torch.ops.posenc.*``) and the
+pybind11 module of C++ modules (``posenc.cpp``). See ``posenc.ops`` for the functions and
+``posenc.nn`` for scriptable modules.
+"""
+from pathlib import Path as _Path
+
+import torch as _torch
+
+_here = _Path(__file__).resolve().parent
+_lib = _here / "libposenc.so"
+if not _lib.exists():
+    raise ImportError(
+        f"posenc: {_lib} is missing; build the package first "
+        "(pip install --no-build-isolation -e . or scripts/build.sh)"
+    )
+_torch.ops.load_library(str(_lib))
+
+from . import _C  # noqa: E402  (needs the ops registered above)
+
+
+def _check_cuda_version() -> None:
+    built = _torch.ops.posenc.cuda_version()
+    have = _torch.version.cuda or ""
+    if built and have and built.split(".")[0] != have.split(".")[0]:
+        raise ImportError(
+            f"posenc was compiled for CUDA {built} but torch uses CUDA {have}; rebuild posenc "
+            "against the installed torch"
+        )
+
+
+_check_cuda_version()
+
+from . import ops  # noqa: E402
+from . import nn  # noqa: E402
+from . import cpp  # noqa: E402
+
+__version__: str = _torch.ops.posenc.version()
+__all__ = ["ops", "nn", "cpp", "__version__"]

@@ -1,0 +1,1 @@
+"""Scriptable torch.nn modules (twins of the C++ posenc::nn modules)."""

@@ -1,0 +1,218 @@
+"""Typed, documented functions over ``torch.ops.posenc.*``.
+
+All math lives in the C++ ops (CPU kernels, C++ autograd and Meta kernels); these wrappers
+only resolve defaults. Every function is TorchScript-scriptable and traceable by
+``torch.compile(fullgraph=True)``.
+
+Position contract of the relative ops: query ``i`` sits at absolute position
+``q_offset + i`` and key ``j`` at ``k_offset + j``. Offsets are how KV-cache decoding,
+Transformer-XL memory and context parallelism line queries up with keys. Errors are
+``RuntimeError`` naming the op, the argument, what was expected and what was given.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "sinusoidal_table",
+    "alibi_slopes",
+    "alibi_bias",
+    "t5_relative_bucket",
+    "t5_bias",
+    "kerple_bias",
+    "rel_pos_scores",
+    "rope_inv_freq",
+    "rope",
+    "apply_rotary_pos_emb",
+]
+
+
+def sinusoidal_table(
+    num_positions: int,
+    dim: int,
+    base: float = 10000.0,
+    offset: int = 0,
+    interleaved: bool = True,
+    dtype: Optional[torch.dtype] = None,
+    device: Optional[torch.device] = None,
+) -> Tensor:
+    """Sinusoidal absolute position table (Vaswani et al. 2017, §3.5).
+
+    Returns ``(num_positions, dim)`` in ``dtype`` (default float32); row ``p`` encodes the
+    absolute position ``offset + p`` (``offset`` may be negative, e.g. for relative
+    distances). Angles are computed in fp64 and rounded once.
+
+    * ``interleaved=True`` (the paper): ``[sin(p w_0), cos(p w_0), sin(p w_1), ...]`` with
+      ``w_i = base ** (-2 i / dim)``.
+    * ``interleaved=False`` (tensor2tensor ``get_timing_signal_1d``, fairseq, Transformer-XL
+      ports): all sines then all cosines, ``v_i = exp(-i ln(base) / max(dim/2 - 1, 1))``.
+
+    Errors: ``dim`` must be even and > 0, ``num_positions`` >= 0.
+    """
+    if num_positions < 0:
+        raise RuntimeError(
+            f"posenc.sinusoidal_table: argument 'num_positions' must be >= 0, but got {num_positions}"
+        )
+    positions = torch.arange(offset, offset + num_positions, dtype=torch.long, device=device)
+    return torch.ops.posenc.sinusoidal_table(positions, dim, base, interleaved, dtype)
+
+
+def alibi_slopes(
+    num_heads: int, dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None
+) -> Tensor:
+    """ALiBi head slopes (Press et al. 2022, §3), ``(num_heads,)`` in ``dtype`` (default float32).
+
+    For ``n`` a power of two: ``2 ** (-8 k / n)``, ``k = 1..n``. Otherwise the slopes of the
+    largest power of two ``n < num_heads`` followed by the odd-numbered slopes of ``2n`` heads
+    (the paper's reference implementation). Computed in fp64. Errors: ``num_heads`` > 0.
+    """
+    return torch.ops.posenc.alibi_slopes(num_heads, dtype=dtype, device=device)
+
+
+def alibi_bias(
+    slopes: Tensor,
+    q_len: int,
+    k_len: int,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    causal: bool = True,
+) -> Tensor:
+    """ALiBi attention bias (Press et al. 2022, eq. in §3), ``(H, q_len, k_len)``.
+
+    ``slopes``: ``(H,)`` float16/bfloat16/float32/float64. With ``d = q_pos - k_pos``:
+    causal ``-slope * d`` (keys after the query get positive values; the causal mask removes
+    them), bidirectional ``-slope * |d|``. Output dtype is the slopes' dtype; gradient flows to
+    ``slopes``. Add to ``q @ k^T`` or pass (unsqueezed) as ``attn_mask`` to SDPA.
+    """
+    return torch.ops.posenc.alibi_bias(slopes, q_len, k_len, q_offset, k_offset, causal)
+
+
+def t5_relative_bucket(
+    relative_position: Tensor,
+    bidirectional: bool = True,
+    num_buckets: int = 32,
+    max_distance: int = 128,
+) -> Tensor:
+    """T5 relative position buckets (Raffel et al. 2020), int64, same shape as the input.
+
+    ``relative_position`` is ``key - query`` (int64). Matches Hugging Face
+    ``T5Attention._relative_position_bucket`` including the final clamp to the last bucket:
+    half the buckets are exact distances, the rest log-spaced up to ``max_distance``;
+    bidirectional uses half the buckets per direction (positive distances in the upper half).
+    """
+    return torch.ops.posenc.t5_relative_bucket(
+        relative_position, bidirectional, num_buckets, max_distance
+    )
+
+
+def t5_bias(
+    table: Tensor,
+    q_len: int,
+    k_len: int,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    bidirectional: bool = True,
+    max_distance: int = 128,
+) -> Tensor:
+    """T5 relative attention bias, ``(H, q_len, k_len)``.
+
+    ``table``: ``(num_buckets, H)`` (the weight of HF's ``relative_attention_bias``
+    embedding). ``out[h, i, j] = table[bucket(k_pos - q_pos), h]``; the bucket is computed
+    on the fly. Gradient flows to ``table`` (deterministic reduction per bucket).
+    """
+    return torch.ops.posenc.t5_bias(
+        table, q_len, k_len, q_offset, k_offset, bidirectional, max_distance
+    )
+
+
+def kerple_bias(
+    r1: Tensor,
+    r2: Tensor,
+    q_len: int,
+    k_len: int,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    kind: str = "log",
+    causal: bool = True,
+) -> Tensor:
+    """KERPLE bias (Chi et al. 2022, eqs. for the logarithmic and power kernels), ``(H, q_len, k_len)``.
+
+    ``r1, r2``: ``(H,)``, both > 0 (the module keeps them so). ``kind="log"``:
+    ``-r1 * log(1 + r2 * d)``; ``kind="power"``: ``-r1 * d ** r2`` with ``0 < r2 <= 2``.
+    ``d = |q_pos - k_pos|`` (bidirectional) or ``max(q_pos - k_pos, 0)`` (causal).
+    Gradients flow to ``r1`` and ``r2``.
+    """
+    return torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal)
+
+
+def rel_pos_scores(
+    q: Tensor,
+    rel_emb: Tensor,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    k_len: Optional[int] = None,
+    max_distance: Optional[int] = None,
+) -> Tensor:
+    """Relative position scores ``q · R[dist(i, j)]``, ``(B, H, Lq, k_len)``.
+
+    Transformer-XL's position terms (b)+(d) (Dai et al. 2019, §3.3; pass ``q + v``) and
+    Shaw et al. 2018's clipped relative keys (eq. 5). ``q``: ``(B, H, Lq, D)``; ``rel_emb``:
+    ``(H, R, D)`` with ``R`` odd, row ``c + clamp(q_pos - k_pos, -M, M)`` where
+    ``c = (R - 1) / 2`` and ``M = max_distance`` (default ``c``, at most ``c``).
+    ``k_len`` defaults to ``q_offset + Lq - k_offset`` (keys end with the last query).
+    Computed directly per (i, j): no ``(Lq, R)`` product and no pad-and-reshape shift, so
+    bidirectional attention sees the right distances on both sides of the diagonal.
+    Gradients flow to ``q`` and ``rel_emb``.
+    """
+    if k_len is None:
+        k_len = q_offset + q.size(-2) - k_offset
+    return torch.ops.posenc.rel_pos_scores(q, rel_emb, q_offset, k_offset, k_len, max_distance)
+
+
+def rope_inv_freq(
+    dim: int, base: float = 10000.0, device: Optional[torch.device] = None
+) -> Tensor:
+    """RoPE inverse frequencies ``base ** (-2 i / dim)``, ``i < dim / 2`` (Su et al. 2021, eq. 15).
+
+    ``dim`` is the rotary dimension (even, > 0). Computed in fp64, returned as float32
+    ``(dim / 2,)`` — never in the activations' half precision (angles at position ~2000 need
+    more bits than fp16 has).
+    """
+    return torch.ops.posenc.rope_inv_freq(dim, base, device=device)
+
+
+def rope(
+    x: Tensor,
+    positions: Optional[Tensor],
+    inv_freq: Tensor,
+    offset: int = 0,
+    rotary_dim: Optional[int] = None,
+    interleaved: bool = False,
+    layout: str = "bhsd",
+) -> Tensor:
+    """Rotary position embedding (Su et al. 2021, eq. 34): rotate pairs of ``x`` by ``pos * inv_freq``.
+
+    ``x``: ``(B, H, S, D)`` for ``layout="bhsd"`` or ``(B, S, H, D)`` for ``"bshd"``, any
+    strides (views into a packed qkv buffer work without a copy). ``positions``: int64
+    ``(S,)`` or ``(B, S)``, or ``None`` for ``arange(S)``; ``offset`` is added in both cases
+    (KV-cache decoding). ``inv_freq``: float32 ``(R/2,)``, ``R = rotary_dim`` (default
+    ``2 * len(inv_freq)``, must be even and <= D); dims ``>= R`` pass through unchanged.
+    Half-split pairs ``(i, i + R/2)`` (GPT-NeoX, Llama); interleaved pairs ``(2i, 2i+1)``
+    (GPT-J, RoFormer). Angles are fp32; output has ``x``'s dtype and shape (contiguous).
+    Gradient flows to ``x``.
+    """
+    return torch.ops.posenc.rope(x, positions, inv_freq, offset, rotary_dim, interleaved, layout)
+
+
+def apply_rotary_pos_emb(
+    x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False, layout: str = "bhsd"
+) -> Tensor:
+    """Rotary embedding with caller-supplied tables, as Hugging Face's ``apply_rotary_pos_emb``.
+
+    ``out = x * cos + rotate(x) * sin`` on the first ``R`` dims, where ``cos``/``sin`` are
+    ``(S, R)`` or ``(B, S, R)`` (one value per element, so the two members of a pair may have
+    different values) and ``rotate`` is ``rotate_half`` (half-split) or the pairwise swap
+    (interleaved). Dims ``>= R`` pass through. Gradients flow to ``x``, ``cos`` and ``sin``.
+    """
+    return torch.ops.posenc.apply_rotary_pos_emb(x, cos, sin, interleaved, layout)
