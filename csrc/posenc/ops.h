@@ -68,8 +68,11 @@ at::Tensor kerple_bias(const at::Tensor& r1, const at::Tensor& r2, int64_t q_len
 /// 2018 eq. 5 relative keys): out[b,h,i,j] = q[b,h,i,:] . rel_emb[h, c + clamp(d, -M, M), :]
 /// with d = q_pos - k_pos, c = (R - 1) / 2 (R odd), M = max_distance (default c, at most c).
 /// q (B,H,Lq,D), rel_emb (H,R,D) -> (B,H,Lq,k_len). k_len defaults to q_offset + Lq - k_offset
-/// (keys end with the last query). Computed directly: no (Lq x R) product, no shift.
-/// Differentiable in q and rel_emb.
+/// (keys end with the last query); offsets may be any int64. Computed directly: no (Lq x R)
+/// product, no shift. q and rel_emb share dtype (fp32, fp64, fp16/bf16 with fp32 math) and
+/// device, any strides; the result is contiguous in q's dtype. Differentiable in q and
+/// rel_emb (deterministic). Throws c10::Error naming the argument for wrong rank/dtype/device,
+/// mismatched heads or head_dim, even R, max_distance outside [0, c], or k_len < 0.
 at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_t q_offset = 0,
                           int64_t k_offset = 0, std::optional<int64_t> k_len = std::nullopt,
                           std::optional<int64_t> max_distance = std::nullopt);

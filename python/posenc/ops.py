@@ -163,10 +163,16 @@ def rel_pos_scores(
     ``k_len`` defaults to ``q_offset + Lq - k_offset`` (keys end with the last query).
     Computed directly per (i, j): no ``(Lq, R)`` product and no pad-and-reshape shift, so
     bidirectional attention sees the right distances on both sides of the diagonal.
-    Gradients flow to ``q`` and ``rel_emb``.
+    Offsets may be any int64 (negative too). ``q`` and ``rel_emb`` share a dtype (float32,
+    float64, or float16/bfloat16 with float32 accumulation) and a device; any strides.
+    Returns a fresh contiguous tensor of ``q``'s dtype. Gradients flow to ``q`` and
+    ``rel_emb`` (deterministic). Raises ``RuntimeError`` naming the argument for a wrong
+    rank, dtype or device, mismatched heads or head_dim, even ``R``, ``max_distance``
+    outside ``[0, c]``, or ``k_len < 0``.
     """
     if k_len is None:
-        k_len = q_offset + q.size(-2) - k_offset
+        # a q of the wrong rank gets the op's own error, not an IndexError here
+        k_len = q_offset + (q.size(-2) if q.dim() >= 2 else 0) - k_offset
     return torch.ops.posenc.rel_pos_scores(q, rel_emb, q_offset, k_offset, k_len, max_distance)
 
 
