@@ -68,8 +68,11 @@ at::Tensor kerple_bias(const at::Tensor& r1, const at::Tensor& r2, int64_t q_len
 /// 2018 eq. 5 relative keys): out[b,h,i,j] = q[b,h,i,:] . rel_emb[h, c + clamp(d, -M, M), :]
 /// with d = q_pos - k_pos, c = (R - 1) / 2 (R odd), M = max_distance (default c, at most c).
 /// q (B,H,Lq,D), rel_emb (H,R,D) -> (B,H,Lq,k_len). k_len defaults to q_offset + Lq - k_offset
-/// (keys end with the last query). Computed directly: no (Lq x R) product, no shift.
-/// Differentiable in q and rel_emb.
+/// (keys end with the last query); offsets may be any int64. Computed directly: no (Lq x R)
+/// product, no shift. q and rel_emb share dtype (fp32, fp64, fp16/bf16 with fp32 math) and
+/// device, any strides; the result is contiguous in q's dtype. Differentiable in q and
+/// rel_emb (deterministic). Throws c10::Error naming the argument for wrong rank/dtype/device,
+/// mismatched heads or head_dim, even R, max_distance outside [0, c], or k_len < 0.
 at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_t q_offset = 0,
                           int64_t k_offset = 0, std::optional<int64_t> k_len = std::nullopt,
                           std::optional<int64_t> max_distance = std::nullopt);
@@ -82,7 +85,13 @@ at::Tensor rope_inv_freq(int64_t dim, double base = 10000.0, at::Device device =
 /// (B,S,H,D) for "bshd", any strides; positions int64 (S,) or (B,S), or none for
 /// offset + arange(S) (offset is added to given positions too); inv_freq float32 (R/2,)
 /// with R = rotary_dim <= D even. Pairs (i, i + R/2) (half-split, GPT-NeoX/Llama) or
-/// (2i, 2i+1) (interleaved, GPT-J/RoFormer); dims >= R pass through. Angles in fp32.
+/// (2i, 2i+1) (interleaved, GPT-J/RoFormer); dims >= R pass through bit-exactly. The angle is
+/// the float32 product float(pos) * inv_freq[i] (as Hugging Face computes it) for every dtype;
+/// cos/sin and the rotation are fp32 for half/bfloat16/float x, fp64 for double x. Returns a
+/// new contiguous tensor of x's shape and dtype; differentiable in x only (the backward is the
+/// rotation by the negative angle). Throws c10::Error naming the argument for a non-4-D or
+/// non-float x, an unknown layout, positions not int64 (S,)/(B,S), inv_freq not float32 1-D,
+/// a tensor on another device, or rotary_dim odd, != 2*len(inv_freq), or > D.
 at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                 const at::Tensor& inv_freq, int64_t offset = 0,
                 std::optional<int64_t> rotary_dim = std::nullopt, bool interleaved = false,
@@ -90,7 +99,12 @@ at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
 
 /// Rotary embedding from caller-supplied cos/sin tables, as Hugging Face's
 /// apply_rotary_pos_emb: out = x*cos + rotate(x)*sin on the first R dims, with cos/sin of
-/// shape (S, R) or (B, S, R). Differentiable in x, cos and sin.
+/// shape (S, R) or (B, S, R), one value per element, in x's dtype and on x's device (any
+/// strides). rotate is rotate_half [-x2, x1] (half-split) or [-x1, x0, -x3, x2, ...]
+/// (interleaved); R = cos.size(-1), even and <= D; dims >= R pass through. fp32 math for half
+/// inputs. Differentiable in x, cos and sin; the table gradients are summed over heads (and
+/// batch for (S, R) tables) in a fixed order in fp64. Throws c10::Error naming the argument
+/// for mismatched shapes, odd R, R > D, or another dtype/device.
 at::Tensor apply_rotary_pos_emb(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                                 bool interleaved = false, const std::string& layout = "bhsd");
 

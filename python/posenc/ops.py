@@ -163,10 +163,16 @@ def rel_pos_scores(
     ``k_len`` defaults to ``q_offset + Lq - k_offset`` (keys end with the last query).
     Computed directly per (i, j): no ``(Lq, R)`` product and no pad-and-reshape shift, so
     bidirectional attention sees the right distances on both sides of the diagonal.
-    Gradients flow to ``q`` and ``rel_emb``.
+    Offsets may be any int64 (negative too). ``q`` and ``rel_emb`` share a dtype (float32,
+    float64, or float16/bfloat16 with float32 accumulation) and a device; any strides.
+    Returns a fresh contiguous tensor of ``q``'s dtype. Gradients flow to ``q`` and
+    ``rel_emb`` (deterministic). Raises ``RuntimeError`` naming the argument for a wrong
+    rank, dtype or device, mismatched heads or head_dim, even ``R``, ``max_distance``
+    outside ``[0, c]``, or ``k_len < 0``.
     """
     if k_len is None:
-        k_len = q_offset + q.size(-2) - k_offset
+        # a q of the wrong rank gets the op's own error, not an IndexError here
+        k_len = q_offset + (q.size(-2) if q.dim() >= 2 else 0) - k_offset
     return torch.ops.posenc.rel_pos_scores(q, rel_emb, q_offset, k_offset, k_len, max_distance)
 
 
@@ -199,8 +205,16 @@ def rope(
     (KV-cache decoding). ``inv_freq``: float32 ``(R/2,)``, ``R = rotary_dim`` (default
     ``2 * len(inv_freq)``, must be even and <= D); dims ``>= R`` pass through unchanged.
     Half-split pairs ``(i, i + R/2)`` (GPT-NeoX, Llama); interleaved pairs ``(2i, 2i+1)``
-    (GPT-J, RoFormer). Angles are fp32; output has ``x``'s dtype and shape (contiguous).
-    Gradient flows to ``x``.
+    (GPT-J, RoFormer). The angle is the float32 product ``float(pos) * inv_freq[i]`` (as
+    Hugging Face computes it), whatever ``x``'s dtype; its cos/sin and the rotation are in
+    fp32 for fp16/bf16/fp32 ``x`` and in fp64 for fp64 ``x``. Output: a new contiguous
+    tensor of ``x``'s dtype and shape. Gradient flows to ``x`` (the rotation by the negative
+    angle, op ``rope_backward``); ``positions`` and ``inv_freq`` get none.
+
+    Raises ``RuntimeError`` ("posenc.rope: argument '<arg>' ...") for: ``x`` not 4-D float;
+    ``layout`` not "bhsd"/"bshd"; ``positions`` not int64, not ``(S,)``/``(B, S)``, or on
+    another device; ``inv_freq`` not float32 1-D or on another device; ``rotary_dim`` odd,
+    ``!= 2 * len(inv_freq)`` or ``> D``.
     """
     return torch.ops.posenc.rope(x, positions, inv_freq, offset, rotary_dim, interleaved, layout)
 
@@ -213,6 +227,15 @@ def apply_rotary_pos_emb(
     ``out = x * cos + rotate(x) * sin`` on the first ``R`` dims, where ``cos``/``sin`` are
     ``(S, R)`` or ``(B, S, R)`` (one value per element, so the two members of a pair may have
     different values) and ``rotate`` is ``rotate_half`` (half-split) or the pairwise swap
-    (interleaved). Dims ``>= R`` pass through. Gradients flow to ``x``, ``cos`` and ``sin``.
+    (interleaved): ``[-x2, x1]`` or ``[-x1, x0, -x3, x2, ...]``. ``R`` (even, <= D) is
+    ``cos.shape[-1]``; dims ``>= R`` pass through. ``x`` as in :func:`rope` (``"bhsd"`` or
+    ``"bshd"``, any strides); ``cos``/``sin`` have ``x``'s dtype and device, any strides.
+    Math in fp32 for fp16/bf16 (fp64 for fp64). Gradients flow to ``x``, ``cos`` and ``sin``;
+    the table gradients are summed over heads (and batch for ``(S, R)`` tables) in a fixed
+    order in fp64 (deterministic).
+
+    Raises ``RuntimeError`` ("posenc.apply_rotary_pos_emb: argument '<arg>' ...") for a bad
+    ``x``/``layout`` (as :func:`rope`), ``cos`` not ``(S, R)``/``(B, S, R)``, ``sin`` not of
+    ``cos``'s shape, odd ``R`` or ``R > D``, or a dtype/device other than ``x``'s.
     """
     return torch.ops.posenc.apply_rotary_pos_emb(x, cos, sin, interleaved, layout)
