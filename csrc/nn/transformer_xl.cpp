@@ -61,9 +61,10 @@ torch::Tensor TransformerXLRelativeScoreImpl::forward(const torch::Tensor& q, in
   const int64_t r = 2 * c + 1;
   auto table = ops::sinusoidal_table(r, options.d_model(), options.base(), -c,
                                      /*interleaved=*/true, r_proj->weight.scalar_type(), q.device());
-  auto rel_emb = r_proj->forward(table).view({r, h, d}).permute({1, 0, 2});
-  return ops::rel_pos_scores(q + v.view({1, h, 1, d}), rel_emb, /*q_offset=*/mem_len,
-                             /*k_offset=*/0, k_len);
+  auto qv = q + v.view({1, h, 1, d});
+  // The op wants one dtype: follow q + v's (type promotion of the input and the parameters).
+  auto rel_emb = r_proj->forward(table).view({r, h, d}).permute({1, 0, 2}).to(qv.scalar_type());
+  return ops::rel_pos_scores(qv, rel_emb, /*q_offset=*/mem_len, /*k_offset=*/0, k_len);
 }
 
 torch::Tensor TransformerXLRelativeScoreImpl::content_query(const torch::Tensor& q) {

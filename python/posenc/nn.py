@@ -444,8 +444,10 @@ class TransformerXLRelativeScore(nn.Module):
         table = ops.sinusoidal_table(
             r, self.d_model, self.base, -c, True, dtype=self.r_proj.weight.dtype, device=q.device
         )
-        rel_emb = self.r_proj(table).view(r, h, d).permute(1, 0, 2)
-        return ops.rel_pos_scores(q + self.v.view(1, h, 1, d), rel_emb, mem_len, 0, k_len)
+        qv = q + self.v.view(1, h, 1, d)
+        # The op wants one dtype: follow q + v's (type promotion of input and parameters).
+        rel_emb = self.r_proj(table).view(r, h, d).permute(1, 0, 2).to(qv.dtype)
+        return ops.rel_pos_scores(qv, rel_emb, mem_len, 0, k_len)
 
     @torch.jit.export
     def content_query(self, q: Tensor) -> Tensor:

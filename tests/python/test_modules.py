@@ -358,6 +358,15 @@ def test_transformer_xl_equals_op_and_reference(mem_len):
     torch.testing.assert_close(m.content_query(q), q + m.u.view(1, 2, 1, 4), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("impl", ["nn", "cpp"])
+def test_transformer_xl_mixed_dtypes_follow_promotion(impl):
+    m = getattr(posenc, impl).TransformerXLRelativeScore(8, 2, 4)
+    m.to(torch.bfloat16)
+    q = torch.randn(1, 2, 3, 4)
+    assert m(q, 1).dtype == torch.float32  # q + v promotes to fp32; the table follows
+    assert m(q.bfloat16(), 1).dtype == torch.bfloat16
+
+
 def test_transformer_xl_state_and_empty_query():
     m = posenc.nn.TransformerXLRelativeScore(8, 2, 4)
     assert list(m.state_dict()) == ["u", "v", "r_proj.weight"]
