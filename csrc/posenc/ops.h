@@ -24,12 +24,15 @@ namespace ops {
 ///  interleaved=true : [sin(p w_0), cos(p w_0), sin(p w_1), ...], w_i = base^(-2i/dim) (paper).
 ///  interleaved=false: [sin(p v_0..v_{h-1}), cos(p v_0..v_{h-1})], v_i = exp(-i ln(base)/max(h-1,1)),
 ///                     h = dim/2 (tensor2tensor's get_timing_signal_1d, used by fairseq and TXL ports).
-/// Errors: dim must be even and > 0; num_positions >= 0.
+/// Values are computed in fp64 and rounded once to `dtype` (float16/bfloat16/float32/float64).
+/// Not differentiable (positions are integers). Errors: dim must be even and > 0;
+/// num_positions >= 0; base finite and > 0; dtype floating.
 at::Tensor sinusoidal_table(int64_t num_positions, int64_t dim, double base = 10000.0,
                             int64_t offset = 0, bool interleaved = true,
                             at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
 
-/// Same as above for arbitrary int64 positions of shape (N,) -> (N, dim).
+/// Same as above for arbitrary int64 positions of shape (N,) -> (N, dim) (any strides, any
+/// sign); dtype defaults to float32. Errors as above, and positions must be 1-D int64.
 at::Tensor sinusoidal_table_at(const at::Tensor& positions, int64_t dim, double base = 10000.0,
                                bool interleaved = true,
                                std::optional<at::ScalarType> dtype = std::nullopt);

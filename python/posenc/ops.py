@@ -48,7 +48,12 @@ def sinusoidal_table(
     * ``interleaved=False`` (tensor2tensor ``get_timing_signal_1d``, fairseq, Transformer-XL
       ports): all sines then all cosines, ``v_i = exp(-i ln(base) / max(dim/2 - 1, 1))``.
 
-    Errors: ``dim`` must be even and > 0, ``num_positions`` >= 0.
+    Values are rounded once from fp64 to ``dtype`` (float16/bfloat16/float32/float64). Not
+    differentiable. ``torch.ops.posenc.sinusoidal_table(positions, dim, base, interleaved,
+    dtype)`` takes explicit int64 positions ``(N,)``.
+
+    Errors: ``dim`` must be even and > 0, ``num_positions`` >= 0, ``base`` finite and > 0,
+    ``dtype`` floating.
     """
     if num_positions < 0:
         raise RuntimeError(
