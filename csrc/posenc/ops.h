@@ -49,12 +49,22 @@ at::Tensor alibi_bias(const at::Tensor& slopes, int64_t q_len, int64_t k_len,
                       int64_t q_offset = 0, int64_t k_offset = 0, bool causal = true);
 
 /// T5 relative position buckets (Raffel et al. 2020; HF T5Attention._relative_position_bucket,
-/// final clamp included). relative_position = key - query, any shape, int64 -> int64 buckets.
+/// final clamp included). relative_position = key - query, any shape, int64 -> int64 buckets
+/// in [0, num_buckets), contiguous. Bidirectional: half the buckets per direction, keys after
+/// the query in the upper half; causal: keys after the query share bucket 0. Per direction,
+/// max_exact = (buckets per direction) / 2 exact distances, then log-spaced buckets up to
+/// max_distance; the log term is evaluated in fp32 as HF does, so boundaries agree with it.
+/// Not differentiable. Errors: relative_position int64; num_buckets even and >= 4 when
+/// bidirectional, >= 2 when causal; max_distance > max_exact.
 at::Tensor t5_relative_bucket(const at::Tensor& relative_position, bool bidirectional = true,
                               int64_t num_buckets = 32, int64_t max_distance = 128);
 
-/// T5 relative bias: table (num_buckets, H) -> (H, q_len, k_len),
-/// out[h,i,j] = table[bucket(k_pos - q_pos), h]. Differentiable in table.
+/// T5 relative bias: table (num_buckets, H) float16/bfloat16/float32/float64 (the weight of
+/// HF's relative_attention_bias embedding) -> (H, q_len, k_len) in the table's dtype,
+/// out[h,i,j] = table[bucket(k_pos - q_pos), h], buckets computed in the kernel (no bucket
+/// tensor). Differentiable in table (deterministic fp64 reduction per head and bucket).
+/// Errors: table 2-D floating whose rows satisfy the num_buckets rules above; max_distance >
+/// max_exact; q_len, k_len >= 0.
 at::Tensor t5_bias(const at::Tensor& table, int64_t q_len, int64_t k_len, int64_t q_offset = 0,
                    int64_t k_offset = 0, bool bidirectional = true, int64_t max_distance = 128);
 

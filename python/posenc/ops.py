@@ -104,7 +104,13 @@ def t5_relative_bucket(
     ``relative_position`` is ``key - query`` (int64). Matches Hugging Face
     ``T5Attention._relative_position_bucket`` including the final clamp to the last bucket:
     half the buckets are exact distances, the rest log-spaced up to ``max_distance``;
-    bidirectional uses half the buckets per direction (positive distances in the upper half).
+    bidirectional uses half the buckets per direction (positive distances in the upper half),
+    causal puts every key after the query in bucket 0. The log term is evaluated in fp32 in
+    HF's order, so bucket boundaries agree with HF exactly. Not differentiable.
+
+    Errors: ``relative_position`` must be int64; ``num_buckets`` even and >= 4 when
+    bidirectional, >= 2 when causal; ``max_distance`` > ``max_exact`` (the exact buckets per
+    direction, ``num_buckets // 2`` halved once more when bidirectional).
     """
     return torch.ops.posenc.t5_relative_bucket(
         relative_position, bidirectional, num_buckets, max_distance
@@ -124,7 +130,11 @@ def t5_bias(
 
     ``table``: ``(num_buckets, H)`` (the weight of HF's ``relative_attention_bias``
     embedding). ``out[h, i, j] = table[bucket(k_pos - q_pos), h]``; the bucket is computed
-    on the fly. Gradient flows to ``table`` (deterministic reduction per bucket).
+    in the kernel (no bucket tensor). Output has the table's dtype (float16/bfloat16/float32/
+    float64). Gradient flows to ``table`` (deterministic fp64 reduction per head and bucket).
+
+    Errors: ``table`` 2-D floating, its row count obeying the ``num_buckets`` rules of
+    :func:`t5_relative_bucket`; ``max_distance`` > ``max_exact``; lengths >= 0.
     """
     return torch.ops.posenc.t5_bias(
         table, q_len, k_len, q_offset, k_offset, bidirectional, max_distance
