@@ -195,7 +195,7 @@ BIAS_SAMPLES = [
     (torch.randn(32, 4, dtype=torch.float64, requires_grad=True), 3, 5, 2, 0, False, 128),
     (torch.randn(16, 2, dtype=torch.float16), 1, 7, 6, 0, True, 50),
     (torch.randn(8, 3, requires_grad=True), 0, 4, 0, 0, False, 20),
-    (torch.randn(3, 32, requires_grad=True).T, 4, 6, 0, 3, True, 128),
+    (torch.randn(3, 32).T.requires_grad_(), 4, 6, 0, 3, True, 128),  # non-contiguous leaf
 ]
 
 
