@@ -68,11 +68,15 @@ at::Tensor t5_relative_bucket(const at::Tensor& relative_position, bool bidirect
 at::Tensor t5_bias(const at::Tensor& table, int64_t q_len, int64_t k_len, int64_t q_offset = 0,
                    int64_t k_offset = 0, bool bidirectional = true, int64_t max_distance = 128);
 
-/// KERPLE bias (Chi et al. 2022, eq. 6/7) from r1, r2 (H,), both > 0:
+/// KERPLE bias (Chi et al. 2022, eq. 6/7) from r1, r2 (H,) (float16/bfloat16/float32/float64,
+/// same dtype and device; the module keeps them > 0) -> (H, q_len, k_len) in their dtype:
 ///  kind "log"  : -r1 * log(1 + r2 * d)
-///  kind "power": -r1 * d^r2
+///  kind "power": -r1 * d^r2, taken as 0 at d = 0 for every r2 (and d/dr2 = 0 there)
 /// d = |q_pos - k_pos| (bidirectional) or max(q_pos - k_pos, 0) (causal: future keys, which
-/// the causal mask removes anyway, get 0). Differentiable in r1 and r2.
+/// the causal mask removes anyway, get 0). Differentiable in r1 and r2 (deterministic fp64
+/// reduction per head). Errors: r1, r2 1-D of equal length; kind "log" or "power";
+/// q_len, k_len >= 0; on CPU, r2 >= 0 for "log" (checked on the values; the Meta kernel
+/// cannot see them).
 at::Tensor kerple_bias(const at::Tensor& r1, const at::Tensor& r2, int64_t q_len, int64_t k_len,
                        int64_t q_offset = 0, int64_t k_offset = 0, const std::string& kind = "log",
                        bool causal = true);

@@ -153,10 +153,17 @@ def kerple_bias(
 ) -> Tensor:
     """KERPLE bias (Chi et al. 2022, eqs. for the logarithmic and power kernels), ``(H, q_len, k_len)``.
 
-    ``r1, r2``: ``(H,)``, both > 0 (the module keeps them so). ``kind="log"``:
-    ``-r1 * log(1 + r2 * d)``; ``kind="power"``: ``-r1 * d ** r2`` with ``0 < r2 <= 2``.
-    ``d = |q_pos - k_pos|`` (bidirectional) or ``max(q_pos - k_pos, 0)`` (causal).
-    Gradients flow to ``r1`` and ``r2``.
+    ``r1, r2``: ``(H,)``, same floating dtype and device, both > 0 in a trained model (the
+    module clamps them). ``kind="log"``: ``-r1 * log(1 + r2 * d)``; ``kind="power"``:
+    ``-r1 * d ** r2`` (KERPLE keeps ``0 < r2 <= 2``), taken as 0 at ``d = 0`` for every ``r2``
+    with ``d/dr2 = 0`` there. ``d = |q_pos - k_pos|`` (bidirectional) or
+    ``max(q_pos - k_pos, 0)`` (causal: future keys get 0; the causal mask removes them).
+    Output has the parameters' dtype. Gradients flow to ``r1`` and ``r2`` (deterministic fp64
+    reduction per head).
+
+    Errors: ``r1``/``r2`` 1-D of equal length, same dtype and device; ``kind`` one of
+    ``"log"``, ``"power"``; lengths >= 0; on CPU ``r2 >= 0`` for ``"log"`` (else
+    ``1 + r2 * d`` turns negative and the log NaN).
     """
     return torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal)
 
