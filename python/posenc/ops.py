@@ -48,7 +48,12 @@ def sinusoidal_table(
     * ``interleaved=False`` (tensor2tensor ``get_timing_signal_1d``, fairseq, Transformer-XL
       ports): all sines then all cosines, ``v_i = exp(-i ln(base) / max(dim/2 - 1, 1))``.
 
-    Errors: ``dim`` must be even and > 0, ``num_positions`` >= 0.
+    Values are rounded once from fp64 to ``dtype`` (float16/bfloat16/float32/float64). Not
+    differentiable. ``torch.ops.posenc.sinusoidal_table(positions, dim, base, interleaved,
+    dtype)`` takes explicit int64 positions ``(N,)``.
+
+    Errors: ``dim`` must be even and > 0, ``num_positions`` >= 0, ``base`` finite and > 0,
+    ``dtype`` floating.
     """
     if num_positions < 0:
         raise RuntimeError(
@@ -99,7 +104,13 @@ def t5_relative_bucket(
     ``relative_position`` is ``key - query`` (int64). Matches Hugging Face
     ``T5Attention._relative_position_bucket`` including the final clamp to the last bucket:
     half the buckets are exact distances, the rest log-spaced up to ``max_distance``;
-    bidirectional uses half the buckets per direction (positive distances in the upper half).
+    bidirectional uses half the buckets per direction (positive distances in the upper half),
+    causal puts every key after the query in bucket 0. The log term is evaluated in fp32 in
+    HF's order, so bucket boundaries agree with HF exactly. Not differentiable.
+
+    Errors: ``relative_position`` must be int64; ``num_buckets`` even and >= 4 when
+    bidirectional, >= 2 when causal; ``max_distance`` > ``max_exact`` (the exact buckets per
+    direction, ``num_buckets // 2`` halved once more when bidirectional).
     """
     return torch.ops.posenc.t5_relative_bucket(
         relative_position, bidirectional, num_buckets, max_distance
@@ -119,7 +130,11 @@ def t5_bias(
 
     ``table``: ``(num_buckets, H)`` (the weight of HF's ``relative_attention_bias``
     embedding). ``out[h, i, j] = table[bucket(k_pos - q_pos), h]``; the bucket is computed
-    on the fly. Gradient flows to ``table`` (deterministic reduction per bucket).
+    in the kernel (no bucket tensor). Output has the table's dtype (float16/bfloat16/float32/
+    float64). Gradient flows to ``table`` (deterministic fp64 reduction per head and bucket).
+
+    Errors: ``table`` 2-D floating, its row count obeying the ``num_buckets`` rules of
+    :func:`t5_relative_bucket`; ``max_distance`` > ``max_exact``; lengths >= 0.
     """
     return torch.ops.posenc.t5_bias(
         table, q_len, k_len, q_offset, k_offset, bidirectional, max_distance
@@ -138,10 +153,17 @@ def kerple_bias(
 ) -> Tensor:
     """KERPLE bias (Chi et al. 2022, eqs. for the logarithmic and power kernels), ``(H, q_len, k_len)``.
 
-    ``r1, r2``: ``(H,)``, both > 0 (the module keeps them so). ``kind="log"``:
-    ``-r1 * log(1 + r2 * d)``; ``kind="power"``: ``-r1 * d ** r2`` with ``0 < r2 <= 2``.
-    ``d = |q_pos - k_pos|`` (bidirectional) or ``max(q_pos - k_pos, 0)`` (causal).
-    Gradients flow to ``r1`` and ``r2``.
+    ``r1, r2``: ``(H,)``, same floating dtype and device, both > 0 in a trained model (the
+    module clamps them). ``kind="log"``: ``-r1 * log(1 + r2 * d)``; ``kind="power"``:
+    ``-r1 * d ** r2`` (KERPLE keeps ``0 < r2 <= 2``), taken as 0 at ``d = 0`` for every ``r2``
+    with ``d/dr2 = 0`` there. ``d = |q_pos - k_pos|`` (bidirectional) or
+    ``max(q_pos - k_pos, 0)`` (causal: future keys get 0; the causal mask removes them).
+    Output has the parameters' dtype. Gradients flow to ``r1`` and ``r2`` (deterministic fp64
+    reduction per head).
+
+    Errors: ``r1``/``r2`` 1-D of equal length, same dtype and device; ``kind`` one of
+    ``"log"``, ``"power"``; lengths >= 0; on CPU ``r2 >= 0`` for ``"log"`` (else
+    ``1 + r2 * d`` turns negative and the log NaN).
     """
     return torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal)
 
