@@ -20,11 +20,15 @@ T5RelativeBiasImpl::T5RelativeBiasImpl(const T5RelativeBiasOptions& options_)
 void T5RelativeBiasImpl::reset() {
   const auto& o = options;
   POSENC_CHECK_OPTION(o.num_heads() > 0, kName, "num_heads", "must be > 0", o.num_heads());
-  POSENC_CHECK_OPTION(o.num_buckets() >= 2, kName, "num_buckets", "must be >= 2",
-                      o.num_buckets());
-  POSENC_CHECK_OPTION(!o.bidirectional() || o.num_buckets() % 2 == 0, kName, "num_buckets",
-                      "must be even when bidirectional (half the buckets per direction)",
-                      o.num_buckets());
+  // Each direction needs an exact bucket (distance 0 / 1) besides its log-spaced ones.
+  if (o.bidirectional()) {
+    POSENC_CHECK_OPTION(o.num_buckets() >= 4 && o.num_buckets() % 2 == 0, kName, "num_buckets",
+                        "must be even and >= 4 when bidirectional (half the buckets per direction)",
+                        o.num_buckets());
+  } else {
+    POSENC_CHECK_OPTION(o.num_buckets() >= 2, kName, "num_buckets", "must be >= 2 when causal",
+                        o.num_buckets());
+  }
   // Half of a direction's buckets are exact distances; the log-spaced rest spans
   // [max_exact, max_distance), which must not be empty.
   const int64_t max_exact = (o.bidirectional() ? o.num_buckets() / 2 : o.num_buckets()) / 2;

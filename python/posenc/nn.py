@@ -282,7 +282,8 @@ class T5RelativeBias(nn.Module):
     HF's ``relative_attention_bias.weight``.
 
     Raises:
-        ValueError: ``num_heads`` <= 0; ``num_buckets`` < 2 or odd when bidirectional;
+        ValueError: ``num_heads`` <= 0; ``num_buckets`` odd or < 4 when bidirectional, < 2
+        when causal;
         ``max_distance`` not above the exact-bucket count. RuntimeError: negative lengths.
     """
 
@@ -301,11 +302,15 @@ class T5RelativeBias(nn.Module):
         super().__init__()
         name = "T5RelativeBias"
         _check_option(num_heads > 0, name, "num_heads", "must be > 0", num_heads)
-        _check_option(num_buckets >= 2, name, "num_buckets", "must be >= 2", num_buckets)
-        _check_option(
-            not bidirectional or num_buckets % 2 == 0, name, "num_buckets",
-            "must be even when bidirectional (half the buckets per direction)", num_buckets,
-        )
+        # Each direction needs an exact bucket besides its log-spaced ones.
+        if bidirectional:
+            _check_option(
+                num_buckets >= 4 and num_buckets % 2 == 0, name, "num_buckets",
+                "must be even and >= 4 when bidirectional (half the buckets per direction)",
+                num_buckets,
+            )
+        else:
+            _check_option(num_buckets >= 2, name, "num_buckets", "must be >= 2 when causal", num_buckets)
         max_exact = (num_buckets // 2 if bidirectional else num_buckets) // 2
         _check_option(
             max_distance > max_exact, name, "max_distance",

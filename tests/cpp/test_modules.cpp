@@ -297,10 +297,13 @@ TEST(T5RelativeBiasModule, ErrorsAndPrint) {
   expect_error<c10::ValueError>([] { pn::T5RelativeBias(0); }, {"posenc.T5RelativeBias", "option 'num_heads'"});
   expect_error<c10::ValueError>(
       [] { pn::T5RelativeBias(pn::T5RelativeBiasOptions(2).num_buckets(31)); },
-      {"option 'num_buckets' must be even when bidirectional", "31"});
+      {"option 'num_buckets' must be even and >= 4 when bidirectional", "31"});
+  expect_error<c10::ValueError>(
+      [] { pn::T5RelativeBias(pn::T5RelativeBiasOptions(2).num_buckets(2)); },
+      {"option 'num_buckets' must be even and >= 4 when bidirectional", "but got 2"});
   expect_error<c10::ValueError>(
       [] { pn::T5RelativeBias(pn::T5RelativeBiasOptions(2).num_buckets(1).bidirectional(false)); },
-      {"option 'num_buckets' must be >= 2"});
+      {"option 'num_buckets' must be >= 2 when causal"});
   expect_error<c10::ValueError>(
       [] { pn::T5RelativeBias(pn::T5RelativeBiasOptions(2).max_distance(8)); },
       {"option 'max_distance' must be > the number of exact buckets (8)", "8"});

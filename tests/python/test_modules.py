@@ -319,8 +319,8 @@ def test_t5_equals_op_and_reference(bidirectional):
 def test_kerple_equals_op_and_reference(kind, causal):
     m = posenc.nn.KERPLEBias(3, kind=kind, causal=causal, eps=0.05).double()
     with torch.no_grad():
-        m.r1.copy_(torch.tensor([-1.0, 0.5, 1.5]))
-        m.r2.copy_(torch.tensor([0.01, 0.7, 3.0]))
+        m.r1.copy_(torch.tensor([-1.0, 0.5, 1.5], dtype=torch.float64))
+        m.r2.copy_(torch.tensor([0.01, 0.7, 3.0], dtype=torch.float64))
     r1 = torch.tensor([0.05, 0.5, 1.5], dtype=torch.float64)
     r2 = torch.tensor([0.05, 0.7, 2.0 if kind == "power" else 3.0], dtype=torch.float64)
     out = m(4, 6, 2, 0)
@@ -385,7 +385,9 @@ def test_transformer_xl_state_and_empty_query():
         ("LearnedPositionalEmbedding", dict(max_len=0, dim=4), r"posenc.LearnedPositionalEmbedding: option 'max_len' must be > 0, but got 0"),
         ("RotaryEmbedding", dict(dim=8, base=1.0), r"posenc.RotaryEmbedding: option 'base' must be > 1, but got 1"),
         ("ALiBi", dict(num_heads=0), r"posenc.ALiBi: option 'num_heads' must be > 0, but got 0"),
-        ("T5RelativeBias", dict(num_heads=2, num_buckets=31), r"option 'num_buckets' must be even when bidirectional.*but got 31"),
+        ("T5RelativeBias", dict(num_heads=2, num_buckets=31), r"option 'num_buckets' must be even and >= 4 when bidirectional.*but got 31"),
+        ("T5RelativeBias", dict(num_heads=2, num_buckets=2), r"option 'num_buckets' must be even and >= 4 when bidirectional.*but got 2"),
+        ("T5RelativeBias", dict(num_heads=2, num_buckets=1, bidirectional=False), r"option 'num_buckets' must be >= 2 when causal, but got 1"),
         ("T5RelativeBias", dict(num_heads=2, max_distance=8), r"option 'max_distance' must be > the number of exact buckets \(8\), but got 8"),
         ("KERPLEBias", dict(num_heads=2, kind="exp"), r"posenc.KERPLEBias: option 'kind' must be \"log\" or \"power\", but got \"exp\""),
         ("KERPLEBias", dict(num_heads=2, eps=0.0), r"option 'eps' must be > 0"),

@@ -18,7 +18,8 @@ struct T5RelativeBiasOptions {
   /* implicit */ T5RelativeBiasOptions(int64_t num_heads) : num_heads_(num_heads) {}
   /// Number of attention heads H; > 0.
   TORCH_ARG(int64_t, num_heads);
-  /// Number of relative position buckets (T5: 32); >= 2, and even when bidirectional.
+  /// Number of relative position buckets (T5: 32); even and >= 4 when bidirectional, >= 2
+  /// when causal.
   TORCH_ARG(int64_t, num_buckets) = 32;
   /// Distance at which the log-spaced buckets end (T5: 128); larger than the number of
   /// exact buckets (num_buckets / 2, halved again when bidirectional).
