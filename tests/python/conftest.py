@@ -47,3 +47,19 @@ def to_device(args, device=CUDA_TEST_DEVICE):
         return a
 
     return tuple(move(a) for a in args)
+
+
+@pytest.fixture
+def nan_filled_empty(request):
+    """Deterministic mode, which also fills torch.empty results with NaN: an output element a
+    kernel forgets to write then fails the comparison. Not for opcheck tests (torch's own
+    checks may run ops without a deterministic implementation)."""
+    if "opcheck" in request.node.name:
+        yield
+        return
+    old = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old)

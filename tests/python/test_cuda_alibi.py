@@ -9,7 +9,7 @@ from test_alibi import ref_bias
 
 from posenc import ops
 
-pytestmark = requires_cuda
+pytestmark = [requires_cuda, pytest.mark.usefixtures("nan_filled_empty")]
 
 F64 = torch.float64
 

@@ -10,7 +10,7 @@ from test_rel_pos import make, ref_scores
 
 from posenc import ops
 
-pytestmark = requires_cuda
+pytestmark = [requires_cuda, pytest.mark.usefixtures("nan_filled_empty")]
 
 F64 = torch.float64
 

@@ -18,7 +18,7 @@ from test_rope import (
 
 from posenc import ops
 
-pytestmark = requires_cuda
+pytestmark = [requires_cuda, pytest.mark.usefixtures("nan_filled_empty")]
 
 
 def tol(dtype):
