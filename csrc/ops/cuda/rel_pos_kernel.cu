@@ -158,13 +158,15 @@ __global__ void rel_pos_grad_q_kernel(const scalar_t* __restrict__ g, Strides4 g
 
 // Backward, pass 2: grad_rel_emb[h, r, :] = sum over (b, i) of w(b,h,i,r) q[b,h,i,:], where w
 // is g at the one key at distance r - c (interior rows) or an edge sum from pass 1 (rows
-// c +- M). Block u = (split, h, r) owns a fixed share of the (b, i) terms, added in order into
-// `partial` in double; threads over the head dim. No atomics.
+// c +- M). Block u = (split, h, r) owns a fixed share of the (b, i) terms, added in order in
+// double into `partial`, or straight into `grad_emb` when there is a single split; threads
+// over the head dim. No atomics.
 template <typename scalar_t>
 __global__ void rel_pos_grad_emb_partial_kernel(const scalar_t* __restrict__ g, Strides4 gs,
                                                 const scalar_t* __restrict__ q, Strides4 qs,
                                                 const double* __restrict__ edge_sums,
-                                                double* __restrict__ partial, Geometry G,
+                                                double* __restrict__ partial,
+                                                scalar_t* __restrict__ grad_emb, Geometry G,
                                                 int64_t splits, int64_t per_split) {
   const int64_t D = G.dim;
   const int64_t n_bi = G.batch * G.q_len;
@@ -201,7 +203,11 @@ __global__ void rel_pos_grad_emb_partial_kernel(const scalar_t* __restrict__ g, 
         }
         acc += w * static_cast<double>(q[b * qs.s0 + h * qs.s1 + i * qs.s2 + e * qs.s3]);
       }
-      partial[u * D + e] = acc;
+      if (splits == 1) {
+        grad_emb[u * D + e] = static_cast<scalar_t>(acc);
+      } else {
+        partial[u * D + e] = acc;
+      }
     }
   }
 }
@@ -273,7 +279,9 @@ std::tuple<at::Tensor, at::Tensor> rel_pos_scores_backward_cuda(
   const int64_t hr = G.heads * G.rows;
   const int64_t splits = std::clamp<int64_t>((1024 + hr - 1) / hr, 1, (n_bi + 15) / 16);
   const int64_t per_split = (n_bi + splits - 1) / splits;
-  auto partial = at::empty({splits, hr, G.dim}, q.options().dtype(at::kDouble));
+  // One split (many rel_emb rows) needs no buffer: a table with long distances stays one
+  // (H, R, D) tensor, not also a double copy of it.
+  auto partial = at::empty({splits > 1 ? splits * hr * G.dim : 0}, q.options().dtype(at::kDouble));
   const int emb_threads = cuda::pow2_at_least(std::max<int64_t>(G.dim, 32), 256);
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
@@ -284,13 +292,15 @@ std::tuple<at::Tensor, at::Tensor> rel_pos_scores_backward_cuda(
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     rel_pos_grad_emb_partial_kernel<scalar_t><<<cuda::num_blocks(splits * hr), emb_threads, 0, stream>>>(
         grad.const_data_ptr<scalar_t>(), strides4(grad), q.const_data_ptr<scalar_t>(), strides4(q),
-        edge_sums.const_data_ptr<double>(), partial.mutable_data_ptr<double>(), G, splits,
-        per_split);
+        edge_sums.const_data_ptr<double>(), partial.mutable_data_ptr<double>(),
+        grad_emb.mutable_data_ptr<scalar_t>(), G, splits, per_split);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int64_t n = grad_emb.numel();
-    rel_pos_grad_emb_final_kernel<scalar_t><<<cuda::num_blocks(n, 256), 256, 0, stream>>>(
-        partial.const_data_ptr<double>(), grad_emb.mutable_data_ptr<scalar_t>(), n, splits);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (splits > 1) {
+      const int64_t n = grad_emb.numel();
+      rel_pos_grad_emb_final_kernel<scalar_t><<<cuda::num_blocks(n, 256), 256, 0, stream>>>(
+          partial.const_data_ptr<double>(), grad_emb.mutable_data_ptr<scalar_t>(), n, splits);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   return {grad_q, grad_emb};
 }
