@@ -2,4 +2,5 @@
 #pragma once
 
 #include "posenc/ops.h"
+#include "posenc/rope_scaling.h"
 #include "posenc/version.h"
