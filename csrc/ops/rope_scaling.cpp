@@ -178,6 +178,15 @@ at::Tensor llama3(const RopeScalingConfig& c, int64_t dim) {
   return at::where(medium, smoothed, scaled);
 }
 
+// float32 (n,) holding `values` (each rounded to float32, as torch.tensor(list, dtype=float32)),
+// built from fills rather than by writing memory, so that it also works on fake tensors.
+at::Tensor float_tensor(const std::vector<double>& values) {
+  std::vector<at::Tensor> parts;
+  parts.reserve(values.size());
+  for (double v : values) parts.push_back(at::full({1}, v, at::TensorOptions().dtype(at::kFloat)));
+  return at::cat(parts);
+}
+
 std::pair<at::Tensor, double> longrope(const RopeScalingConfig& c, int64_t dim,
                                        std::optional<int64_t> seq_len) {
   const double factor = yarn_or_longrope_factor(c);
@@ -192,7 +201,7 @@ std::pair<at::Tensor, double> longrope(const RopeScalingConfig& c, int64_t dim,
   }
   const bool use_long = seq_len.has_value() && *seq_len > orig;
   const auto& list = use_long ? c.long_factor : c.short_factor;
-  const at::Tensor ext = at::tensor(list, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat);
+  const at::Tensor ext = float_tensor(list);
   return {at::reciprocal(ext * base_powers(c.rope_theta, dim)), attention_factor};
 }
 
@@ -300,9 +309,11 @@ at::Tensor xpos_scale_impl(const at::Tensor& positions, const at::Tensor& zeta, 
   POSENC_CHECK_ARG(std::isfinite(scale_base) && scale_base > 0.0, op, "scale_base",
                    "must be finite and > 0", scale_base);
   // Exponent (p - centre) / scale_base: the difference is exact in int64, the rest in fp64.
-  at::Tensor e = (positions - centre).to(at::kDouble) / scale_base;
+  // Contiguous inputs: the same loop (vectorised pow or not) for every layout, so that strided
+  // and contiguous calls give the same bits.
+  at::Tensor e = (positions.contiguous() - centre).to(at::kDouble) / scale_base;
   if (inverse) e = -e;
-  return at::pow(zeta.to(at::kDouble), e.unsqueeze(-1)).to(zeta.scalar_type());
+  return at::pow(zeta.contiguous().to(at::kDouble), e.unsqueeze(-1)).to(zeta.scalar_type());
 }
 
 }  // namespace
