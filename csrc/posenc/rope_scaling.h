@@ -36,7 +36,10 @@ enum class RopeType : int8_t {
   /// "dynamic": dynamic NTK (emozilla 2023; Peng et al. 2023, "Dynamic NTK"): the NTK base with the scale
   /// taken from the current total length L = max(seq_len, max_position_embeddings):
   /// base' = base * (s * L / max_position_embeddings - (s - 1))^(d / (d - 2)). Equals the
-  /// default frequencies for L <= max_position_embeddings. Attention factor 1.
+  /// default frequencies for L <= max_position_embeddings. Attention factor 1. The base is
+  /// computed in double, as transformers' ROPE_INIT_FUNCTIONS["dynamic"] with an int seq_len
+  /// (bit-identical); a transformers model's forward passes seq_len as a tensor and so rounds
+  /// the base in float32 (inv_freq within ~1e-6 relative of ours).
   Dynamic,
   /// "yarn": YaRN (Peng et al. 2023, "YaRN: Efficient Context Window Extension of Large
   /// Language Models", §3.3-3.5). With s = `factor`, L = original_max_position_embeddings,

@@ -15,6 +15,8 @@ Types (``rope_type``), with ``d = int(head_dim * partial_rotary_factor)`` the ro
   al. 2023 §3.2). Not a transformers type.
 * ``"dynamic"``: dynamic NTK, the NTK base with ``s * L / max_position_embeddings - (s - 1)``,
   ``L = max(seq_len, max_position_embeddings)`` (emozilla 2023; transformers ``dynamic``).
+  The base is computed in double as ``ROPE_INIT_FUNCTIONS["dynamic"](config, seq_len=int)``;
+  a transformers model's forward rounds it in float32 (tensor ``seq_len``): ~1e-6 apart.
 * ``"yarn"``: YaRN (Peng et al. 2023, §3.3-3.5): NTK-by-parts ramp between ``theta_i / s`` and
   ``theta_i`` bounded by ``beta_fast`` / ``beta_slow`` rotations over
   ``original_max_position_embeddings``; attention factor ``0.1 ln s + 1``.
