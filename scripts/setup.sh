@@ -22,7 +22,7 @@ fi
 source .venv/bin/activate
 python -m pip install -q --upgrade pip setuptools wheel
 python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-python -m pip install -q pytest hypothesis expecttest numpy tqdm matplotlib
+python -m pip install -q pytest hypothesis expecttest numpy tqdm matplotlib "transformers>=5"
 
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
 MAX_JOBS=${MAX_JOBS:-$(nproc)} python -m pip install -q --no-build-isolation -e .
