@@ -55,15 +55,17 @@ T=$(phase_limit 330 120)
     timeout "$T" cmake --build "$BUILD" --parallel "$MAX_JOBS"
 ) >"$OUT/build.log" 2>&1
 BUILD_RC=$?
+# keep build.log small enough to come back
+tail -c 200000 "$OUT/build.log" >"$OUT/build.log.tmp" && mv "$OUT/build.log.tmp" "$OUT/build.log"
 if [ $BUILD_RC -ne 0 ]; then
-  say "build FAILED (rc $BUILD_RC) after $((SECONDS - START)) s; last lines of build.log:"
-  tail -n 40 "$OUT/build.log" | tee -a "$SUMMARY"
+  say "build FAILED (rc $BUILD_RC$([ $BUILD_RC -eq 124 ] && echo ', time limit')) after $((SECONDS - START)) s; first errors, then the last lines of build.log:"
+  grep -m 20 -E "error|Error" "$OUT/build.log" | tee -a "$SUMMARY"
+  echo "..." | tee -a "$SUMMARY"
+  tail -n 25 "$OUT/build.log" | tee -a "$SUMMARY"
   exit 1
 fi
 grep -q '\.cu\.o' "$BUILD/build.ninja" || say "WARNING: the build did not compile any CUDA source"
 say "build ok in $((SECONDS - START)) s"
-# keep build.log small enough to come back
-tail -c 200000 "$OUT/build.log" >"$OUT/build.log.tmp" && mv "$OUT/build.log.tmp" "$OUT/build.log"
 
 "$PY" - <<'EOF' 2>&1 | tee -a "$SUMMARY"
 import sys
