@@ -23,7 +23,7 @@ fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
 python -m pip install -q --upgrade pip setuptools wheel
-python -m pip install -q "${TORCH_SPEC:-torch==2.14.1}" "cmake>=3.30"
+python -m pip install -q "${TORCH_SPEC:-torch==2.14.1}" "cmake>=3.30,<4"
 python -m pip install -q pytest hypothesis expecttest numpy tqdm matplotlib "transformers>=5"
 
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
