@@ -449,7 +449,7 @@ def test_magnitudes_match_cpu_and_reference(dtype, inverse, interleaved, layout)
 
     def run(device):
         xd = x.to(device).requires_grad_()
-        out = ops.rope(xd, dev(positions) if device != "cpu" else positions, inv.to(device), offset, rot,
+        out = ops.rope(xd, None if positions is None else positions.to(device), inv.to(device), offset, rot,
                        interleaved, layout, None if cu is None else cu.to(device), f, zeta.to(device), sb, inverse, centre)
         (gx,) = torch.autograd.grad(out, xd, g.to(device))
         return out.detach(), gx
