@@ -31,8 +31,13 @@ at::Tensor rope_inv_freq(int64_t dim, double base, at::Device device) {
 
 at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                 const at::Tensor& inv_freq, int64_t offset, std::optional<int64_t> rotary_dim,
-                bool interleaved, const std::string& layout) {
-  return detail::rope_op().call(x, positions, inv_freq, offset, rotary_dim, interleaved, layout);
+                bool interleaved, const std::string& layout,
+                const std::optional<at::Tensor>& cu_seqlens, double attention_factor,
+                const std::optional<at::Tensor>& xpos_zeta, double xpos_scale_base,
+                bool xpos_inverse, int64_t xpos_centre) {
+  return detail::rope_op().call(x, positions, inv_freq, offset, rotary_dim, interleaved, layout,
+                                cu_seqlens, attention_factor, xpos_zeta, xpos_scale_base,
+                                xpos_inverse, xpos_centre);
 }
 
 at::Tensor apply_rotary_pos_emb(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
@@ -47,10 +52,14 @@ TORCH_LIBRARY_FRAGMENT(posenc, m) {
   m.def("rope_inv_freq(int dim, float base=10000.0, *, Device? device=None) -> Tensor");
   m.def(
       "rope(Tensor x, Tensor? positions, Tensor inv_freq, SymInt offset=0, int? rotary_dim=None, "
-      "bool interleaved=False, str layout=\"bhsd\") -> Tensor");
+      "bool interleaved=False, str layout=\"bhsd\", Tensor? cu_seqlens=None, "
+      "float attention_factor=1.0, Tensor? xpos_zeta=None, float xpos_scale_base=512.0, "
+      "bool xpos_inverse=False, SymInt xpos_centre=0) -> Tensor");
   m.def(
       "rope_backward(Tensor grad, Tensor? positions, Tensor inv_freq, SymInt offset, "
-      "int? rotary_dim, bool interleaved, str layout) -> Tensor");
+      "int? rotary_dim, bool interleaved, str layout, Tensor? cu_seqlens=None, "
+      "float attention_factor=1.0, Tensor? xpos_zeta=None, float xpos_scale_base=512.0, "
+      "bool xpos_inverse=False, SymInt xpos_centre=0) -> Tensor");
   m.def(
       "apply_rotary_pos_emb(Tensor x, Tensor cos, Tensor sin, bool interleaved=False, "
       "str layout=\"bhsd\") -> Tensor");

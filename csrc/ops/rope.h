@@ -4,6 +4,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/macros/Macros.h>
 
+#include <cmath>
+
 #include <optional>
 #include <string>
 #include <tuple>
@@ -13,21 +15,25 @@
 namespace posenc {
 namespace detail {
 
+// rope and rope_backward share one signature: x (or grad), positions, inv_freq, offset,
+// rotary_dim, interleaved, layout, cu_seqlens, attention_factor, xpos_zeta, xpos_scale_base,
+// xpos_inverse, xpos_centre.
+using RopeSig = at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
+                           c10::SymInt, std::optional<int64_t>, bool, c10::string_view,
+                           const std::optional<at::Tensor>&, double,
+                           const std::optional<at::Tensor>&, double, bool, c10::SymInt);
+
 inline auto& rope_op() {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("posenc::rope", "")
-                       .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
-                                         const at::Tensor&, c10::SymInt, std::optional<int64_t>,
-                                         bool, c10::string_view)>();
+                       .typed<RopeSig>();
   return op;
 }
 
 inline auto& rope_backward_op() {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("posenc::rope_backward", "")
-                       .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
-                                         const at::Tensor&, c10::SymInt, std::optional<int64_t>,
-                                         bool, c10::string_view)>();
+                       .typed<RopeSig>();
   return op;
 }
 
@@ -54,6 +60,39 @@ C10_HOST_DEVICE inline void rope_pair_index(int64_t k, int64_t half, bool interl
                                             int64_t& i1, int64_t& i2) {
   i1 = interleaved ? 2 * k : k;
   i2 = interleaved ? 2 * k + 1 : k + half;
+}
+
+// Packed "thd" input: the start of the sequence holding token t, i.e. cu[i] for the largest
+// i < n - 1 with cu[i] <= t (cu = cu_seqlens, n = its length >= 1). Binary search, so every
+// token finds its sequence on its own (no host sync on CUDA); it reads only cu[0, n - 1), so
+// an unchecked (device) cu_seqlens can give wrong positions but never an out-of-bounds read.
+C10_HOST_DEVICE inline int64_t rope_seq_start(const int64_t* cu, int64_t n, int64_t t) {
+  int64_t lo = 1, hi = n - 1;  // first index in [1, n - 1) with cu[i] > t
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (cu[mid] <= t) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return cu[lo - 1];
+}
+
+// Magnitude multiplying cos and sin of pair k at absolute position p: attention_factor times,
+// with xPos (Sun et al. 2022), zeta_k^(+-(p - centre) / scale_base) (minus for keys,
+// xpos_inverse). In T = opmath (fp32, fp64 for fp64 inputs). Shared by CPU and CUDA kernels.
+template <typename T>
+C10_HOST_DEVICE inline T rope_magnitude(T factor, const float* zeta, int64_t k, int64_t p,
+                                        int64_t centre, T scale_base, bool inverse) {
+  if (zeta == nullptr) return factor;
+  T e = static_cast<T>(p - centre) / scale_base;
+  if (inverse) e = -e;
+#ifdef __CUDA_ARCH__
+  return factor * ::pow(static_cast<T>(zeta[k]), e);
+#else
+  return factor * std::pow(static_cast<T>(zeta[k]), e);
+#endif
 }
 
 // ---- argument checks (CPU and Meta kernels) ------------------------------------------------
@@ -96,28 +135,66 @@ inline bool check_rope_input(const char* op, const char* arg, const at::Tensor& 
   return bshd;
 }
 
-inline void check_rope(const char* op, const char* arg, const at::Tensor& x,
-                       const std::optional<at::Tensor>& positions, const at::Tensor& inv_freq,
-                       std::optional<int64_t> rotary_dim, c10::string_view layout) {
-  const bool bshd = check_rope_input(op, arg, x, layout);
-  const c10::SymInt batch = x.sym_size(0);
-  const c10::SymInt seq = x.sym_size(bshd ? 1 : 2);
-  const c10::SymInt head_dim = x.sym_size(3);
+enum class RopeLayout { kBhsd, kBshd, kThd };
 
-  if (positions.has_value() && positions->defined()) {
-    const at::Tensor& pos = *positions;
-    check_dtype(op, "positions", pos, at::kLong);
-    POSENC_CHECK_ARG(pos.dim() == 1 || pos.dim() == 2, op, "positions",
-                     "must be a 1-D (seq,) or 2-D (batch, seq) tensor", "a ", pos.dim(),
-                     "-D tensor of shape ", shape_str(pos));
-    POSENC_CHECK_ARG(!known_ne(pos.sym_size(-1), seq) &&
-                         (pos.dim() == 1 || !known_ne(pos.sym_size(0), batch)),
-                     op, "positions",
-                     c10::str("must have shape (", seq, ",) or (", batch, ", ", seq, ") to match '",
-                              arg, "' of shape ", shape_str(x), " (layout \"",
-                              std::string(layout), "\")"),
-                     "shape ", shape_str(pos));
-    check_same_device(op, "positions", pos, arg, x);
+// Checks rope / rope_backward arguments; x is 'x' or 'grad'. Returns the layout. The values of
+// cu_seqlens and xpos_zeta are checked by check_rope_values (CPU kernel only: they need data).
+inline RopeLayout check_rope(const char* op, const char* arg, const at::Tensor& x,
+                             const std::optional<at::Tensor>& positions,
+                             const at::Tensor& inv_freq, std::optional<int64_t> rotary_dim,
+                             c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
+                             double attention_factor, const std::optional<at::Tensor>& xpos_zeta,
+                             double xpos_scale_base) {
+  POSENC_CHECK_ARG(layout == "bhsd" || layout == "bshd" || layout == "thd", op, "layout",
+                   "must be one of \"bhsd\", \"bshd\", \"thd\"", "\"", std::string(layout),
+                   "\"");
+  const RopeLayout lay = layout == "thd"    ? RopeLayout::kThd
+                         : layout == "bshd" ? RopeLayout::kBshd
+                                            : RopeLayout::kBhsd;
+  const bool has_pos = positions.has_value() && positions->defined();
+  const bool has_cu = cu_seqlens.has_value() && cu_seqlens->defined();
+  c10::SymInt head_dim;
+  if (lay == RopeLayout::kThd) {
+    check_dim(op, arg, x, 3, "(total_tokens, heads, head_dim)");
+    check_floating(op, arg, x);
+    head_dim = x.sym_size(2);
+    POSENC_CHECK_ARG(!has_pos, op, "positions",
+                     "must be None with layout \"thd\" (positions restart at offset in each "
+                     "sequence of 'cu_seqlens')",
+                     "a tensor of shape ", shape_str(*positions));
+    POSENC_CHECK_ARG(has_cu, op, "cu_seqlens",
+                     "must be an int64 (num_seqs + 1,) tensor with layout \"thd\"", "None");
+    const at::Tensor& cu = *cu_seqlens;
+    check_dim(op, "cu_seqlens", cu, 1, "(num_seqs + 1,)");
+    check_dtype(op, "cu_seqlens", cu, at::kLong);
+    POSENC_CHECK_ARG(!known_gt(c10::SymInt(1), cu.sym_size(0)), op, "cu_seqlens",
+                     "must have at least one element (num_seqs + 1 >= 1)", "shape ",
+                     shape_str(cu));
+    check_same_device(op, "cu_seqlens", cu, arg, x);
+  } else {
+    check_rope_input(op, arg, x, layout);
+    POSENC_CHECK_ARG(!has_cu, op, "cu_seqlens", "must be None unless layout is \"thd\"",
+                     "a tensor of shape ", shape_str(*cu_seqlens), " with layout \"",
+                     std::string(layout), "\"");
+    const bool bshd = lay == RopeLayout::kBshd;
+    const c10::SymInt batch = x.sym_size(0);
+    const c10::SymInt seq = x.sym_size(bshd ? 1 : 2);
+    head_dim = x.sym_size(3);
+    if (has_pos) {
+      const at::Tensor& pos = *positions;
+      check_dtype(op, "positions", pos, at::kLong);
+      POSENC_CHECK_ARG(pos.dim() == 1 || pos.dim() == 2, op, "positions",
+                       "must be a 1-D (seq,) or 2-D (batch, seq) tensor", "a ", pos.dim(),
+                       "-D tensor of shape ", shape_str(pos));
+      POSENC_CHECK_ARG(!known_ne(pos.sym_size(-1), seq) &&
+                           (pos.dim() == 1 || !known_ne(pos.sym_size(0), batch)),
+                       op, "positions",
+                       c10::str("must have shape (", seq, ",) or (", batch, ", ", seq,
+                                ") to match '", arg, "' of shape ", shape_str(x), " (layout \"",
+                                std::string(layout), "\")"),
+                       "shape ", shape_str(pos));
+      check_same_device(op, "positions", pos, arg, x);
+    }
   }
 
   check_dim(op, "inv_freq", inv_freq, 1, "(rotary_dim / 2,)");
@@ -136,6 +213,49 @@ inline void check_rope(const char* op, const char* arg, const at::Tensor& x,
                      c10::str("must have at most head_dim / 2 elements (head_dim ", head_dim,
                               "), since rotary_dim = 2 * len(inv_freq) <= head_dim"),
                      inv_freq.sym_size(0), " elements");
+  }
+
+  POSENC_CHECK_ARG(std::isfinite(attention_factor), op, "attention_factor", "must be finite",
+                   attention_factor);
+  if (xpos_zeta.has_value() && xpos_zeta->defined()) {
+    const at::Tensor& zeta = *xpos_zeta;
+    check_dim(op, "xpos_zeta", zeta, 1, "(rotary_dim / 2,)");
+    check_dtype(op, "xpos_zeta", zeta, at::kFloat);
+    POSENC_CHECK_ARG(!known_ne(zeta.sym_size(0), inv_freq.sym_size(0)), op, "xpos_zeta",
+                     c10::str("must have len(inv_freq) = ", inv_freq.sym_size(0), " elements"),
+                     "shape ", shape_str(zeta));
+    check_same_device(op, "xpos_zeta", zeta, arg, x);
+    POSENC_CHECK_ARG(std::isfinite(xpos_scale_base) && xpos_scale_base > 0, op,
+                     "xpos_scale_base", "must be finite and > 0", xpos_scale_base);
+  }
+  return lay;
+}
+
+// Value checks that need the data (CPU tensors only; on CUDA they are the caller's
+// responsibility, to keep the op free of host syncs): cu_seqlens starts at 0, ends at
+// total_tokens and is non-decreasing; xpos_zeta is > 0.
+inline void check_rope_values(const char* op, const std::optional<at::Tensor>& cu_seqlens,
+                              int64_t total_tokens, const std::optional<at::Tensor>& xpos_zeta) {
+  if (cu_seqlens.has_value() && cu_seqlens->defined()) {
+    const at::Tensor cu = cu_seqlens->contiguous();
+    const int64_t* c = cu.const_data_ptr<int64_t>();
+    const int64_t n = cu.size(0);
+    POSENC_CHECK_ARG(c[0] == 0, op, "cu_seqlens", "must start at 0", "cu_seqlens[0] = ", c[0]);
+    for (int64_t i = 0; i + 1 < n; ++i) {
+      POSENC_CHECK_ARG(c[i] <= c[i + 1], op, "cu_seqlens", "must be non-decreasing",
+                       "cu_seqlens[", i, "] = ", c[i], " > cu_seqlens[", i + 1, "] = ", c[i + 1]);
+    }
+    POSENC_CHECK_ARG(c[n - 1] == total_tokens, op, "cu_seqlens",
+                     c10::str("must end at total_tokens (", total_tokens, ")"), "cu_seqlens[",
+                     n - 1, "] = ", c[n - 1]);
+  }
+  if (xpos_zeta.has_value() && xpos_zeta->defined()) {
+    const at::Tensor zeta = xpos_zeta->contiguous();
+    const float* z = zeta.const_data_ptr<float>();
+    for (int64_t i = 0; i < zeta.size(0); ++i) {
+      POSENC_CHECK_ARG(z[i] > 0 && std::isfinite(z[i]), op, "xpos_zeta",
+                       "must be finite and > 0", "xpos_zeta[", i, "] = ", z[i]);
+    }
   }
 }
 

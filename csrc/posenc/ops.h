@@ -99,21 +99,45 @@ at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_
 /// fp64, returned as float32 (dim/2,). dim is the rotary dimension and must be even.
 at::Tensor rope_inv_freq(int64_t dim, double base = 10000.0, at::Device device = at::kCPU);
 
-/// Rotary position embedding (Su et al. 2021, eq. 34). x (B,H,S,D) for layout "bhsd" or
-/// (B,S,H,D) for "bshd", any strides; positions int64 (S,) or (B,S), or none for
-/// offset + arange(S) (offset is added to given positions too); inv_freq float32 (R/2,)
-/// with R = rotary_dim <= D even. Pairs (i, i + R/2) (half-split, GPT-NeoX/Llama) or
-/// (2i, 2i+1) (interleaved, GPT-J/RoFormer); dims >= R pass through bit-exactly. The angle is
-/// the float32 product float(pos) * inv_freq[i] (as Hugging Face computes it) for every dtype;
-/// cos/sin and the rotation are fp32 for half/bfloat16/float x, fp64 for double x. Returns a
-/// new contiguous tensor of x's shape and dtype; differentiable in x only (the backward is the
-/// rotation by the negative angle). Throws c10::Error naming the argument for a non-4-D or
-/// non-float x, an unknown layout, positions not int64 (S,)/(B,S), inv_freq not float32 1-D,
-/// a tensor on another device, or rotary_dim odd, != 2*len(inv_freq), or > D.
+/// Rotary position embedding (Su et al. 2021, eq. 34). x (B,H,S,D) for layout "bhsd",
+/// (B,S,H,D) for "bshd", or packed (T,H,D) for "thd", any strides; positions int64 (S,) or
+/// (B,S), or none for offset + arange(S) (offset is added to given positions too); inv_freq
+/// float32 (R/2,) with R = rotary_dim <= D even. Pairs (i, i + R/2) (half-split,
+/// GPT-NeoX/Llama) or (2i, 2i+1) (interleaved, GPT-J/RoFormer); dims >= R pass through
+/// bit-exactly. The angle is the float32 product float(pos) * inv_freq[i] (as Hugging Face
+/// computes it) for every dtype; cos/sin and the rotation are fp32 for half/bfloat16/float x,
+/// fp64 for double x. Returns a new contiguous tensor of x's shape and dtype; differentiable in
+/// x only (the backward is the same magnitude times the rotation by the negative angle).
+///
+/// Packed sequences (layout "thd"): cu_seqlens int64 (num_seqs + 1,) on x's device holds the
+/// cumulative sequence starts (0, ..., T, non-decreasing); token t of the sequence starting at
+/// cu_seqlens[i] has position t - cu_seqlens[i] + offset. positions must be none (for explicit
+/// per-token positions use "bshd" on x.unsqueeze(0) with positions (T,)). The cu_seqlens
+/// values are checked for CPU tensors only; on CUDA they are the caller's responsibility (no
+/// host sync; bad values give wrong positions, never out-of-bounds reads).
+///
+/// Magnitudes, folded into cos and sin (only the R rotary dims are scaled): attention_factor
+/// multiplies every pair (Hugging Face's YaRN / LongRoPE attention_scaling); xpos_zeta float32
+/// (R/2,) > 0 enables xPos (Sun et al. 2022, "A Length-Extrapolatable Transformer"): pair i
+/// at position p is scaled by zeta_i^((p - xpos_centre) / xpos_scale_base), or by its inverse
+/// when xpos_inverse (keys), so that q.k depends on the positions only through p_q - p_k. The
+/// magnitude is computed in opmath (fp32, fp64 for double x).
+///
+/// Throws c10::Error naming the argument for a non-4-D (non-3-D for "thd") or non-float x, an
+/// unknown layout, positions not int64 (S,)/(B,S) or given with "thd", cu_seqlens missing with
+/// "thd", given otherwise, not int64 1-D non-empty, or (CPU) not 0..T non-decreasing, inv_freq
+/// not float32 1-D, xpos_zeta not float32 (R/2,) or (CPU) not > 0, a non-finite
+/// attention_factor, xpos_scale_base <= 0, a tensor on another device, or rotary_dim odd,
+/// != 2*len(inv_freq), or > D.
 at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                 const at::Tensor& inv_freq, int64_t offset = 0,
                 std::optional<int64_t> rotary_dim = std::nullopt, bool interleaved = false,
-                const std::string& layout = "bhsd");
+                const std::string& layout = "bhsd",
+                const std::optional<at::Tensor>& cu_seqlens = std::nullopt,
+                double attention_factor = 1.0,
+                const std::optional<at::Tensor>& xpos_zeta = std::nullopt,
+                double xpos_scale_base = 512.0, bool xpos_inverse = false,
+                int64_t xpos_centre = 0);
 
 /// Rotary embedding from caller-supplied cos/sin tables, as Hugging Face's
 /// apply_rotary_pos_emb: out = x*cos + rotate(x)*sin on the first R dims, with cos/sin of

@@ -219,27 +219,77 @@ def rope(
     rotary_dim: Optional[int] = None,
     interleaved: bool = False,
     layout: str = "bhsd",
+    cu_seqlens: Optional[Tensor] = None,
+    attention_factor: float = 1.0,
+    xpos_zeta: Optional[Tensor] = None,
+    xpos_scale_base: float = 512.0,
+    xpos_inverse: bool = False,
+    xpos_centre: int = 0,
 ) -> Tensor:
     """Rotary position embedding (Su et al. 2021, eq. 34): rotate pairs of ``x`` by ``pos * inv_freq``.
 
-    ``x``: ``(B, H, S, D)`` for ``layout="bhsd"`` or ``(B, S, H, D)`` for ``"bshd"``, any
-    strides (views into a packed qkv buffer work without a copy). ``positions``: int64
-    ``(S,)`` or ``(B, S)``, or ``None`` for ``arange(S)``; ``offset`` is added in both cases
-    (KV-cache decoding). ``inv_freq``: float32 ``(R/2,)``, ``R = rotary_dim`` (default
-    ``2 * len(inv_freq)``, must be even and <= D); dims ``>= R`` pass through unchanged.
-    Half-split pairs ``(i, i + R/2)`` (GPT-NeoX, Llama); interleaved pairs ``(2i, 2i+1)``
-    (GPT-J, RoFormer). The angle is the float32 product ``float(pos) * inv_freq[i]`` (as
-    Hugging Face computes it), whatever ``x``'s dtype; its cos/sin and the rotation are in
-    fp32 for fp16/bf16/fp32 ``x`` and in fp64 for fp64 ``x``. Output: a new contiguous
-    tensor of ``x``'s dtype and shape. Gradient flows to ``x`` (the rotation by the negative
-    angle, op ``rope_backward``); ``positions`` and ``inv_freq`` get none.
+    ``x``: ``(B, H, S, D)`` for ``layout="bhsd"``, ``(B, S, H, D)`` for ``"bshd"`` or packed
+    ``(T, H, D)`` for ``"thd"``, any strides (views into a packed qkv buffer work without a
+    copy). ``positions``: int64 ``(S,)`` or ``(B, S)``, or ``None`` for ``arange(S)``;
+    ``offset`` is added in both cases (KV-cache decoding). ``inv_freq``: float32 ``(R/2,)``,
+    ``R = rotary_dim`` (default ``2 * len(inv_freq)``, must be even and <= D); dims ``>= R``
+    pass through unchanged. Half-split pairs ``(i, i + R/2)`` (GPT-NeoX, Llama); interleaved
+    pairs ``(2i, 2i+1)`` (GPT-J, RoFormer). The angle is the float32 product
+    ``float(pos) * inv_freq[i]`` (as Hugging Face computes it), whatever ``x``'s dtype; its
+    cos/sin and the rotation are in fp32 for fp16/bf16/fp32 ``x`` and in fp64 for fp64 ``x``.
+    Output: a new contiguous tensor of ``x``'s dtype and shape. Gradient flows to ``x`` (the
+    same magnitude times the rotation by the negative angle, op ``rope_backward``);
+    ``positions``, ``inv_freq``, ``cu_seqlens`` and ``xpos_zeta`` get none.
 
-    Raises ``RuntimeError`` ("posenc.rope: argument '<arg>' ...") for: ``x`` not 4-D float;
-    ``layout`` not "bhsd"/"bshd"; ``positions`` not int64, not ``(S,)``/``(B, S)``, or on
-    another device; ``inv_freq`` not float32 1-D or on another device; ``rotary_dim`` odd,
-    ``!= 2 * len(inv_freq)`` or ``> D``.
+    Packed sequences (``layout="thd"``, varlen / FlashAttention style): ``cu_seqlens`` int64
+    ``(num_seqs + 1,)`` on ``x``'s device, the cumulative starts ``0 = c_0 <= c_1 <= ... = T``;
+    token ``t`` with ``c_i <= t < c_{i+1}`` has position ``t - c_i + offset`` (positions restart
+    in every sequence). ``positions`` must be ``None`` with ``"thd"``; for explicit per-token
+    positions use ``layout="bshd"`` on ``x.unsqueeze(0)`` with ``positions`` of shape
+    ``(T,)``. The ``cu_seqlens`` values are checked for CPU tensors only; on CUDA they are the
+    caller's responsibility (no host sync: bad values give wrong positions, never
+    out-of-bounds reads).
+
+    Magnitude scalings, folded into cos and sin (so only the ``R`` rotary dims are scaled,
+    the pass-through dims are not; no extra pass over ``x``):
+
+    * ``attention_factor`` multiplies every rotary pair, as Hugging Face's YaRN / LongRoPE
+      ``attention_scaling`` (``cos * f``, ``sin * f`` in ``apply_rotary_pos_emb``).
+    * xPos (Sun et al. 2022, "A Length-Extrapolatable Transformer", sec. 3): with
+      ``xpos_zeta`` float32 ``(R/2,)``, values > 0 (the paper's
+      ``zeta_i = (2i/R + gamma) / (1 + gamma)``, gamma = 0.4), pair ``i`` at position ``p``
+      is scaled by ``zeta_i ** ((p - xpos_centre) / xpos_scale_base)`` for queries and by its
+      inverse for keys (``xpos_inverse=True``), so that ``q . k`` depends on the positions only
+      through ``p_q - p_k`` (``xpos_centre`` cancels; use it to keep the factors in range for
+      long sequences). ``xpos_scale_base``, ``xpos_inverse`` and ``xpos_centre`` are ignored
+      without ``xpos_zeta``.
+
+    The magnitude is computed in fp32 (fp64 for fp64 ``x``).
+
+    Raises ``RuntimeError`` ("posenc.rope: argument '<arg>' ...") for: ``x`` not 4-D (3-D for
+    ``"thd"``) float; ``layout`` not "bhsd"/"bshd"/"thd"; ``positions`` not int64, not
+    ``(S,)``/``(B, S)``, on another device, or given with ``"thd"``; ``cu_seqlens`` missing
+    with ``"thd"``, given with another layout, not int64 1-D non-empty, on another device, or
+    (CPU) not starting at 0, decreasing, or not ending at ``T``; ``inv_freq`` not float32 1-D
+    or on another device; ``rotary_dim`` odd, ``!= 2 * len(inv_freq)`` or ``> D``;
+    ``attention_factor`` not finite; ``xpos_zeta`` not float32 ``(R/2,)``, on another device
+    or (CPU) not > 0; ``xpos_scale_base`` not > 0 (with ``xpos_zeta``).
     """
-    return torch.ops.posenc.rope(x, positions, inv_freq, offset, rotary_dim, interleaved, layout)
+    return torch.ops.posenc.rope(
+        x,
+        positions,
+        inv_freq,
+        offset,
+        rotary_dim,
+        interleaved,
+        layout,
+        cu_seqlens,
+        attention_factor,
+        xpos_zeta,
+        xpos_scale_base,
+        xpos_inverse,
+        xpos_centre,
+    )
 
 
 def apply_rotary_pos_emb(

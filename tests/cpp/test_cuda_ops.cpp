@@ -164,6 +164,41 @@ TEST(CudaRope, PackedQkvViewsAreReadInPlace) {
   EXPECT_TRUE(torch::equal(qkv, before));
 }
 
+// Packed "thd" input (binary search per token in cu_seqlens) with attention_factor and xPos.
+TEST(CudaRope, PackedAndMagnitudesMatchCpu) {
+  POSENC_REQUIRE_DEVICE();
+  torch::manual_seed(3);
+  const auto dev = test_device();
+  const auto cu = torch::tensor({0, 3, 3, 40, 41, 47}, torch::kLong);  // an empty sequence too
+  const int64_t T = 47, H = 5, D = 20, R = 16, offset = 2;
+  auto inv = posenc::ops::rope_inv_freq(R);
+  auto zeta = ((torch::arange(0, R, 2, torch::kDouble) / R + 0.4) / 1.4).to(torch::kFloat);
+  for (const auto dtype : kDtypes) {
+    for (const bool interleaved : {false, true}) {
+      for (const bool xpos : {false, true}) {
+        const std::string what = name(dtype) + (interleaved ? " interleaved" : " half-split") +
+                                 (xpos ? " xpos" : " factor only");
+        auto x = randn({T, H, D}, dtype);
+        auto g = randn({T, H, D}, dtype);
+        auto run = [&](torch::Device d) {
+          auto xl = leaf(x, d);
+          std::optional<at::Tensor> z;
+          if (xpos) z = zeta.to(d);
+          auto out = posenc::ops::rope(xl, std::nullopt, inv.to(d), offset, R, interleaved, "thd",
+                                       cu.to(d), 1.25, z, 32.0, interleaved, 7);
+          auto gx = torch::autograd::grad({out}, {xl}, {g.to(d)})[0];
+          return std::make_pair(out, gx);
+        };
+        const auto [out_cpu, gx_cpu] = run(torch::kCPU);
+        const auto [out_dev, gx_dev] = run(dev);
+        expect_close(out_dev, out_cpu, "rope thd " + what);
+        expect_close(gx_dev, gx_cpu, "rope thd grad " + what);
+        EXPECT_TRUE(torch::equal(out_dev.slice(-1, R).cpu(), x.slice(-1, R))) << what;
+      }
+    }
+  }
+}
+
 TEST(CudaRope, EmptyInputsAndErrors) {
   POSENC_REQUIRE_DEVICE();
   const auto dev = test_device();

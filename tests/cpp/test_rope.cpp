@@ -6,6 +6,7 @@
 #include <functional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "posenc/ops.h"
 
@@ -213,7 +214,7 @@ TEST(Rope, Errors) {
   auto inv = rope_inv_freq(8);
   EXPECT_THROW(rope(x, std::nullopt, inv, 0, std::nullopt, false, "sbhd"), c10::Error);
   expect_error([&] { rope(x, std::nullopt, inv, 0, std::nullopt, false, "sbhd"); },
-               "posenc.rope: argument 'layout' must be one of \"bhsd\", \"bshd\", but got \"sbhd\"");
+               "posenc.rope: argument 'layout' must be one of \"bhsd\", \"bshd\", \"thd\", but got \"sbhd\"");
   expect_error([&] { rope(x[0], std::nullopt, inv); }, "posenc.rope: argument 'x' must be a 4-D");
   expect_error([&] { rope(x, std::nullopt, inv, 0, 7); },
                "posenc.rope: argument 'rotary_dim' must be even and >= 0, but got 7");
@@ -246,6 +247,92 @@ TEST(ApplyRotaryPosEmb, Errors) {
                "argument 'cos' must have shape (3, rotary_dim) or (1, 3, rotary_dim)");
   expect_error([&] { apply_rotary_pos_emb(x, t.to(torch::kDouble), t.to(torch::kDouble)); },
                "argument 'cos' must have the dtype of 'x'");
+}
+
+
+// Packed "thd": each sequence equals the bhsd op on that sequence alone (positions restart at
+// offset) and the fp64 reference with per-sequence positions; the backward is the adjoint.
+TEST(Rope, PackedThd) {
+  const std::vector<int64_t> lengths = {3, 0, 5, 1};
+  const auto cu = torch::tensor({0, 3, 3, 8, 9}, torch::kLong);
+  const int64_t T = 9, H = 2, D = 10, R = 8, offset = 4;
+  auto inv = rope_inv_freq(R);
+  for (bool interleaved : {false, true}) {
+    auto x = torch::randn({T, H, D}, kF64).requires_grad_();
+    auto out = rope(x, std::nullopt, inv, offset, R, interleaved, "thd", cu);
+    int64_t s0 = 0;
+    std::vector<at::Tensor> pos;
+    for (int64_t n : lengths) {
+      auto seq = x.detach().slice(0, s0, s0 + n).transpose(0, 1).unsqueeze(0);
+      auto alone = rope(seq, std::nullopt, inv, offset, R, interleaved, "bhsd");
+      EXPECT_TRUE(torch::equal(out.detach().slice(0, s0, s0 + n), alone[0].transpose(0, 1)));
+      pos.push_back(torch::arange(n, torch::kLong) + offset);
+      s0 += n;
+    }
+    auto p = torch::cat(pos).unsqueeze(0);  // (1, T)
+    auto xr = x.unsqueeze(0).transpose(1, 2);  // (1, H, T, D)
+    auto want = ref_rotate(xr, f32_angles(p, inv), R, interleaved).transpose(1, 2)[0];
+    EXPECT_TRUE(torch::allclose(out, want, 1e-12, 1e-12));
+    auto g = torch::randn({T, H, D}, kF64);
+    auto gx = torch::autograd::grad({out}, {x}, {g})[0];
+    auto gw = torch::autograd::grad({want}, {x}, {g})[0];
+    EXPECT_TRUE(torch::allclose(gx, gw, 1e-12, 1e-12));
+  }
+}
+
+// attention_factor and xPos scale cos and sin of pair k by f * zeta_k^(+-(p - c) / sb); the
+// pass-through dims are untouched.
+TEST(Rope, Magnitudes) {
+  const int64_t B = 2, H = 3, S = 5, D = 10, R = 8, offset = 6, centre = 2;
+  const double f = 1.3, sb = 16.0;
+  auto inv = rope_inv_freq(R);
+  auto zeta = (torch::arange(0, R, 2, kF64) / R + 0.4) / 1.4;  // Sun et al. 2022, gamma = 0.4
+  for (bool inverse : {false, true}) {
+    for (bool interleaved : {false, true}) {
+      auto x = torch::randn({B, H, S, D}, kF64).requires_grad_();
+      auto out = rope(x, std::nullopt, inv, offset, R, interleaved, "bhsd", std::nullopt, f,
+                      zeta.to(torch::kFloat32), sb, inverse, centre);
+      auto p = default_positions(B, S, offset);
+      auto e = (p.to(torch::kFloat64).unsqueeze(-1) - centre) / sb * (inverse ? -1.0 : 1.0);
+      auto m = (f * torch::pow(zeta.to(torch::kFloat32).to(torch::kFloat64), e)).unsqueeze(1);
+      auto rot = ref_rotate(x, f32_angles(p, inv), R, interleaved);
+      auto [a, b] = split_pairs(rot, R, interleaved);
+      auto want = join_pairs(a * m, b * m, rot.slice(-1, R), interleaved);
+      EXPECT_TRUE(torch::allclose(out, want, 1e-12, 1e-12));
+      EXPECT_TRUE(torch::equal(out.detach().slice(-1, R), x.detach().slice(-1, R)));
+      auto g = torch::randn({B, H, S, D}, kF64);
+      auto gx = torch::autograd::grad({out}, {x}, {g})[0];
+      auto gw = torch::autograd::grad({want}, {x}, {g})[0];
+      EXPECT_TRUE(torch::allclose(gx, gw, 1e-12, 1e-12));
+    }
+  }
+}
+
+TEST(Rope, PackedAndMagnitudeErrors) {
+  auto x = torch::randn({5, 2, 8});
+  auto inv = rope_inv_freq(8);
+  auto cu = torch::tensor({0, 2, 5}, torch::kLong);
+  expect_error([&] { rope(x, std::nullopt, inv, 0, std::nullopt, false, "thd"); },
+               "posenc.rope: argument 'cu_seqlens' must be an int64 (num_seqs + 1,) tensor");
+  expect_error([&] { rope(x, torch::arange(5), inv, 0, std::nullopt, false, "thd", cu); },
+               "argument 'positions' must be None with layout \"thd\"");
+  expect_error([&] { rope(x.unsqueeze(0), std::nullopt, inv, 0, std::nullopt, false, "bhsd", cu); },
+               "argument 'cu_seqlens' must be None unless layout is \"thd\"");
+  expect_error(
+      [&] { rope(x, std::nullopt, inv, 0, std::nullopt, false, "thd", torch::tensor({0, 4, 3, 5})); },
+      "argument 'cu_seqlens' must be non-decreasing, but got cu_seqlens[1] = 4 > cu_seqlens[2] = 3");
+  expect_error([&] { rope(x, std::nullopt, inv, 0, std::nullopt, false, "thd", torch::tensor({0, 4})); },
+               "argument 'cu_seqlens' must end at total_tokens (5), but got cu_seqlens[1] = 4");
+  expect_error([&] { rope(x, std::nullopt, inv, 0, std::nullopt, false, "thd", torch::tensor({1, 5})); },
+               "argument 'cu_seqlens' must start at 0, but got cu_seqlens[0] = 1");
+  expect_error([&] { rope(x, std::nullopt, inv, 0, std::nullopt, false, "thd", cu, 1.0, torch::ones({3})); },
+               "argument 'xpos_zeta' must have len(inv_freq) = 4 elements, but got shape [3]");
+  expect_error([&] { rope(x, std::nullopt, inv, 0, std::nullopt, false, "thd", cu, 1.0, -torch::ones({4})); },
+               "argument 'xpos_zeta' must be finite and > 0, but got xpos_zeta[0] = -1");
+  expect_error([&] { rope(x, std::nullopt, inv, 0, std::nullopt, false, "thd", cu, 1.0, torch::ones({4}), 0.0); },
+               "argument 'xpos_scale_base' must be finite and > 0, but got 0");
+  expect_error([&] { rope(x, std::nullopt, inv, 0, std::nullopt, false, "thd", cu, NAN); },
+               "argument 'attention_factor' must be finite, but got nan");
 }
 
 }  // namespace

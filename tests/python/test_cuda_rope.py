@@ -8,12 +8,19 @@ from test_rope import (
     F64,
     abs_positions,
     apply_samples,
+    cu_tensor,
     f32_angles,
+    magnitude_samples,
     make_positions,
     make_x,
     ref_apply,
     ref_rope,
+    ref_rope_thd,
+    ref_scale,
+    ref_xpos_zeta,
     rope_samples,
+    thd_positions,
+    xpos_mag,
 )
 
 from posenc import ops
@@ -355,3 +362,172 @@ def test_opcheck_apply(args):
 def test_opcheck_apply_backward(args):
     x, cos, sin, il, layout = to_device(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
     torch.library.opcheck(torch.ops.posenc.apply_rotary_pos_emb_backward.default, (torch.randn_like(x), x, cos, sin, il, layout))
+
+
+# ---- packed "thd", attention_factor, xPos ----------------------------------------------------
+
+THD_CASES = [
+    # lengths, H, D, rot, offset
+    ([3, 5, 1], 2, 8, 8, 0),
+    ([2, 0, 6, 0], 3, 16, 12, 7),  # empty sequences (repeated cu_seqlens values)
+    ([1] * 40 + [17, 0, 300], 5, 130, 128, 3),  # many sequences; more pairs than threads in x
+]
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("case", THD_CASES)
+def test_thd_forward_backward_match_cpu_and_reference(case, dtype, interleaved):
+    lengths, H, D, rot, offset = case
+    T = sum(lengths)
+    x = torch.randn(T, H, D, dtype=F64).to(dtype)
+    g = torch.randn(T, H, D, dtype=F64).to(dtype)
+    cu = cu_tensor(lengths)
+    inv = ops.rope_inv_freq(rot)
+
+    def run(device):
+        xd = x.to(device).requires_grad_()
+        out = ops.rope(xd, None, inv.to(device), offset, rot, interleaved, "thd", cu.to(device))
+        (gx,) = torch.autograd.grad(out, xd, g.to(device))
+        return out, gx
+
+    (out, gx), (cout, cgx) = run(DEV), run("cpu")
+    assert out.device.type == DEV and out.dtype == dtype and out.is_contiguous()
+    torch.testing.assert_close(out.cpu(), cout, **tol(dtype))
+    torch.testing.assert_close(gx.cpu(), cgx, **tol(dtype))
+    want = ref_rope_thd(x.double(), lengths, f32_angles(inv), rot, interleaved, offset)
+    torch.testing.assert_close(out.detach().cpu().double(), want, **tol(dtype))
+    gwant = ref_rope_thd(g.double(), lengths, lambda p: -f32_angles(inv)(p), rot, interleaved, offset)
+    torch.testing.assert_close(gx.cpu().double(), gwant, **tol(dtype))
+    assert torch.equal(out[..., rot:].detach().cpu(), x[..., rot:])
+
+
+def test_thd_views_and_long_packed_batch():
+    # 70000 tokens in ~700 sequences (binary search per token, grid-stride loop), read from a
+    # strided view into a packed qkv buffer.
+    torch.manual_seed(3)
+    lengths = torch.randint(0, 200, (700,)).tolist()
+    lengths.append(70000 - sum(lengths))
+    T = sum(lengths)
+    qkv = torch.randn(T, 3 * 2 * 8)
+    q = qkv[:, 16:32].view(T, 2, 8)
+    inv = ops.rope_inv_freq(8)
+    cu = cu_tensor(lengths)
+    zeta = ref_xpos_zeta(8).float()
+    kw = dict(layout="thd", cu_seqlens=cu, attention_factor=1.1, xpos_zeta=zeta, xpos_scale_base=4096.0, xpos_centre=100)
+    cpu = ops.rope(q, None, inv, 2, **kw)
+    kwd = dict(kw, cu_seqlens=dev(cu), xpos_zeta=dev(zeta))
+    qd = dev(qkv)[:, 16:32].view(T, 2, 8)
+    out = ops.rope(qd, None, dev(inv), 2, **kwd)
+    torch.testing.assert_close(out.cpu(), cpu, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out, ops.rope(qd.contiguous(), None, dev(inv), 2, **kwd))
+    back = torch.ops.posenc.rope_backward(qd, None, dev(inv), 2, None, False, "thd", dev(cu), 1.1, dev(zeta), 4096.0, False, 100)
+    want = torch.ops.posenc.rope_backward(q, None, inv, 2, None, False, "thd", cu, 1.1, zeta, 4096.0, False, 100)
+    torch.testing.assert_close(back.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["bhsd", "bshd", "thd"])
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_magnitudes_match_cpu_and_reference(dtype, inverse, interleaved, layout):
+    H, D, rot, offset, f, sb, centre = 3, 10, 8, 5, 0.8, 16.0, 4
+    zeta = ref_xpos_zeta(rot).float()
+    inv = ops.rope_inv_freq(rot)
+    if layout == "thd":
+        lengths = [4, 2, 6]
+        x = torch.randn(sum(lengths), H, D, dtype=F64).to(dtype)
+        positions, cu = None, cu_tensor(lengths)
+        pos = thd_positions(lengths, offset)[None]
+        xr, lay = x[None], "bshd"
+    else:
+        x = make_x(2, H, 6, D, layout, F64).to(dtype)
+        positions, cu = torch.randint(0, 50, (2, 6)), None
+        pos = abs_positions(positions, 2, 6, offset)
+        xr, lay = x, layout
+    g = torch.randn(x.shape, dtype=F64).to(dtype)
+
+    def run(device):
+        xd = x.to(device).requires_grad_()
+        out = ops.rope(xd, None if positions is None else positions.to(device), inv.to(device), offset, rot,
+                       interleaved, layout, None if cu is None else cu.to(device), f, zeta.to(device), sb, inverse, centre)
+        (gx,) = torch.autograd.grad(out, xd, g.to(device))
+        return out.detach(), gx
+
+    (out, gx), (cout, cgx) = run(DEV), run("cpu")
+    torch.testing.assert_close(out.cpu(), cout, **tol(dtype))
+    torch.testing.assert_close(gx.cpu(), cgx, **tol(dtype))
+    mag = lambda p: f * xpos_mag(zeta, sb, inverse, centre)(p)  # noqa: E731
+    want = ref_scale(ref_rope(xr.double(), pos, f32_angles(inv), rot, interleaved, lay), pos, mag, rot, interleaved, lay)
+    gr = g[None] if layout == "thd" else g
+    gwant = ref_scale(ref_rope(gr.double(), pos, lambda p: -f32_angles(inv)(p), rot, interleaved, lay), pos, mag, rot, interleaved, lay)
+    if layout == "thd":
+        want, gwant = want[0], gwant[0]
+    torch.testing.assert_close(out.cpu().double(), want, **tol(dtype))
+    torch.testing.assert_close(gx.cpu().double(), gwant, **tol(dtype))
+    assert torch.equal(out[..., rot:].cpu(), x[..., rot:])
+
+
+def test_thd_deterministic_and_unchecked_cu_seqlens_is_safe():
+    x = torch.randn(50, 4, 16, device=DEV, requires_grad=True)
+    cu = cu_tensor([10, 25, 15]).to(DEV)
+    inv = ops.rope_inv_freq(16, device=DEV)
+    g = torch.randn_like(x)
+    old = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [torch.autograd.grad(ops.rope(x, None, inv, 1, layout="thd", cu_seqlens=cu), x, g)[0] for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(old)
+    assert torch.equal(*runs)
+    if DEV == "cuda":
+        # values are not checked on the device: out-of-range cu_seqlens give wrong positions but
+        # no fault (the binary search stays inside the tensor), and the context keeps working.
+        bad = torch.tensor([5, 1000, -3, 2], device=DEV)
+        ops.rope(x.detach(), None, inv, 0, layout="thd", cu_seqlens=bad)
+        torch.cuda.synchronize()
+        torch.testing.assert_close(ops.rope(x.detach(), None, inv, 0, layout="thd", cu_seqlens=cu).cpu(),
+                                   ops.rope(x.detach().cpu(), None, inv.cpu(), 0, layout="thd", cu_seqlens=cu.cpu()))
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda X, I: ops.rope(X, None, I, layout="thd"), r"posenc\.rope: argument 'cu_seqlens' must be an int64"),
+        (lambda X, I: ops.rope(X, torch.arange(5, device=X.device), I, layout="thd", cu_seqlens=torch.tensor([0, 5], device=X.device)),
+         r"argument 'positions' must be None with layout \"thd\""),
+        (lambda X, I: ops.rope(X, None, I, layout="thd", cu_seqlens=torch.tensor([0, 5], device=X.device).int()), r"argument 'cu_seqlens' must have dtype Long"),
+        (lambda X, I: ops.rope(X, None, I, layout="thd", cu_seqlens=torch.tensor([0, 5], device=X.device), xpos_zeta=torch.ones(3, device=X.device)),
+         r"argument 'xpos_zeta' must have len\(inv_freq\) = 4 elements"),
+        (lambda X, I: ops.rope(X, None, I, layout="thd", cu_seqlens=torch.tensor([0, 5], device=X.device), attention_factor=float("nan")),
+         r"argument 'attention_factor' must be finite"),
+    ],
+)
+def test_bad_thd_inputs_raise_and_device_keeps_working(call, match):
+    X = torch.randn(5, 3, 8, device=DEV)
+    inv = ops.rope_inv_freq(8, device=DEV)
+    with pytest.raises(RuntimeError, match=match):
+        call(X, inv)
+    cu = torch.tensor([0, 2, 5], device=DEV)
+    torch.testing.assert_close(ops.rope(X, None, inv, 2, layout="thd", cu_seqlens=cu).cpu(),
+                               ops.rope(X.cpu(), None, inv.cpu(), 2, layout="thd", cu_seqlens=cu.cpu()))
+
+
+@requires_real_cuda
+def test_thd_device_mismatch():
+    x = torch.randn(5, 3, 8, device="cuda")
+    inv = ops.rope_inv_freq(8, device="cuda")
+    with pytest.raises(RuntimeError, match=r"argument 'cu_seqlens' must be on the device of 'x' \(cuda:0\), but got device cpu"):
+        ops.rope(x, None, inv, layout="thd", cu_seqlens=torch.tensor([0, 5]))
+    with pytest.raises(RuntimeError, match=r"argument 'xpos_zeta' must be on the device of 'x'"):
+        ops.rope(x, None, inv, layout="thd", cu_seqlens=torch.tensor([0, 5], device="cuda"), xpos_zeta=torch.ones(4))
+
+
+@pytest.mark.parametrize("args", magnitude_samples())
+def test_opcheck_rope_magnitudes_thd(args):
+    torch.library.opcheck(torch.ops.posenc.rope.default, to_device(args))
+
+
+@pytest.mark.parametrize("args", magnitude_samples())
+def test_opcheck_rope_backward_magnitudes_thd(args):
+    torch.library.opcheck(torch.ops.posenc.rope_backward.default, to_device(args))

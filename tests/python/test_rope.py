@@ -602,7 +602,7 @@ INV = ops.rope_inv_freq(8)
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: ops.rope(X, None, INV, layout="sbhd"), r"posenc\.rope: argument 'layout' must be one of \"bhsd\", \"bshd\", but got \"sbhd\""),
+        (lambda: ops.rope(X, None, INV, layout="sbhd"), r"posenc\.rope: argument 'layout' must be one of \"bhsd\", \"bshd\", \"thd\", but got \"sbhd\""),
         (lambda: ops.rope(X[0], None, INV), r"posenc\.rope: argument 'x' must be a 4-D tensor of shape \(batch, heads, seq, head_dim\), but got a 3-D"),
         (lambda: ops.rope(X.long(), None, INV), r"argument 'x' must have dtype float16, bfloat16, float32 or float64, but got dtype Long"),
         (lambda: ops.rope(X, torch.arange(5).int(), INV), r"argument 'positions' must have dtype Long, but got dtype Int"),
@@ -644,3 +644,338 @@ def test_bad_inputs_on_meta_same_message():
     assert out.shape == x.shape and out.stride() == (120, 40, 8, 1)
     with pytest.raises(RuntimeError, match=r"argument 'inv_freq' must be on the device of 'x'"):
         ops.rope(x, None, INV)
+
+
+# ---- packed sequences (layout "thd"), attention_factor, xPos --------------------------------
+
+
+def cu_tensor(lengths):
+    return torch.tensor([0] + list(torch.tensor(lengths).cumsum(0).tolist()), dtype=torch.long)
+
+
+def thd_positions(lengths, offset):
+    """Per-token absolute positions of a packed batch: restart at offset in every sequence."""
+    return torch.cat([torch.arange(n) + offset for n in lengths]).long() if lengths else torch.zeros(0, dtype=torch.long)
+
+
+def ref_rope_thd(x, lengths, angle_fn, rot, interleaved, offset=0):
+    """fp64 reference for a packed (T, H, D) x: the bshd reference with B = 1 and positions
+    restarting per sequence."""
+    pos = thd_positions(lengths, offset)[None]
+    return ref_rope(x[None], pos, angle_fn, rot, interleaved, "bshd")[0]
+
+
+def ref_xpos_zeta(rot, gamma=0.4):
+    # Sun et al. 2022: zeta_i = (2i / R + gamma) / (1 + gamma), i < R/2.
+    return torch.tensor([(2.0 * i / rot + gamma) / (1 + gamma) for i in range(rot // 2)], dtype=F64)
+
+
+def ref_scale(x, pos, mag_fn, rot, interleaved, layout):
+    """Multiplies pair i of the first rot dims of x (bhsd/bshd) by mag_fn(pos) (B, S, rot/2)."""
+    xb = to_bhsd(x, layout)
+    m = mag_fn(pos)[:, None]  # (B, 1, S, rot/2)
+    a, b = split(xb, rot, interleaved)
+    return to_bhsd(join(a * m, b * m, xb[..., rot:], interleaved), layout)
+
+
+def xpos_mag(zeta, scale_base, inverse, centre):
+    sign = -1.0 if inverse else 1.0
+    return lambda pos: zeta.to(F64) ** (sign * (pos.to(F64)[..., None] - centre) / scale_base)
+
+
+THD_CASES = [
+    # lengths, H, D, rot, offset
+    ([3, 5, 1], 2, 8, 8, 0),
+    ([4], 3, 10, 6, 7),
+    ([2, 0, 6, 0], 1, 16, 16, 2),  # empty sequences
+    ([1, 1, 1, 1, 1], 2, 65, 64, 1800),
+]
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("case", THD_CASES)
+def test_thd_matches_per_sequence_and_paper(case, interleaved):
+    lengths, H, D, rot, offset = case
+    T = sum(lengths)
+    x = torch.randn(T, H, D, dtype=F64)
+    cu = cu_tensor(lengths)
+    inv = ops.rope_inv_freq(rot)
+    out = ops.rope(x, None, inv, offset, rot, interleaved, "thd", cu)
+    assert out.shape == x.shape and out.dtype == F64 and out.is_contiguous()
+    want = ref_rope_thd(x, lengths, f32_angles(inv), rot, interleaved, offset)
+    torch.testing.assert_close(out, want, **TOL[F64])
+    # every sequence alone through the bhsd path, positions restarting at offset
+    for i, n in enumerate(lengths):
+        s0 = int(cu[i])
+        seq = x[s0 : s0 + n].transpose(0, 1)[None]  # (1, H, n, D)
+        alone = ops.rope(seq, None, inv, offset, rot, interleaved, "bhsd")[0].transpose(0, 1)
+        assert torch.equal(out[s0 : s0 + n], alone)
+    assert torch.equal(out[..., rot:], x[..., rot:])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_thd_dtypes_and_views(dtype):
+    lengths = [3, 4]
+    qkv = torch.randn(7, 3 * 2 * 8, dtype=F64).to(dtype)
+    q = qkv[:, :16].view(7, 2, 8)  # (T, H, D) view, token stride 48
+    assert not q.is_contiguous()
+    inv = ops.rope_inv_freq(8)
+    cu = cu_tensor(lengths)
+    out = ops.rope(q, None, inv, 1, layout="thd", cu_seqlens=cu)
+    assert out.dtype == dtype
+    assert torch.equal(out, ops.rope(q.contiguous(), None, inv, 1, layout="thd", cu_seqlens=cu))
+    # a non-contiguous cu_seqlens too
+    cu2 = torch.stack([cu, cu], 1)[:, 0]
+    assert not cu2.is_contiguous()
+    assert torch.equal(out, ops.rope(q, None, inv, 1, layout="thd", cu_seqlens=cu2))
+    want = ref_rope_thd(q.double(), lengths, f32_angles(inv), 8, False, 1)
+    torch.testing.assert_close(out.double(), want, **TOL[dtype])
+
+
+def test_thd_empty_and_single():
+    inv = ops.rope_inv_freq(8)
+    for cu in (torch.tensor([0]), torch.tensor([0, 0, 0])):
+        x = torch.randn(0, 2, 8, requires_grad=True)
+        out = ops.rope(x, None, inv, layout="thd", cu_seqlens=cu)
+        assert out.shape == (0, 2, 8)
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+    x = torch.randn(1, 1, 8, dtype=F64)
+    out = ops.rope(x, None, inv, 0, layout="thd", cu_seqlens=torch.tensor([0, 1]))
+    assert torch.equal(out, x)  # position 0 of its sequence: the identity
+
+
+def test_thd_decoding_rows_of_full_call():
+    # C09 for packed input: one sequence, the tail called with offset = its start.
+    x = torch.randn(10, 2, 8)
+    inv = ops.rope_inv_freq(8)
+    full = ops.rope(x, None, inv, 0, layout="thd", cu_seqlens=torch.tensor([0, 10]))
+    tail = ops.rope(x[6:], None, inv, 6, layout="thd", cu_seqlens=torch.tensor([0, 4]))
+    torch.testing.assert_close(tail, full[6:], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("rot,D", [(8, 8), (4, 10)])
+def test_attention_factor_matches_hf(rot, D, interleaved, layout):
+    # HF (YaRN / LongRoPE): cos = emb.cos() * attention_scaling, sin = emb.sin() * attention_scaling,
+    # then apply_rotary_pos_emb on the rotary dims only; the pass-through dims are not scaled.
+    B, H, S, offset, f = 2, 3, 5, 4, 1.2345
+    x = make_x(B, H, S, D, layout, F64)
+    inv = ops.rope_inv_freq(rot)
+    freqs = ((torch.arange(S) + offset).float()[:, None] * inv).double()
+    emb = torch.stack([freqs, freqs], -1).flatten(-2) if interleaved else torch.cat([freqs, freqs], -1)
+    want = ref_apply(x, emb.cos() * f, emb.sin() * f, interleaved, layout)
+    out = ops.rope(x, None, inv, offset, rot, interleaved, layout, attention_factor=f)
+    torch.testing.assert_close(out, want, **TOL[F64])
+    assert torch.equal(out[..., rot:], x[..., rot:])
+    # and it is f times the unscaled op on the rotary dims
+    plain = ops.rope(x, None, inv, offset, rot, interleaved, layout)
+    torch.testing.assert_close(out[..., :rot], plain[..., :rot] * f, **TOL[F64])
+
+
+@pytest.mark.parametrize("layout", ["bhsd", "bshd", "thd"])
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_xpos_matches_reference(inverse, interleaved, layout):
+    B, H, S, D, rot, offset, sb, centre = 2, 3, 6, 10, 8, 5, 16.0, 3
+    zeta = ref_xpos_zeta(rot)
+    inv = ops.rope_inv_freq(rot)
+    f = 0.75
+    if layout == "thd":
+        lengths = [4, 2, 6]
+        x = torch.randn(sum(lengths), H, D, dtype=F64)
+        out = ops.rope(x, None, inv, offset, rot, interleaved, "thd", cu_tensor(lengths), f, zeta.float(), sb, inverse, centre)
+        pos = thd_positions(lengths, offset)[None]
+        rotd = ref_rope(x[None], pos, f32_angles(inv), rot, interleaved, "bshd")
+        want = ref_scale(rotd, pos, xpos_mag(zeta.float(), sb, inverse, centre), rot, interleaved, "bshd")[0]
+        want = torch.cat([want[..., :rot] * f, want[..., rot:]], -1)
+    else:
+        x = make_x(B, H, S, D, layout, F64)
+        positions = torch.randint(0, 40, (B, S))
+        out = ops.rope(x, positions, inv, offset, rot, interleaved, layout, None, f, zeta.float(), sb, inverse, centre)
+        pos = abs_positions(positions, B, S, offset)
+        rotd = ref_rope(x, pos, f32_angles(inv), rot, interleaved, layout)
+        want = ref_scale(rotd, pos, lambda p: f * xpos_mag(zeta.float(), sb, inverse, centre)(p), rot, interleaved, layout)
+    torch.testing.assert_close(out, want, **TOL[F64])
+    assert torch.equal(out[..., rot:], x[..., rot:])
+
+
+def test_xpos_score_depends_on_relative_position_only():
+    # Sun et al. 2022: q scaled by zeta^(m/sb), k by zeta^(-n/sb): q.k depends on m - n only
+    # (the rotation part by Su et al. eq. 16), and xpos_centre cancels.
+    q = torch.randn(1, 1, 1, 16, dtype=F64)
+    k = torch.randn(1, 1, 1, 16, dtype=F64)
+    inv = ops.rope_inv_freq(16)
+    zeta = ref_xpos_zeta(16).float()
+
+    def score(m, n, centre=0):
+        rq = ops.rope(q, None, inv, m, xpos_zeta=zeta, xpos_scale_base=64.0, xpos_centre=centre)
+        rk = ops.rope(k, None, inv, n, xpos_zeta=zeta, xpos_scale_base=64.0, xpos_inverse=True, xpos_centre=centre)
+        return (rq * rk).sum()
+
+    torch.testing.assert_close(score(10, 3), score(110, 103), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(score(10, 3), score(10, 3, centre=57), rtol=1e-12, atol=1e-12)
+    # and the scaling really decays with distance: for identical unit pairs (no rotation,
+    # inv_freq = 0) the score is sum_i zeta_i^((m - n)/sb)
+    zero = torch.zeros(8)
+    one = torch.ones(1, 1, 1, 16, dtype=F64)
+    for m, n in ((5, 0), (40, 2), (0, 30)):
+        rq = ops.rope(one, None, zero, m, xpos_zeta=zeta, xpos_scale_base=64.0)
+        rk = ops.rope(one, None, zero, n, xpos_zeta=zeta, xpos_scale_base=64.0, xpos_inverse=True)
+        want = 2 * (zeta.double() ** ((m - n) / 64.0)).sum()
+        torch.testing.assert_close((rq * rk).sum(), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_magnitudes_low_precision(dtype):
+    x = torch.randn(2, 3, 5, 8, dtype=F64).to(dtype)
+    inv = ops.rope_inv_freq(8)
+    zeta = ref_xpos_zeta(8).float()
+    out = ops.rope(x, None, inv, 100, attention_factor=1.1, xpos_zeta=zeta, xpos_scale_base=32.0)
+    pos = abs_positions(None, 2, 5, 100)
+    rotd = ref_rope(x.double(), pos, f32_angles(inv), 8, False, "bhsd")
+    want = ref_scale(rotd, pos, lambda p: 1.1 * xpos_mag(zeta, 32.0, False, 0)(p), 8, False, "bhsd")
+    torch.testing.assert_close(out.double(), want, **TOL[dtype])
+
+
+MAG_CASES = [
+    # layout, attention_factor, xpos
+    ("bhsd", 1.3, False),
+    ("bshd", 1.0, True),
+    ("thd", 0.8, True),
+    ("thd", 1.0, False),
+]
+
+
+def mag_args(layout, f, xpos, inverse=False):
+    """x shape and the trailing rope arguments (from layout on) of a MAG_CASES row."""
+    cu = cu_tensor([2, 3]) if layout == "thd" else None
+    shape = (5, 2, 6) if layout == "thd" else ((2, 2, 3, 6) if layout == "bhsd" else (2, 3, 2, 6))
+    zeta = ref_xpos_zeta(4).float() if xpos else None
+    return shape, (layout, cu, f, zeta, 8.0, inverse, 1)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("case", MAG_CASES)
+def test_magnitudes_gradcheck_and_reference_grad(case, interleaved):
+    layout, f, xpos = case
+    shape, tail = mag_args(layout, f, xpos, inverse=interleaved)
+    inv = ops.rope_inv_freq(4)
+    x = torch.randn(shape, dtype=F64, requires_grad=True)
+    fn = lambda t: ops.rope(t, None, inv, 5, 4, interleaved, *tail)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+    # the gradient is that of the fp64 reference
+    _, cu, _, zeta, sb, inverse, centre = tail
+    g = torch.randn(shape, dtype=F64)
+    (got,) = torch.autograd.grad(fn(x), x, g)
+    if layout == "thd":
+        pos = thd_positions([2, 3], 5)[None]
+        xr, lay = x[None], "bshd"
+    else:
+        pos, xr, lay = abs_positions(None, 2, 3, 5), x, layout
+    mag = (lambda p: f * xpos_mag(zeta, sb, inverse, centre)(p)) if xpos else (lambda p: torch.full(p.shape + (2,), f, dtype=F64))
+    ref = ref_scale(ref_rope(xr, pos, f32_angles(inv), 4, interleaved, lay), pos, mag, 4, interleaved, lay)
+    (want,) = torch.autograd.grad(ref, x, g[None] if layout == "thd" else g)
+    torch.testing.assert_close(got, want, **TOL[F64])
+
+
+def magnitude_samples():
+    inv8 = ops.rope_inv_freq(8)
+    zeta = ref_xpos_zeta(8).float()
+    return [
+        (torch.randn(7, 3, 8), None, inv8, 0, None, False, "thd", cu_tensor([3, 4])),
+        (torch.randn(6, 2, 10, dtype=F64, requires_grad=True), None, inv8, 2, 8, True, "thd", cu_tensor([1, 0, 5]), 1.2),
+        (torch.randn(2, 3, 5, 8, requires_grad=True), torch.randint(0, 9, (2, 5)), inv8, 3, None, False, "bhsd", None, 0.9, zeta, 16.0, True, 2),
+        (torch.randn(5, 2, 8, dtype=torch.float16), None, inv8, 1, None, False, "thd", cu_tensor([5]), 1.0, zeta, 4.0, False, 0),
+        (torch.randn(0, 2, 8, requires_grad=True), None, inv8, 0, None, False, "thd", torch.tensor([0])),
+    ]
+
+
+@pytest.mark.parametrize("args", magnitude_samples())
+def test_opcheck_rope_magnitudes_thd(args):
+    torch.library.opcheck(torch.ops.posenc.rope.default, args)
+
+
+@pytest.mark.parametrize("args", magnitude_samples())
+def test_opcheck_rope_backward_magnitudes_thd(args):
+    torch.library.opcheck(torch.ops.posenc.rope_backward.default, args)
+
+
+def test_compile_thd_dynamic_no_recompile():
+    inv = ops.rope_inv_freq(8)
+    zeta = ref_xpos_zeta(8).float()
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+
+    def f(x, cu, off: int):
+        return ops.rope(x, None, inv, off, layout="thd", cu_seqlens=cu, attention_factor=1.5, xpos_zeta=zeta, xpos_scale_base=32.0)
+
+    cf = torch.compile(f, backend=counter, fullgraph=True, dynamic=True)
+    # first call: cu_seqlens length 6 differs from every other size (duck sizing would tie them)
+    for lengths, off in (([2, 3, 4, 1, 5], 0), ([5, 1, 3], 2), ([6, 1, 2, 7], 5)):
+        x = torch.randn(sum(lengths), 3, 8, requires_grad=True)
+        cu = cu_tensor(lengths)
+        got = cf(x, cu, off)
+        torch.testing.assert_close(got, f(x, cu, off))
+        (gx,) = torch.autograd.grad(got.square().sum(), x)
+        (want,) = torch.autograd.grad(f(x, cu, off).square().sum(), x)
+        torch.testing.assert_close(gx, want)
+    assert counter.frame_count == 1
+
+
+def test_script_new_arguments():
+    rope = torch.jit.script(ops.rope)
+    x = torch.randn(5, 2, 8)
+    inv = ops.rope_inv_freq(8)
+    cu = cu_tensor([2, 3])
+    zeta = ref_xpos_zeta(8).float()
+    args = (x, None, inv, 2, None, True, "thd", cu, 1.25, zeta, 16.0, True, 3)
+    assert torch.equal(rope(*args), ops.rope(*args))
+
+
+XT = torch.randn(5, 3, 8)
+CU = torch.tensor([0, 2, 5])
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: ops.rope(XT, None, INV, layout="thd"), r"posenc\.rope: argument 'cu_seqlens' must be an int64 \(num_seqs \+ 1,\) tensor with layout \"thd\", but got None"),
+        (lambda: ops.rope(X, None, INV, cu_seqlens=CU), r"posenc\.rope: argument 'cu_seqlens' must be None unless layout is \"thd\", but got a tensor of shape \[3\] with layout \"bhsd\""),
+        (lambda: ops.rope(X, None, INV, layout="thd", cu_seqlens=CU), r"posenc\.rope: argument 'x' must be a 3-D tensor of shape \(total_tokens, heads, head_dim\), but got a 4-D"),
+        (lambda: ops.rope(XT, torch.arange(5), INV, layout="thd", cu_seqlens=CU), r"argument 'positions' must be None with layout \"thd\".*but got a tensor of shape \[5\]"),
+        (lambda: ops.rope(XT, None, INV, layout="thd", cu_seqlens=CU.int()), r"argument 'cu_seqlens' must have dtype Long, but got dtype Int"),
+        (lambda: ops.rope(XT, None, INV, layout="thd", cu_seqlens=CU[None]), r"argument 'cu_seqlens' must be a 1-D tensor of shape \(num_seqs \+ 1,\), but got a 2-D"),
+        (lambda: ops.rope(XT, None, INV, layout="thd", cu_seqlens=CU[:0]), r"argument 'cu_seqlens' must have at least one element.*but got shape \[0\]"),
+        (lambda: ops.rope(XT, None, INV, layout="thd", cu_seqlens=torch.tensor([1, 2, 5])), r"argument 'cu_seqlens' must start at 0, but got cu_seqlens\[0\] = 1"),
+        (lambda: ops.rope(XT, None, INV, layout="thd", cu_seqlens=torch.tensor([0, 3, 2, 5])), r"argument 'cu_seqlens' must be non-decreasing, but got cu_seqlens\[1\] = 3 > cu_seqlens\[2\] = 2"),
+        (lambda: ops.rope(XT, None, INV, layout="thd", cu_seqlens=torch.tensor([0, 2, 4])), r"argument 'cu_seqlens' must end at total_tokens \(5\), but got cu_seqlens\[2\] = 4"),
+        (lambda: torch.ops.posenc.rope_backward(XT, None, INV, 0, None, False, "thd", torch.tensor([0, 6])), r"posenc\.rope_backward: argument 'cu_seqlens' must end at total_tokens \(5\)"),
+        (lambda: ops.rope(X, None, INV, layout="tdh"), r"posenc\.rope: argument 'layout' must be one of \"bhsd\", \"bshd\", \"thd\", but got \"tdh\""),
+        (lambda: ops.rope(X, None, INV, attention_factor=float("inf")), r"argument 'attention_factor' must be finite, but got inf"),
+        (lambda: ops.rope(X, None, INV, xpos_zeta=torch.ones(3)), r"argument 'xpos_zeta' must have len\(inv_freq\) = 4 elements, but got shape \[3\]"),
+        (lambda: ops.rope(X, None, INV, xpos_zeta=torch.ones(4).double()), r"argument 'xpos_zeta' must have dtype Float, but got dtype Double"),
+        (lambda: ops.rope(X, None, INV, xpos_zeta=torch.ones(1, 4)), r"argument 'xpos_zeta' must be a 1-D tensor of shape \(rotary_dim / 2,\), but got a 2-D"),
+        (lambda: ops.rope(X, None, INV, xpos_zeta=torch.tensor([1.0, 0.5, 0.0, 0.9])), r"argument 'xpos_zeta' must be finite and > 0, but got xpos_zeta\[2\] = 0"),
+        (lambda: ops.rope(X, None, INV, xpos_zeta=torch.ones(4), xpos_scale_base=0.0), r"argument 'xpos_scale_base' must be finite and > 0, but got 0"),
+        (lambda: ops.rope(X, None, INV, xpos_zeta=torch.ones(4), xpos_scale_base=-512.0), r"argument 'xpos_scale_base' must be finite and > 0, but got -512"),
+    ],
+)
+def test_bad_inputs_thd_and_magnitudes(call, match):
+    with pytest.raises(RuntimeError, match=match):
+        call()
+
+
+def test_bad_thd_inputs_on_meta_same_message():
+    x = torch.empty(5, 3, 8, device="meta")
+    inv = INV.to("meta")
+    with pytest.raises(RuntimeError, match=r"posenc\.rope: argument 'cu_seqlens' must be an int64"):
+        ops.rope(x, None, inv, layout="thd")
+    with pytest.raises(RuntimeError, match=r"argument 'cu_seqlens' must be on the device of 'x'"):
+        ops.rope(x, None, inv, layout="thd", cu_seqlens=CU)
+    with pytest.raises(RuntimeError, match=r"argument 'xpos_zeta' must have len\(inv_freq\) = 4"):
+        ops.rope(x, None, inv, layout="thd", cu_seqlens=CU.to("meta"), xpos_zeta=torch.ones(3, device="meta"))
+    out = ops.rope(x, None, inv, layout="thd", cu_seqlens=CU.to("meta"))
+    assert out.shape == x.shape and out.stride() == (24, 8, 1)

@@ -10,81 +10,114 @@ using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
 
-// rope and rope_backward are rotations by +angle and -angle, each the other's adjoint, so
-// each one's backward is the other op (which also makes double backward work). positions and
-// inv_freq are not differentiable.
+// rope and rope_backward are the linear maps m * R(+angle) and m * R(-angle) on each pair
+// (m the attention_factor / xPos magnitude, a constant), each the other's adjoint, so each
+// one's backward is the other op (which also makes double backward work). positions,
+// inv_freq, cu_seqlens and xpos_zeta are not differentiable.
 struct RopeArgs {
-  static void save(AutogradContext* ctx, const std::optional<at::Tensor>& positions,
-                   const at::Tensor& inv_freq, const c10::SymInt& offset,
-                   std::optional<int64_t> rotary_dim, bool interleaved, c10::string_view layout) {
-    ctx->save_for_backward({positions.value_or(at::Tensor()), inv_freq});
+  const std::optional<at::Tensor>& positions;
+  const at::Tensor& inv_freq;
+  c10::SymInt offset;
+  std::optional<int64_t> rotary_dim;
+  bool interleaved;
+  c10::string_view layout;
+  const std::optional<at::Tensor>& cu_seqlens;
+  double attention_factor;
+  const std::optional<at::Tensor>& xpos_zeta;
+  double xpos_scale_base;
+  bool xpos_inverse;
+  c10::SymInt xpos_centre;
+
+  at::Tensor call(decltype(detail::rope_op())& op, const at::Tensor& t) const {
+    return op.call(t, positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
+                   attention_factor, xpos_zeta, xpos_scale_base, xpos_inverse, xpos_centre);
+  }
+
+  void save(AutogradContext* ctx) const {
+    ctx->save_for_backward({positions.value_or(at::Tensor()), inv_freq,
+                            cu_seqlens.value_or(at::Tensor()), xpos_zeta.value_or(at::Tensor())});
     ctx->saved_data["offset"] = offset;
     ctx->saved_data["rotary_dim"] = rotary_dim;
     ctx->saved_data["interleaved"] = interleaved;
     ctx->saved_data["layout"] = std::string(layout);
+    ctx->saved_data["attention_factor"] = attention_factor;
+    ctx->saved_data["xpos_scale_base"] = xpos_scale_base;
+    ctx->saved_data["xpos_inverse"] = xpos_inverse;
+    ctx->saved_data["xpos_centre"] = xpos_centre;
   }
 
-  template <typename Op>
-  static at::Tensor call_with_saved(Op& op, AutogradContext* ctx, const at::Tensor& grad) {
+  static at::Tensor call_with_saved(decltype(detail::rope_op())& op, AutogradContext* ctx,
+                                    const at::Tensor& grad) {
     const auto saved = ctx->get_saved_variables();
-    const std::optional<at::Tensor> positions =
-        saved[0].defined() ? std::optional<at::Tensor>(saved[0]) : std::nullopt;
+    auto opt = [](const at::Tensor& t) {
+      return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+    };
+    const std::optional<at::Tensor> positions = opt(saved[0]);
+    const std::optional<at::Tensor> cu_seqlens = opt(saved[2]);
+    const std::optional<at::Tensor> xpos_zeta = opt(saved[3]);
     const std::string layout = ctx->saved_data["layout"].toStringRef();
-    return op.call(grad, positions, saved[1], ctx->saved_data["offset"].toSymInt(),
-                   ctx->saved_data["rotary_dim"].toOptional<int64_t>(),
-                   ctx->saved_data["interleaved"].toBool(), layout);
+    auto& d = ctx->saved_data;
+    return op.call(grad, positions, saved[1], d["offset"].toSymInt(),
+                   d["rotary_dim"].toOptional<int64_t>(), d["interleaved"].toBool(), layout,
+                   cu_seqlens, d["attention_factor"].toDouble(), xpos_zeta,
+                   d["xpos_scale_base"].toDouble(), d["xpos_inverse"].toBool(),
+                   d["xpos_centre"].toSymInt());
   }
 };
 
-class RopeFunction : public torch::autograd::Function<RopeFunction> {
+// One gradient slot per op argument: the tensor, then 12 non-differentiable ones.
+variable_list first_only(const at::Tensor& g) {
+  variable_list out(13);
+  out[0] = g;
+  return out;
+}
+
+template <bool kBackwardOp>
+class RopeFunction : public torch::autograd::Function<RopeFunction<kBackwardOp>> {
  public:
   static Variable forward(AutogradContext* ctx, const Variable& x,
                           const std::optional<at::Tensor>& positions, const Variable& inv_freq,
                           c10::SymInt offset, std::optional<int64_t> rotary_dim, bool interleaved,
-                          c10::string_view layout) {
+                          c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
+                          double attention_factor, const std::optional<at::Tensor>& xpos_zeta,
+                          double xpos_scale_base, bool xpos_inverse, c10::SymInt xpos_centre) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    RopeArgs::save(ctx, positions, inv_freq, offset, rotary_dim, interleaved, layout);
-    return detail::rope_op().call(x, positions, inv_freq, offset, rotary_dim, interleaved, layout);
+    const RopeArgs args{positions,  inv_freq,         offset,    rotary_dim,
+                        interleaved, layout,          cu_seqlens, attention_factor,
+                        xpos_zeta,  xpos_scale_base,  xpos_inverse, std::move(xpos_centre)};
+    args.save(ctx);
+    return args.call(kBackwardOp ? detail::rope_backward_op() : detail::rope_op(), x);
   }
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
-    auto grad_x = RopeArgs::call_with_saved(detail::rope_backward_op(), ctx, grad_outputs[0]);
-    return {grad_x, Variable(), Variable(), Variable(), Variable(), Variable(), Variable()};
-  }
-};
-
-class RopeBackwardFunction : public torch::autograd::Function<RopeBackwardFunction> {
- public:
-  static Variable forward(AutogradContext* ctx, const Variable& grad,
-                          const std::optional<at::Tensor>& positions, const Variable& inv_freq,
-                          c10::SymInt offset, std::optional<int64_t> rotary_dim, bool interleaved,
-                          c10::string_view layout) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    RopeArgs::save(ctx, positions, inv_freq, offset, rotary_dim, interleaved, layout);
-    return detail::rope_backward_op().call(grad, positions, inv_freq, offset, rotary_dim,
-                                           interleaved, layout);
-  }
-
-  static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
-    auto grad_grad = RopeArgs::call_with_saved(detail::rope_op(), ctx, grad_outputs[0]);
-    return {grad_grad, Variable(), Variable(), Variable(), Variable(), Variable(), Variable()};
+    return first_only(RopeArgs::call_with_saved(
+        kBackwardOp ? detail::rope_op() : detail::rope_backward_op(), ctx, grad_outputs[0]));
   }
 };
 
 at::Tensor rope_autograd(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                          const at::Tensor& inv_freq, c10::SymInt offset,
                          std::optional<int64_t> rotary_dim, bool interleaved,
-                         c10::string_view layout) {
-  return RopeFunction::apply(x, positions, inv_freq, std::move(offset), rotary_dim, interleaved,
-                             layout);
+                         c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
+                         double attention_factor, const std::optional<at::Tensor>& xpos_zeta,
+                         double xpos_scale_base, bool xpos_inverse, c10::SymInt xpos_centre) {
+  return RopeFunction<false>::apply(x, positions, inv_freq, std::move(offset), rotary_dim,
+                                    interleaved, layout, cu_seqlens, attention_factor, xpos_zeta,
+                                    xpos_scale_base, xpos_inverse, std::move(xpos_centre));
 }
 
 at::Tensor rope_backward_autograd(const at::Tensor& grad, const std::optional<at::Tensor>& positions,
                                   const at::Tensor& inv_freq, c10::SymInt offset,
                                   std::optional<int64_t> rotary_dim, bool interleaved,
-                                  c10::string_view layout) {
-  return RopeBackwardFunction::apply(grad, positions, inv_freq, std::move(offset), rotary_dim,
-                                     interleaved, layout);
+                                  c10::string_view layout,
+                                  const std::optional<at::Tensor>& cu_seqlens,
+                                  double attention_factor,
+                                  const std::optional<at::Tensor>& xpos_zeta,
+                                  double xpos_scale_base, bool xpos_inverse,
+                                  c10::SymInt xpos_centre) {
+  return RopeFunction<true>::apply(grad, positions, inv_freq, std::move(offset), rotary_dim,
+                                   interleaved, layout, cu_seqlens, attention_factor, xpos_zeta,
+                                   xpos_scale_base, xpos_inverse, std::move(xpos_centre));
 }
 
 class ApplyRotaryPosEmbFunction : public torch::autograd::Function<ApplyRotaryPosEmbFunction> {

@@ -36,30 +36,62 @@ Bhsd bhsd(const at::Tensor& t, bool bshd) {
 
 using detail::rope_pair_index;
 
-// Shared by rope (conjugate = false) and rope_backward (conjugate = true): the adjoint of a
-// rotation is the rotation by the negative angle.
-at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x,
-                    const std::optional<at::Tensor>& positions, const at::Tensor& inv_freq_in,
-                    int64_t offset, std::optional<int64_t> rotary_dim, bool interleaved,
-                    c10::string_view layout, bool conjugate) {
-  detail::check_rope(op, arg, x, positions, inv_freq_in, rotary_dim, layout);
-  const bool bshd = layout == "bshd";
+// A packed "thd" tensor (T, H, D) seen as (1, H, T, D).
+Bhsd thd(const at::Tensor& t) {
+  return {{1, t.size(1), t.size(0), t.size(2)}, {0, t.stride(1), t.stride(0), t.stride(2)}};
+}
+
+// Everything of a rope call except the tensor it rotates.
+struct RopeParams {
+  const std::optional<at::Tensor>& positions;
+  const at::Tensor& inv_freq;
+  int64_t offset;
+  std::optional<int64_t> rotary_dim;
+  bool interleaved;
+  c10::string_view layout;
+  const std::optional<at::Tensor>& cu_seqlens;
+  double attention_factor;
+  const std::optional<at::Tensor>& xpos_zeta;
+  double xpos_scale_base;
+  bool xpos_inverse;
+  int64_t xpos_centre;
+};
+
+// Shared by rope (conjugate = false) and rope_backward (conjugate = true). The forward is the
+// linear map m_k(p) * R(angle) on each pair; its adjoint is m_k(p) * R(-angle), the same
+// magnitude with the rotation by the negative angle.
+at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const RopeParams& a,
+                    bool conjugate) {
+  const detail::RopeLayout lay =
+      detail::check_rope(op, arg, x, a.positions, a.inv_freq, a.rotary_dim, a.layout,
+                         a.cu_seqlens, a.attention_factor, a.xpos_zeta, a.xpos_scale_base);
+  const bool packed = lay == detail::RopeLayout::kThd;
+  detail::check_rope_values(op, a.cu_seqlens, packed ? x.size(0) : 0, a.xpos_zeta);
   auto out = at::empty(x.sizes(), x.options());
   if (out.numel() == 0) return out;
 
-  const auto inv_freq = inv_freq_in.contiguous();  // (R/2,): tiny
+  const auto inv_freq = a.inv_freq.contiguous();  // (R/2,): tiny
   const int64_t half = inv_freq.size(0);
-  const Bhsd xg = bhsd(x, bshd);
-  const Bhsd og = bhsd(out, bshd);
+  const bool bshd = lay == detail::RopeLayout::kBshd;
+  const Bhsd xg = packed ? thd(x) : bhsd(x, bshd);
+  const Bhsd og = packed ? thd(out) : bhsd(out, bshd);
   const int64_t B = xg.size[0], H = xg.size[1], S = xg.size[2], D = xg.size[3];
+  const int64_t offset = a.offset;
 
-  const bool has_pos = positions.has_value() && positions->defined();
-  const int64_t* pos = has_pos ? positions->const_data_ptr<int64_t>() : nullptr;
+  const bool has_pos = a.positions.has_value() && a.positions->defined();
+  const int64_t* pos = has_pos ? a.positions->const_data_ptr<int64_t>() : nullptr;
   int64_t pos_sb = 0, pos_ss = 0;  // a (S,) table is shared by every batch row
   if (has_pos) {
-    pos_ss = positions->stride(-1);
-    if (positions->dim() == 2) pos_sb = positions->stride(0);
+    pos_ss = a.positions->stride(-1);
+    if (a.positions->dim() == 2) pos_sb = a.positions->stride(0);
   }
+  at::Tensor cu;
+  if (packed) cu = a.cu_seqlens->contiguous();
+  const int64_t* cup = packed ? cu.const_data_ptr<int64_t>() : nullptr;
+  const int64_t n_cu = packed ? cu.size(0) : 0;
+  at::Tensor zeta;
+  if (a.xpos_zeta.has_value() && a.xpos_zeta->defined()) zeta = a.xpos_zeta->contiguous();
+  const float* zp = zeta.defined() ? zeta.const_data_ptr<float>() : nullptr;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rope_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -67,19 +99,27 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x,
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
     const float* freq = inv_freq.const_data_ptr<float>();
     const int64_t xd = xg.stride[3], od = og.stride[3];
+    const bool interleaved = a.interleaved;
+    const auto factor = static_cast<opmath_t>(a.attention_factor);
+    const auto scale_base = static_cast<opmath_t>(a.xpos_scale_base);
     // One task per (batch, position): cos/sin computed once, applied to every head.
     at::parallel_for(0, B * S, detail::row_grain(H * D), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> cs(half), sn(half);
       for (int64_t bs = begin; bs < end; ++bs) {
         const int64_t b = bs / S, s = bs % S;
-        const int64_t p = (has_pos ? pos[b * pos_sb + s * pos_ss] : s) + offset;
+        const int64_t p =
+            (has_pos ? pos[b * pos_sb + s * pos_ss]
+                     : (packed ? s - detail::rope_seq_start(cup, n_cu, s) : s)) + offset;
         // The angle is a float32 product, as Hugging Face computes it; only its cos/sin is
-        // taken in opmath (double for fp64 inputs).
+        // taken in opmath (double for fp64 inputs). The magnitude scales cos and sin, as HF's
+        // attention_scaling does, so only the rotary dims are scaled.
         const float pf = static_cast<float>(p);
         for (int64_t k = 0; k < half; ++k) {
           const float angle = pf * freq[k];
-          cs[k] = std::cos(static_cast<opmath_t>(angle));
-          const opmath_t sv = std::sin(static_cast<opmath_t>(angle));
+          const opmath_t m = detail::rope_magnitude<opmath_t>(factor, zp, k, p, a.xpos_centre,
+                                                              scale_base, a.xpos_inverse);
+          cs[k] = m * std::cos(static_cast<opmath_t>(angle));
+          const opmath_t sv = m * std::sin(static_cast<opmath_t>(angle));
           sn[k] = conjugate ? -sv : sv;
         }
         for (int64_t h = 0; h < H; ++h) {
@@ -88,10 +128,10 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x,
           for (int64_t k = 0; k < half; ++k) {
             int64_t i1, i2;
             rope_pair_index(k, half, interleaved, i1, i2);
-            const opmath_t a = static_cast<opmath_t>(xr[i1 * xd]);
+            const opmath_t u = static_cast<opmath_t>(xr[i1 * xd]);
             const opmath_t c = static_cast<opmath_t>(xr[i2 * xd]);
-            orow[i1 * od] = static_cast<scalar_t>(a * cs[k] - c * sn[k]);
-            orow[i2 * od] = static_cast<scalar_t>(c * cs[k] + a * sn[k]);
+            orow[i1 * od] = static_cast<scalar_t>(u * cs[k] - c * sn[k]);
+            orow[i2 * od] = static_cast<scalar_t>(c * cs[k] + u * sn[k]);
           }
           for (int64_t d = 2 * half; d < D; ++d) orow[d * od] = xr[d * xd];  // bit-exact copy
         }
@@ -104,17 +144,29 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x,
 at::Tensor rope_forward_kernel(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                                const at::Tensor& inv_freq, int64_t offset,
                                std::optional<int64_t> rotary_dim, bool interleaved,
-                               c10::string_view layout) {
-  return rope_cpu("rope", "x", x, positions, inv_freq, offset, rotary_dim, interleaved, layout,
+                               c10::string_view layout,
+                               const std::optional<at::Tensor>& cu_seqlens,
+                               double attention_factor,
+                               const std::optional<at::Tensor>& xpos_zeta,
+                               double xpos_scale_base, bool xpos_inverse, int64_t xpos_centre) {
+  return rope_cpu("rope", "x", x,
+                  {positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
+                   attention_factor, xpos_zeta, xpos_scale_base, xpos_inverse, xpos_centre},
                   /*conjugate=*/false);
 }
 
 at::Tensor rope_backward_kernel(const at::Tensor& grad, const std::optional<at::Tensor>& positions,
                                 const at::Tensor& inv_freq, int64_t offset,
                                 std::optional<int64_t> rotary_dim, bool interleaved,
-                                c10::string_view layout) {
-  return rope_cpu("rope_backward", "grad", grad, positions, inv_freq, offset, rotary_dim,
-                  interleaved, layout, /*conjugate=*/true);
+                                c10::string_view layout,
+                                const std::optional<at::Tensor>& cu_seqlens,
+                                double attention_factor,
+                                const std::optional<at::Tensor>& xpos_zeta,
+                                double xpos_scale_base, bool xpos_inverse, int64_t xpos_centre) {
+  return rope_cpu("rope_backward", "grad", grad,
+                  {positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
+                   attention_factor, xpos_zeta, xpos_scale_base, xpos_inverse, xpos_centre},
+                  /*conjugate=*/true);
 }
 
 // A (S, R) or (B, S, R) cos/sin table: element strides, batch stride 0 for a shared table.

@@ -88,30 +88,49 @@ __device__ __forceinline__ Unit decode_unit(int64_t u, int64_t S, int64_t head_c
   return {bs / S, bs % S, hc * blockDim.y * heads_per_thread + threadIdx.y};
 }
 
-// rope (conjugate = false) and rope_backward (conjugate = true, the rotation by -angle).
+// Magnitude parameters of rope (attention_factor, xPos), in the kernel's math type.
+template <typename T>
+struct Magnitude {
+  const float* zeta;  // nullptr: no xPos
+  T factor, scale_base;
+  bool inverse;
+  int64_t centre;
+};
+
+// rope (conjugate = false) and rope_backward (conjugate = true, the same magnitude times the
+// rotation by -angle). cu != nullptr: packed "thd" input seen as (1, H, T, D), the position of
+// token s found by a binary search in cu_seqlens (n_cu entries).
 template <typename scalar_t>
 __global__ void rope_kernel(const scalar_t* __restrict__ x, Bhsd xg, scalar_t* __restrict__ out,
                             Bhsd og, const int64_t* __restrict__ pos, int64_t pos_sb,
-                            int64_t pos_ss, int64_t offset, const float* __restrict__ freq,
-                            int64_t half, bool interleaved, bool conjugate, int64_t units,
-                            int64_t head_chunks, int64_t heads_per_thread) {
+                            int64_t pos_ss, const int64_t* __restrict__ cu, int64_t n_cu,
+                            int64_t offset, const float* __restrict__ freq, int64_t half,
+                            Magnitude<at::opmath_type<scalar_t>> mag, bool interleaved,
+                            bool conjugate, int64_t units, int64_t head_chunks,
+                            int64_t heads_per_thread) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t H = xg.size[1], S = xg.size[2], D = xg.size[3];
   const int64_t xd = xg.stride[3], od = og.stride[3];
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
     const Unit w = decode_unit(u, S, head_chunks, heads_per_thread);
-    const int64_t p = (pos != nullptr ? pos[w.b * pos_sb + w.s * pos_ss] : w.s) + offset;
-    // float32 angle as on CPU (and in Hugging Face); cos/sin in opmath.
+    const int64_t p = (pos != nullptr  ? pos[w.b * pos_sb + w.s * pos_ss]
+                       : cu != nullptr ? w.s - detail::rope_seq_start(cu, n_cu, w.s)
+                                       : w.s) +
+                      offset;
+    // float32 angle as on CPU (and in Hugging Face); cos/sin and magnitude in opmath.
     const float pf = static_cast<float>(p);
     for (int64_t k = threadIdx.x; k < half; k += blockDim.x) {
       const float angle = pf * freq[k];
       opmath_t sn, cs;
       cuda::sin_cos(static_cast<opmath_t>(angle), &sn, &cs);
-      if (conjugate) sn = -sn;
+      const opmath_t m = detail::rope_magnitude<opmath_t>(mag.factor, mag.zeta, k, p, mag.centre,
+                                                          mag.scale_base, mag.inverse);
+      cs *= m;
+      sn *= conjugate ? -m : m;
       int64_t i1, i2;
       rope_pair_index(k, half, interleaved, i1, i2);
-      for (int64_t m = 0; m < heads_per_thread; ++m) {
-        const int64_t h = w.h0 + m * blockDim.y;
+      for (int64_t q = 0; q < heads_per_thread; ++q) {
+        const int64_t h = w.h0 + q * blockDim.y;
         if (h >= H) break;
         const scalar_t* xr = x + xg.offset(w.b, h, w.s);
         scalar_t* orow = out + og.offset(w.b, h, w.s);
@@ -122,8 +141,8 @@ __global__ void rope_kernel(const scalar_t* __restrict__ x, Bhsd xg, scalar_t* _
       }
     }
     for (int64_t d = 2 * half + threadIdx.x; d < D; d += blockDim.x) {
-      for (int64_t m = 0; m < heads_per_thread; ++m) {
-        const int64_t h = w.h0 + m * blockDim.y;
+      for (int64_t q = 0; q < heads_per_thread; ++q) {
+        const int64_t h = w.h0 + q * blockDim.y;
         if (h >= H) break;
         out[og.offset(w.b, h, w.s) + d * od] = x[xg.offset(w.b, h, w.s) + d * xd];  // bit-exact
       }
@@ -243,37 +262,71 @@ __global__ void apply_rotary_table_grad_kernel(const scalar_t* __restrict__ x, B
   }
 }
 
-at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x,
-                     const std::optional<at::Tensor>& positions, const at::Tensor& inv_freq_in,
-                     int64_t offset, std::optional<int64_t> rotary_dim, bool interleaved,
-                     c10::string_view layout, bool conjugate) {
-  detail::check_rope(op, arg, x, positions, inv_freq_in, rotary_dim, layout);
+// A packed "thd" tensor (T, H, D) seen as (1, H, T, D).
+Bhsd thd(const at::Tensor& t) {
+  return {{1, t.size(1), t.size(0), t.size(2)}, {0, t.stride(1), t.stride(0), t.stride(2)}};
+}
+
+// Everything of a rope call except the tensor it rotates.
+struct RopeParams {
+  const std::optional<at::Tensor>& positions;
+  const at::Tensor& inv_freq;
+  int64_t offset;
+  std::optional<int64_t> rotary_dim;
+  bool interleaved;
+  c10::string_view layout;
+  const std::optional<at::Tensor>& cu_seqlens;
+  double attention_factor;
+  const std::optional<at::Tensor>& xpos_zeta;
+  double xpos_scale_base;
+  bool xpos_inverse;
+  int64_t xpos_centre;
+};
+
+// The values of cu_seqlens and xpos_zeta are not checked here (that needs a device-to-host
+// copy and a sync); see detail::check_rope_values and the docs of posenc::ops::rope.
+at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const RopeParams& a,
+                     bool conjugate) {
+  const detail::RopeLayout lay =
+      detail::check_rope(op, arg, x, a.positions, a.inv_freq, a.rotary_dim, a.layout,
+                         a.cu_seqlens, a.attention_factor, a.xpos_zeta, a.xpos_scale_base);
   const c10::cuda::CUDAGuard guard(x.device());
-  const bool bshd = layout == "bshd";
+  const bool packed = lay == detail::RopeLayout::kThd;
   auto out = at::empty(x.sizes(), x.options());
   if (out.numel() == 0) return out;
 
-  const auto inv_freq = inv_freq_in.contiguous();  // (R/2,): tiny
+  const auto inv_freq = a.inv_freq.contiguous();  // (R/2,): tiny
   const int64_t half = inv_freq.size(0);
-  const Bhsd xg = bhsd(x, bshd);
-  const Bhsd og = bhsd(out, bshd);
+  const bool bshd = lay == detail::RopeLayout::kBshd;
+  const Bhsd xg = packed ? thd(x) : bhsd(x, bshd);
+  const Bhsd og = packed ? thd(out) : bhsd(out, bshd);
   const int64_t B = xg.size[0], H = xg.size[1], S = xg.size[2], D = xg.size[3];
 
-  const bool has_pos = positions.has_value() && positions->defined();
-  const int64_t* pos = has_pos ? positions->const_data_ptr<int64_t>() : nullptr;
+  const bool has_pos = a.positions.has_value() && a.positions->defined();
+  const int64_t* pos = has_pos ? a.positions->const_data_ptr<int64_t>() : nullptr;
   int64_t pos_sb = 0, pos_ss = 0;  // a (S,) table is shared by every batch row
   if (has_pos) {
-    pos_ss = positions->stride(-1);
-    if (positions->dim() == 2) pos_sb = positions->stride(0);
+    pos_ss = a.positions->stride(-1);
+    if (a.positions->dim() == 2) pos_sb = a.positions->stride(0);
   }
+  at::Tensor cu;  // tiny; .contiguous() is an async device copy at most
+  if (packed) cu = a.cu_seqlens->contiguous();
+  at::Tensor zeta;
+  if (a.xpos_zeta.has_value() && a.xpos_zeta->defined()) zeta = a.xpos_zeta->contiguous();
 
   const RowLaunch l = row_launch(B, H, S, D, half);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rope_cuda", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const Magnitude<opmath_t> mag{zeta.defined() ? zeta.const_data_ptr<float>() : nullptr,
+                                  static_cast<opmath_t>(a.attention_factor),
+                                  static_cast<opmath_t>(a.xpos_scale_base), a.xpos_inverse,
+                                  a.xpos_centre};
     rope_kernel<scalar_t><<<cuda::num_blocks(l.units), l.block, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), xg, out.mutable_data_ptr<scalar_t>(), og, pos, pos_sb,
-        pos_ss, offset, inv_freq.const_data_ptr<float>(), half, interleaved, conjugate, l.units,
-        l.head_chunks, l.heads_per_thread);
+        pos_ss, packed ? cu.const_data_ptr<int64_t>() : nullptr, packed ? cu.size(0) : 0,
+        a.offset, inv_freq.const_data_ptr<float>(), half, mag, a.interleaved, conjugate,
+        l.units, l.head_chunks, l.heads_per_thread);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -282,17 +335,27 @@ at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x,
 at::Tensor rope_forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                              const at::Tensor& inv_freq, int64_t offset,
                              std::optional<int64_t> rotary_dim, bool interleaved,
-                             c10::string_view layout) {
-  return rope_cuda("rope", "x", x, positions, inv_freq, offset, rotary_dim, interleaved, layout,
+                             c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
+                             double attention_factor, const std::optional<at::Tensor>& xpos_zeta,
+                             double xpos_scale_base, bool xpos_inverse, int64_t xpos_centre) {
+  return rope_cuda("rope", "x", x,
+                   {positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
+                    attention_factor, xpos_zeta, xpos_scale_base, xpos_inverse, xpos_centre},
                    /*conjugate=*/false);
 }
 
 at::Tensor rope_backward_cuda(const at::Tensor& grad, const std::optional<at::Tensor>& positions,
                               const at::Tensor& inv_freq, int64_t offset,
                               std::optional<int64_t> rotary_dim, bool interleaved,
-                              c10::string_view layout) {
-  return rope_cuda("rope_backward", "grad", grad, positions, inv_freq, offset, rotary_dim,
-                   interleaved, layout, /*conjugate=*/true);
+                              c10::string_view layout,
+                              const std::optional<at::Tensor>& cu_seqlens,
+                              double attention_factor,
+                              const std::optional<at::Tensor>& xpos_zeta,
+                              double xpos_scale_base, bool xpos_inverse, int64_t xpos_centre) {
+  return rope_cuda("rope_backward", "grad", grad,
+                   {positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
+                    attention_factor, xpos_zeta, xpos_scale_base, xpos_inverse, xpos_centre},
+                   /*conjugate=*/true);
 }
 
 // Rotates `src` (x, or the upstream gradient when adjoint) into a fresh contiguous tensor.

@@ -9,16 +9,26 @@ namespace {
 
 at::Tensor rope_meta(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                      const at::Tensor& inv_freq, c10::SymInt offset,
-                     std::optional<int64_t> rotary_dim, bool interleaved, c10::string_view layout) {
-  detail::check_rope("rope", "x", x, positions, inv_freq, rotary_dim, layout);
+                     std::optional<int64_t> rotary_dim, bool interleaved, c10::string_view layout,
+                     const std::optional<at::Tensor>& cu_seqlens, double attention_factor,
+                     const std::optional<at::Tensor>& xpos_zeta, double xpos_scale_base,
+                     bool xpos_inverse, c10::SymInt xpos_centre) {
+  detail::check_rope("rope", "x", x, positions, inv_freq, rotary_dim, layout, cu_seqlens,
+                     attention_factor, xpos_zeta, xpos_scale_base);
   return at::empty_symint(x.sym_sizes(), x.options());
 }
 
 at::Tensor rope_backward_meta(const at::Tensor& grad, const std::optional<at::Tensor>& positions,
                               const at::Tensor& inv_freq, c10::SymInt offset,
                               std::optional<int64_t> rotary_dim, bool interleaved,
-                              c10::string_view layout) {
-  detail::check_rope("rope_backward", "grad", grad, positions, inv_freq, rotary_dim, layout);
+                              c10::string_view layout,
+                              const std::optional<at::Tensor>& cu_seqlens,
+                              double attention_factor,
+                              const std::optional<at::Tensor>& xpos_zeta,
+                              double xpos_scale_base, bool xpos_inverse,
+                              c10::SymInt xpos_centre) {
+  detail::check_rope("rope_backward", "grad", grad, positions, inv_freq, rotary_dim, layout,
+                     cu_seqlens, attention_factor, xpos_zeta, xpos_scale_base);
   return at::empty_symint(grad.sym_sizes(), grad.options());
 }
 
