@@ -46,19 +46,22 @@ class CMakeBuild(build_ext):
             f"-DPOSENC_BUILD_TESTS={flag('POSENC_BUILD_TESTS')}",
             "-DPOSENC_BUILD_PYTHON=ON",
         ]
-        # In an editable install the package directory is python/posenc: let every later
-        # `cmake --build` (scripts/test.sh, ctest runs) refresh the libraries there too.
+        # Editable installs (pip install -e .) import from python/posenc: put the libraries
+        # there, and let every later `cmake --build` (scripts/test.sh) refresh them.
         pkg_dir = ROOT / "python" / "posenc"
-        args.append(f"-DPOSENC_PYTHON_PACKAGE_DIR={pkg_dir if out_dir == pkg_dir else ''}")
+        editable = bool(getattr(self, "editable_mode", False) or self.inplace)
+        args.append(f"-DPOSENC_PYTHON_PACKAGE_DIR={pkg_dir if editable else ''}")
         if shutil.which("ninja"):
             args += ["-G", "Ninja"]
         subprocess.check_call(args)
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         subprocess.check_call(["cmake", "--build", str(build_dir), "--parallel", jobs])
 
+        targets = {out_dir, pkg_dir} if editable else {out_dir}
         for pattern in ("libposenc.so", "_C*.so"):
             for lib in build_dir.glob(pattern):
-                shutil.copy2(lib, out_dir / lib.name)
+                for target in targets:
+                    shutil.copy2(lib, target / lib.name)
 
 
 setup(
