@@ -1,5 +1,5 @@
 // Helpers shared by the CUDA kernels of the bias families (T5, KERPLE) and the sinusoidal
-// table: launch shapes, a deterministic block reduction, and the per-diagonal reduction of an
+// table: row launch shapes and the per-diagonal reduction of an
 // upstream (heads, q_len, k_len) gradient that every "bias depends on k_pos - q_pos only"
 // backward starts from.
 #pragma once
@@ -13,17 +13,17 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cuda_utils.cuh"
+
 namespace posenc {
 namespace bias_cuda {
 
 constexpr int kThreads = 256;
-// Grid-stride loops everywhere, so the grid can be capped; 65535 blocks of 256 threads fill
-// an H200 many times over.
-constexpr int64_t kMaxBlocks = 65535;
-
+using cuda::block_sum;
+using cuda::kMaxBlocks;
+// Grid-stride loops everywhere, so the grid is capped (see cuda_utils.cuh).
 inline unsigned int blocks_for(int64_t units, int64_t per_block = 1) {
-  const int64_t want = (units + per_block - 1) / std::max<int64_t>(per_block, 1);
-  return static_cast<unsigned int>(std::clamp<int64_t>(want, 1, kMaxBlocks));
+  return cuda::num_blocks(units, per_block);
 }
 
 // Launch shape for an output made of `rows` rows of `row_len` elements: threadIdx.x walks the
@@ -38,31 +38,6 @@ inline RowLaunch row_launch(int64_t rows, int64_t row_len) {
   while (bx < row_len && bx < kThreads) bx *= 2;
   const int by = kThreads / bx;
   return {dim3(blocks_for(rows, by)), dim3(bx, by)};
-}
-
-// Sum of v over the block, returned to every thread. Deterministic: a fixed shuffle tree per
-// warp, then warp 0 folds the warp sums in warp order. All threads of the block must call it;
-// the block size must be a multiple of 32. `scratch` holds >= 33 elements of shared memory.
-template <typename T>
-__device__ T block_sum(T v, T* scratch) {
-  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-  const int lane = tid & 31;
-  const int warp = tid >> 5;
-  const int warps = (blockDim.x * blockDim.y) >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    T w = lane < warps ? scratch[lane] : T(0);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) w += __shfl_down_sync(0xffffffffu, w, o);
-    if (lane == 0) scratch[32] = w;
-  }
-  __syncthreads();
-  const T total = scratch[32];
-  __syncthreads();
-  return total;
 }
 
 // ---- per-diagonal sums of an upstream gradient ---------------------------------------------
