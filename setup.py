@@ -46,6 +46,10 @@ class CMakeBuild(build_ext):
             f"-DPOSENC_BUILD_TESTS={flag('POSENC_BUILD_TESTS')}",
             "-DPOSENC_BUILD_PYTHON=ON",
         ]
+        # In an editable install the package directory is python/posenc: let every later
+        # `cmake --build` (scripts/test.sh, ctest runs) refresh the libraries there too.
+        pkg_dir = ROOT / "python" / "posenc"
+        args.append(f"-DPOSENC_PYTHON_PACKAGE_DIR={pkg_dir if out_dir == pkg_dir else ''}")
         if shutil.which("ninja"):
             args += ["-G", "Ninja"]
         subprocess.check_call(args)

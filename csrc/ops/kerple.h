@@ -1,8 +1,9 @@
-// KERPLE (Chi et al. 2022): dispatcher handles shared by the kernels.
+// KERPLE (Chi et al. 2022): dispatcher handles and argument checks shared by the kernels.
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <string>
 #include <tuple>
 
 #include "check.h"
@@ -28,6 +29,49 @@ inline auto& kerple_bias_backward_op() {
                                                     c10::SymInt, c10::SymInt, c10::string_view,
                                                     bool)>();
   return op;
+}
+
+enum class KerpleKind { Log, Power };
+
+inline KerpleKind parse_kerple_kind(const char* op, c10::string_view kind) {
+  if (kind == "log") return KerpleKind::Log;
+  if (kind == "power") return KerpleKind::Power;
+  POSENC_CHECK_ARG(false, op, "kind", "must be one of \"log\", \"power\"", "\"",
+                   std::string(kind), "\"");
+  return KerpleKind::Log;  // unreachable
+}
+
+template <typename Int>
+KerpleKind check_kerple_bias(const char* op, const at::Tensor& r1, const at::Tensor& r2,
+                             const Int& q_len, const Int& k_len, c10::string_view kind) {
+  check_dim(op, "r1", r1, 1, "(num_heads,)");
+  check_floating(op, "r1", r1);
+  check_dim(op, "r2", r2, 1, "(num_heads,)");
+  check_same_dtype(op, "r2", r2, "r1", r1);
+  check_same_device(op, "r2", r2, "r1", r1);
+  POSENC_CHECK_ARG(r2.sym_size(0) == r1.sym_size(0), op, "r2",
+                   c10::str("must have the length of 'r1' (", r1.sym_size(0), ")"), "length ",
+                   r2.sym_size(0));
+  check_length(op, "q_len", q_len);
+  check_length(op, "k_len", k_len);
+  return parse_kerple_kind(op, kind);
+}
+
+template <typename Int>
+KerpleKind check_kerple_bias_backward(const char* op, const at::Tensor& grad, const at::Tensor& r1,
+                                      const at::Tensor& r2, const Int& q_len, const Int& k_len,
+                                      c10::string_view kind) {
+  const auto k = check_kerple_bias(op, r1, r2, q_len, k_len, kind);
+  check_dim(op, "grad", grad, 3, "(num_heads, q_len, k_len)");
+  check_floating(op, "grad", grad);
+  check_same_device(op, "grad", grad, "r1", r1);
+  const bool same = grad.sym_size(0) == r1.sym_size(0) &&
+                    grad.sym_size(1) == c10::SymInt(q_len) && grad.sym_size(2) == c10::SymInt(k_len);
+  POSENC_CHECK_ARG(same, op, "grad",
+                   c10::str("must have shape (num_heads, q_len, k_len) = [", r1.sym_size(0), ", ",
+                            q_len, ", ", k_len, "]"),
+                   "shape ", shape_str(grad));
+  return k;
 }
 
 }  // namespace detail

@@ -10,8 +10,11 @@ namespace ops {
 at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_t q_offset,
                           int64_t k_offset, std::optional<int64_t> k_len,
                           std::optional<int64_t> max_distance) {
-  detail::check_defined("rel_pos_scores", "q", q);
-  const int64_t kl = k_len.has_value() ? *k_len : q_offset + q.size(-2) - k_offset;
+  if (!k_len.has_value()) {
+    // q's rank is checked before q.size(-2) is read for the default k_len.
+    detail::check_dim("rel_pos_scores", "q", q, 4, "(batch, heads, q_len, head_dim)");
+  }
+  const int64_t kl = k_len.has_value() ? *k_len : q_offset + q.size(2) - k_offset;
   return detail::rel_pos_scores_op().call(q, rel_emb, q_offset, k_offset, kl, max_distance);
 }
 

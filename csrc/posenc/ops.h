@@ -24,12 +24,15 @@ namespace ops {
 ///  interleaved=true : [sin(p w_0), cos(p w_0), sin(p w_1), ...], w_i = base^(-2i/dim) (paper).
 ///  interleaved=false: [sin(p v_0..v_{h-1}), cos(p v_0..v_{h-1})], v_i = exp(-i ln(base)/max(h-1,1)),
 ///                     h = dim/2 (tensor2tensor's get_timing_signal_1d, used by fairseq and TXL ports).
-/// Errors: dim must be even and > 0; num_positions >= 0.
+/// Values are computed in fp64 and rounded once to `dtype` (float16/bfloat16/float32/float64).
+/// Not differentiable (positions are integers). Errors: dim must be even and > 0;
+/// num_positions >= 0; base finite and > 0; dtype floating.
 at::Tensor sinusoidal_table(int64_t num_positions, int64_t dim, double base = 10000.0,
                             int64_t offset = 0, bool interleaved = true,
                             at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
 
-/// Same as above for arbitrary int64 positions of shape (N,) -> (N, dim).
+/// Same as above for arbitrary int64 positions of shape (N,) -> (N, dim) (any strides, any
+/// sign); dtype defaults to float32. Errors as above, and positions must be 1-D int64.
 at::Tensor sinusoidal_table_at(const at::Tensor& positions, int64_t dim, double base = 10000.0,
                                bool interleaved = true,
                                std::optional<at::ScalarType> dtype = std::nullopt);
@@ -46,20 +49,34 @@ at::Tensor alibi_bias(const at::Tensor& slopes, int64_t q_len, int64_t k_len,
                       int64_t q_offset = 0, int64_t k_offset = 0, bool causal = true);
 
 /// T5 relative position buckets (Raffel et al. 2020; HF T5Attention._relative_position_bucket,
-/// final clamp included). relative_position = key - query, any shape, int64 -> int64 buckets.
+/// final clamp included). relative_position = key - query, any shape, int64 -> int64 buckets
+/// in [0, num_buckets), contiguous. Bidirectional: half the buckets per direction, keys after
+/// the query in the upper half; causal: keys after the query share bucket 0. Per direction,
+/// max_exact = (buckets per direction) / 2 exact distances, then log-spaced buckets up to
+/// max_distance; the log term is evaluated in fp32 as HF does, so boundaries agree with it.
+/// Not differentiable. Errors: relative_position int64; num_buckets even and >= 4 when
+/// bidirectional, >= 2 when causal; max_distance > max_exact.
 at::Tensor t5_relative_bucket(const at::Tensor& relative_position, bool bidirectional = true,
                               int64_t num_buckets = 32, int64_t max_distance = 128);
 
-/// T5 relative bias: table (num_buckets, H) -> (H, q_len, k_len),
-/// out[h,i,j] = table[bucket(k_pos - q_pos), h]. Differentiable in table.
+/// T5 relative bias: table (num_buckets, H) float16/bfloat16/float32/float64 (the weight of
+/// HF's relative_attention_bias embedding) -> (H, q_len, k_len) in the table's dtype,
+/// out[h,i,j] = table[bucket(k_pos - q_pos), h], buckets computed in the kernel (no bucket
+/// tensor). Differentiable in table (deterministic fp64 reduction per head and bucket).
+/// Errors: table 2-D floating whose rows satisfy the num_buckets rules above; max_distance >
+/// max_exact; q_len, k_len >= 0.
 at::Tensor t5_bias(const at::Tensor& table, int64_t q_len, int64_t k_len, int64_t q_offset = 0,
                    int64_t k_offset = 0, bool bidirectional = true, int64_t max_distance = 128);
 
-/// KERPLE bias (Chi et al. 2022, eq. 6/7) from r1, r2 (H,), both > 0:
+/// KERPLE bias (Chi et al. 2022, eq. 6/7) from r1, r2 (H,) (float16/bfloat16/float32/float64,
+/// same dtype and device; the module keeps them > 0) -> (H, q_len, k_len) in their dtype:
 ///  kind "log"  : -r1 * log(1 + r2 * d)
-///  kind "power": -r1 * d^r2
+///  kind "power": -r1 * d^r2, taken as 0 at d = 0 for every r2 (and d/dr2 = 0 there)
 /// d = |q_pos - k_pos| (bidirectional) or max(q_pos - k_pos, 0) (causal: future keys, which
-/// the causal mask removes anyway, get 0). Differentiable in r1 and r2.
+/// the causal mask removes anyway, get 0). Differentiable in r1 and r2 (deterministic fp64
+/// reduction per head). Errors: r1, r2 1-D of equal length; kind "log" or "power";
+/// q_len, k_len >= 0; on CPU, r2 >= 0 for "log" (checked on the values; the Meta kernel
+/// cannot see them).
 at::Tensor kerple_bias(const at::Tensor& r1, const at::Tensor& r2, int64_t q_len, int64_t k_len,
                        int64_t q_offset = 0, int64_t k_offset = 0, const std::string& kind = "log",
                        bool causal = true);
@@ -68,8 +85,11 @@ at::Tensor kerple_bias(const at::Tensor& r1, const at::Tensor& r2, int64_t q_len
 /// 2018 eq. 5 relative keys): out[b,h,i,j] = q[b,h,i,:] . rel_emb[h, c + clamp(d, -M, M), :]
 /// with d = q_pos - k_pos, c = (R - 1) / 2 (R odd), M = max_distance (default c, at most c).
 /// q (B,H,Lq,D), rel_emb (H,R,D) -> (B,H,Lq,k_len). k_len defaults to q_offset + Lq - k_offset
-/// (keys end with the last query). Computed directly: no (Lq x R) product, no shift.
-/// Differentiable in q and rel_emb.
+/// (keys end with the last query); offsets may be any int64. Computed directly: no (Lq x R)
+/// product, no shift. q and rel_emb share dtype (fp32, fp64, fp16/bf16 with fp32 math) and
+/// device, any strides; the result is contiguous in q's dtype. Differentiable in q and
+/// rel_emb (deterministic). Throws c10::Error naming the argument for wrong rank/dtype/device,
+/// mismatched heads or head_dim, even R, max_distance outside [0, c], or k_len < 0.
 at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_t q_offset = 0,
                           int64_t k_offset = 0, std::optional<int64_t> k_len = std::nullopt,
                           std::optional<int64_t> max_distance = std::nullopt);
@@ -82,7 +102,13 @@ at::Tensor rope_inv_freq(int64_t dim, double base = 10000.0, at::Device device =
 /// (B,S,H,D) for "bshd", any strides; positions int64 (S,) or (B,S), or none for
 /// offset + arange(S) (offset is added to given positions too); inv_freq float32 (R/2,)
 /// with R = rotary_dim <= D even. Pairs (i, i + R/2) (half-split, GPT-NeoX/Llama) or
-/// (2i, 2i+1) (interleaved, GPT-J/RoFormer); dims >= R pass through. Angles in fp32.
+/// (2i, 2i+1) (interleaved, GPT-J/RoFormer); dims >= R pass through bit-exactly. The angle is
+/// the float32 product float(pos) * inv_freq[i] (as Hugging Face computes it) for every dtype;
+/// cos/sin and the rotation are fp32 for half/bfloat16/float x, fp64 for double x. Returns a
+/// new contiguous tensor of x's shape and dtype; differentiable in x only (the backward is the
+/// rotation by the negative angle). Throws c10::Error naming the argument for a non-4-D or
+/// non-float x, an unknown layout, positions not int64 (S,)/(B,S), inv_freq not float32 1-D,
+/// a tensor on another device, or rotary_dim odd, != 2*len(inv_freq), or > D.
 at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                 const at::Tensor& inv_freq, int64_t offset = 0,
                 std::optional<int64_t> rotary_dim = std::nullopt, bool interleaved = false,
@@ -90,7 +116,12 @@ at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
 
 /// Rotary embedding from caller-supplied cos/sin tables, as Hugging Face's
 /// apply_rotary_pos_emb: out = x*cos + rotate(x)*sin on the first R dims, with cos/sin of
-/// shape (S, R) or (B, S, R). Differentiable in x, cos and sin.
+/// shape (S, R) or (B, S, R), one value per element, in x's dtype and on x's device (any
+/// strides). rotate is rotate_half [-x2, x1] (half-split) or [-x1, x0, -x3, x2, ...]
+/// (interleaved); R = cos.size(-1), even and <= D; dims >= R pass through. fp32 math for half
+/// inputs. Differentiable in x, cos and sin; the table gradients are summed over heads (and
+/// batch for (S, R) tables) in a fixed order in fp64. Throws c10::Error naming the argument
+/// for mismatched shapes, odd R, R > D, or another dtype/device.
 at::Tensor apply_rotary_pos_emb(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                                 bool interleaved = false, const std::string& layout = "bhsd");
 

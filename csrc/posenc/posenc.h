@@ -1,5 +1,6 @@
 // Umbrella header: ops, C++ modules and version.
 #pragma once
 
+#include "posenc/nn.h"
 #include "posenc/ops.h"
 #include "posenc/version.h"

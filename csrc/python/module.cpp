@@ -1,5 +1,12 @@
 #include <torch/extension.h>
 
+namespace posenc {
+namespace python {
+void init_nn(pybind11::module& m);
+}
+}  // namespace posenc
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "posenc C++ modules (posenc::nn) bound to Python";
+  posenc::python::init_nn(m);
 }

@@ -1,1 +1,102 @@
-"""The C++ ``posenc::nn`` modules, bound through pybind11 (filled in by posenc._C)."""
+"""The C++ ``posenc::nn`` modules, bound through pybind11 (``torch::python::bind_module``).
+
+``posenc.cpp.<Name>`` takes the same keyword arguments and defaults as the scriptable twin
+``posenc.nn.<Name>`` and is a ``torch.nn.Module`` wrapper that delegates to the C++ module
+(``.cpp_module`` is the raw C++ object). Such modules run the C++ code path but are not
+scriptable; script the ``posenc.nn`` twins instead.
+
+A state_dict moves between the two languages with :func:`state_dict` and
+:func:`load_state_dict` (the keys are the same in both)::
+
+    py = posenc.nn.T5RelativeBias(8)
+    cc = posenc.cpp.T5RelativeBias(8)
+    posenc.cpp.load_state_dict(cc, py.state_dict())   # Python -> C++
+    py.load_state_dict(posenc.cpp.state_dict(cc))     # C++ -> Python
+"""
+from collections import OrderedDict
+from typing import Any, Dict
+
+import torch
+from torch import Tensor
+
+from . import _C
+
+SinusoidalPositionalEncoding = _C.SinusoidalPositionalEncoding
+LearnedPositionalEmbedding = _C.LearnedPositionalEmbedding
+RotaryEmbedding = _C.RotaryEmbedding
+ALiBi = _C.ALiBi
+T5RelativeBias = _C.T5RelativeBias
+KERPLEBias = _C.KERPLEBias
+TransformerXLRelativeScore = _C.TransformerXLRelativeScore
+
+__all__ = [
+    "SinusoidalPositionalEncoding",
+    "LearnedPositionalEmbedding",
+    "RotaryEmbedding",
+    "ALiBi",
+    "T5RelativeBias",
+    "KERPLEBias",
+    "TransformerXLRelativeScore",
+    "state_dict",
+    "load_state_dict",
+]
+
+
+def _cpp(module: Any) -> Any:
+    # Accept the torch.nn.Module wrapper or the raw pybind object.
+    return getattr(module, "cpp_module", module)
+
+
+def _collect(module: Any, prefix: str, out: "OrderedDict[str, Tensor]") -> None:
+    # Same order as torch.nn.Module.state_dict: own parameters, own buffers, then children.
+    for name, p in module._parameters.items():
+        out[prefix + name] = p.detach()
+    for name, b in module._buffers.items():
+        out[prefix + name] = b.detach()
+    for name, child in module._modules.items():
+        _collect(child, prefix + name + ".", out)
+
+
+def state_dict(module: Any) -> "OrderedDict[str, Tensor]":
+    """Parameters and buffers of a C++ module, by the names torch.nn.Module.state_dict uses.
+
+    The tensors are detached views of the module's own storage (as ``state_dict()`` returns
+    them); copy them to keep a snapshot.
+    """
+    out: "OrderedDict[str, Tensor]" = OrderedDict()
+    _collect(_cpp(module), "", out)
+    return out
+
+
+def load_state_dict(module: Any, state: Dict[str, Tensor]) -> None:
+    """Copy ``state`` into a C++ module's parameters and buffers, strictly.
+
+    Raises ``RuntimeError`` (and changes nothing) if a key is missing or unexpected, or a
+    shape differs. Values are copied in place (cast to the module's dtype and device), so
+    the module keeps its tensors and any optimizer holding them stays valid.
+    """
+    own = state_dict(module)
+    cls = type(module).__name__
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"posenc.cpp.load_state_dict: error(s) loading state_dict for {cls}: "
+            f"missing keys {missing}, unexpected keys {unexpected}"
+        )
+    for key, dst in own.items():
+        src = state[key]
+        if not isinstance(src, Tensor):
+            raise RuntimeError(
+                f"posenc.cpp.load_state_dict: error(s) loading state_dict for {cls}: "
+                f"'{key}' must be a Tensor, but got {type(src).__name__}"
+            )
+        if src.shape != dst.shape:
+            raise RuntimeError(
+                f"posenc.cpp.load_state_dict: error(s) loading state_dict for {cls}: size "
+                f"mismatch for '{key}': copying a tensor of shape {tuple(src.shape)}, the shape "
+                f"in the module is {tuple(dst.shape)}"
+            )
+    with torch.no_grad():
+        for key, dst in own.items():
+            dst.copy_(state[key])

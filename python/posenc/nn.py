@@ -1,1 +1,467 @@
-"""Scriptable torch.nn modules (twins of the C++ posenc::nn modules)."""
+"""Scriptable ``torch.nn`` modules: twins of the C++ ``posenc::nn`` modules.
+
+Same class names, constructor arguments (names and defaults), forward signatures and
+``state_dict`` keys as ``posenc::nn::<Name>`` in C++ and its binding ``posenc.cpp.<Name>``, so
+a state_dict saved from one loads into the other and gives the same outputs. Every module
+holds parameters and calls :mod:`posenc.ops`; none re-implements an op's math. All of them
+work with ``torch.jit.script`` (and so with ``torch::jit::load`` in C++, where the ops resolve
+as ``torch.ops.posenc.*``) and with ``torch.compile(fullgraph=True)``.
+
+Bad constructor arguments raise ``ValueError`` (``c10::ValueError`` in C++), bad forward
+arguments ``RuntimeError``; messages read ``posenc.<Module>: option '<name>' <expected>, but
+got <given>`` (``argument`` in forward).
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+
+__all__ = [
+    "SinusoidalPositionalEncoding",
+    "LearnedPositionalEmbedding",
+    "RotaryEmbedding",
+    "ALiBi",
+    "T5RelativeBias",
+    "KERPLEBias",
+    "TransformerXLRelativeScore",
+]
+
+
+def _check_option(cond: bool, module: str, option: str, expected: str, given) -> None:
+    if not cond:
+        raise ValueError(f"posenc.{module}: option '{option}' {expected}, but got {given}")
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """Sinusoidal absolute positional encoding (Vaswani et al. 2017, §3.5).
+
+    ``forward(x, offset=0) = dropout(x + sinusoidal_table(S, dim, base, offset, interleaved))``
+    with ``x`` of shape ``(B, S, dim)`` (float16/bfloat16/float32/float64). The table comes
+    from :func:`posenc.ops.sinusoidal_table` (fp64 angles) in ``x``'s dtype and on its
+    device; row ``s`` encodes absolute position ``offset + s``. No parameters or buffers.
+
+    Args:
+        dim: embedding size, even and > 0.
+        base: frequency base (10000 in the paper), > 0.
+        dropout: dropout probability after the addition, in [0, 1).
+        interleaved: ``True`` for the paper's ``[sin, cos, sin, cos, ...]``; ``False`` for
+            tensor2tensor's ``[sines, cosines]`` (case C04).
+
+    Raises:
+        ValueError: bad options. RuntimeError: ``x`` not ``(B, S, dim)``.
+    """
+
+    dim: int
+    base: float
+    dropout: float
+    interleaved: bool
+
+    def __init__(
+        self, dim: int, base: float = 10000.0, dropout: float = 0.0, interleaved: bool = True
+    ) -> None:
+        super().__init__()
+        name = "SinusoidalPositionalEncoding"
+        _check_option(dim > 0 and dim % 2 == 0, name, "dim", "must be even and > 0 (sin/cos pairs)", dim)
+        _check_option(base > 0, name, "base", "must be > 0", base)
+        _check_option(0 <= dropout < 1, name, "dropout", "must be in [0, 1)", dropout)
+        self.dim = dim
+        self.base = base
+        self.dropout = dropout
+        self.interleaved = interleaved
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        if x.dim() != 3 or x.size(-1) != self.dim:
+            raise RuntimeError(
+                f"posenc.SinusoidalPositionalEncoding: argument 'x' must be a 3-D tensor "
+                f"(batch, seq, {self.dim}), but got {list(x.shape)}"
+            )
+        table = ops.sinusoidal_table(
+            x.size(1), self.dim, self.base, offset, self.interleaved, dtype=x.dtype, device=x.device
+        )
+        return F.dropout(x + table, self.dropout, self.training)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, base={self.base}, dropout={self.dropout}, "
+            f"interleaved={self.interleaved}"
+        )
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """Learned absolute position embeddings (BERT, Devlin et al. 2019; GPT-2).
+
+    ``forward(x, offset=0) = dropout(x + weight[offset : offset + S])``, ``x`` of shape
+    ``(B, S, dim)``. Parameter ``weight`` ``(max_len, dim)`` initialised N(0, 0.02).
+
+    A learned table cannot extrapolate: positions past ``max_len - 1`` raise ``RuntimeError``
+    ``"posenc.LearnedPositionalEmbedding: position P is past the table of N positions
+    (max_len)"`` before any computation, and the module stays usable (case C15).
+
+    Raises:
+        ValueError: ``max_len`` or ``dim`` <= 0, ``dropout`` outside [0, 1).
+        RuntimeError: positions past the table, ``offset`` < 0, ``x`` not ``(B, S, dim)``.
+    """
+
+    max_len: int
+    dim: int
+    dropout: float
+
+    def __init__(self, max_len: int, dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        name = "LearnedPositionalEmbedding"
+        _check_option(max_len > 0, name, "max_len", "must be > 0", max_len)
+        _check_option(dim > 0, name, "dim", "must be > 0", dim)
+        _check_option(0 <= dropout < 1, name, "dropout", "must be in [0, 1)", dropout)
+        self.max_len = max_len
+        self.dim = dim
+        self.dropout = dropout
+        self.weight = nn.Parameter(torch.empty(max_len, dim))
+        nn.init.normal_(self.weight, 0.0, 0.02)
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        if x.dim() != 3 or x.size(-1) != self.dim:
+            raise RuntimeError(
+                f"posenc.LearnedPositionalEmbedding: argument 'x' must be a 3-D tensor "
+                f"(batch, seq, {self.dim}), but got {list(x.shape)}"
+            )
+        if offset < 0:
+            raise RuntimeError(
+                f"posenc.LearnedPositionalEmbedding: argument 'offset' must be >= 0, but got {offset}"
+            )
+        seq = x.size(1)
+        if offset + seq > self.max_len:
+            raise RuntimeError(
+                f"posenc.LearnedPositionalEmbedding: position {offset + seq - 1} is past the "
+                f"table of {self.max_len} positions (max_len)"
+            )
+        return F.dropout(x + self.weight[offset : offset + seq], self.dropout, self.training)
+
+    def extra_repr(self) -> str:
+        return f"max_len={self.max_len}, dim={self.dim}, dropout={self.dropout}"
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021, RoFormer, eq. 34) for queries and keys.
+
+    ``forward(q, k, positions=None, offset=0) -> (q_rot, k_rot)`` via :func:`posenc.ops.rope`.
+    ``q``/``k``: ``(B, H, S, D)`` (``layout="bhsd"``) or ``(B, S, H, D)`` (``"bshd"``), any
+    float dtype and strides, with ``D == dim`` (head counts may differ, as in GQA).
+    ``positions``: int64 ``(S,)`` or ``(B, S)``, or ``None`` for ``arange(S)``; ``offset`` is
+    added in both cases (KV-cache decoding).
+
+    The inverse frequencies ``base ** (-2 i / rotary_dim)`` (eq. 15) come from
+    :func:`posenc.ops.rope_inv_freq` and are kept as a plain fp32 tensor attribute
+    ``inv_freq``, not a parameter or buffer: the state_dict is empty, and
+    ``module.to(torch.bfloat16)`` keeps them fp32 (case C01) while ``module.to(device)``
+    moves them; inputs on another device use a copy.
+
+    Args:
+        dim: head dimension D, > 0.
+        rotary_dim: rotated leading dims (even, <= dim); ``None`` means ``dim``.
+        base: frequency base, > 1.
+        interleaved: ``False`` pairs ``(i, i + R/2)`` (GPT-NeoX, Llama), ``True`` pairs
+            ``(2i, 2i+1)`` (GPT-J, RoFormer).
+        layout: ``"bhsd"`` or ``"bshd"``.
+
+    Raises:
+        ValueError at construction (case C05): odd/non-positive ``rotary_dim``, ``rotary_dim``
+        > ``dim``, ``base`` <= 1, unknown ``layout``. RuntimeError in forward: last dim of
+        ``q`` or ``k`` is not ``dim`` (and the op's own checks).
+    """
+
+    dim: int
+    rotary_dim: int
+    base: float
+    interleaved: bool
+    layout: str
+
+    def __init__(
+        self,
+        dim: int,
+        rotary_dim: Optional[int] = None,
+        base: float = 10000.0,
+        interleaved: bool = False,
+        layout: str = "bhsd",
+    ) -> None:
+        super().__init__()
+        name = "RotaryEmbedding"
+        _check_option(dim > 0, name, "dim", "must be > 0", dim)
+        rd = dim if rotary_dim is None else rotary_dim
+        _check_option(
+            rd > 0 and rd % 2 == 0, name, "rotary_dim",
+            "must be even and > 0 (dims are rotated in pairs)", rd,
+        )
+        _check_option(rd <= dim, name, "rotary_dim", f"must be <= dim ({dim})", rd)
+        _check_option(base > 1, name, "base", "must be > 1", base)
+        _check_option(
+            layout in ("bhsd", "bshd"), name, "layout", 'must be "bhsd" or "bshd"', f'"{layout}"'
+        )
+        self.dim = dim
+        self.rotary_dim = rd
+        self.base = base
+        self.interleaved = interleaved
+        self.layout = layout
+        # Deliberately not a buffer: dtype casts of the module must not round it.
+        self.inv_freq: Tensor = ops.rope_inv_freq(rd, base)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        # Follow device moves only; frequencies are recomputed in fp32 on the new device.
+        super()._apply(fn, recurse)
+        device = fn(torch.empty(0, device=self.inv_freq.device)).device
+        if device != self.inv_freq.device:
+            self.inv_freq = ops.rope_inv_freq(self.rotary_dim, self.base, device=device)
+        return self
+
+    def forward(
+        self, q: Tensor, k: Tensor, positions: Optional[Tensor] = None, offset: int = 0
+    ) -> Tuple[Tensor, Tensor]:
+        if q.dim() < 1 or q.size(-1) != self.dim:
+            raise RuntimeError(
+                f"posenc.RotaryEmbedding: argument 'q' must have last dimension dim "
+                f"({self.dim}), but got shape {list(q.shape)}"
+            )
+        if k.dim() < 1 or k.size(-1) != self.dim:
+            raise RuntimeError(
+                f"posenc.RotaryEmbedding: argument 'k' must have last dimension dim "
+                f"({self.dim}), but got shape {list(k.shape)}"
+            )
+        inv_freq = self.inv_freq
+        if inv_freq.device != q.device:
+            inv_freq = inv_freq.to(q.device)
+        q_rot = ops.rope(q, positions, inv_freq, offset, self.rotary_dim, self.interleaved, self.layout)
+        k_rot = ops.rope(k, positions, inv_freq, offset, self.rotary_dim, self.interleaved, self.layout)
+        return q_rot, k_rot
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
+            f"interleaved={self.interleaved}, layout={self.layout}"
+        )
+
+
+class ALiBi(nn.Module):
+    """Attention with Linear Biases (Press et al. 2022, §3).
+
+    ``forward(q_len, k_len, q_offset=0, k_offset=0) -> (H, q_len, k_len)`` via
+    :func:`posenc.ops.alibi_bias`: ``-slope * (q_pos - k_pos)`` (causal) or
+    ``-slope * |q_pos - k_pos|``, query ``i`` at ``q_offset + i``, key ``j`` at
+    ``k_offset + j`` (case C10: align with offsets). Buffer ``slopes`` ``(H,)`` from
+    :func:`posenc.ops.alibi_slopes` (case C11). Add the result to the attention scores or pass
+    it (unsqueezed) as SDPA's ``attn_mask``.
+
+    Raises:
+        ValueError: ``num_heads`` <= 0. RuntimeError: negative lengths.
+    """
+
+    num_heads: int
+    causal: bool
+
+    def __init__(self, num_heads: int, causal: bool = True) -> None:
+        super().__init__()
+        _check_option(num_heads > 0, "ALiBi", "num_heads", "must be > 0", num_heads)
+        self.num_heads = num_heads
+        self.causal = causal
+        self.register_buffer("slopes", ops.alibi_slopes(num_heads))
+
+    def forward(self, q_len: int, k_len: int, q_offset: int = 0, k_offset: int = 0) -> Tensor:
+        return ops.alibi_bias(self.slopes, q_len, k_len, q_offset, k_offset, self.causal)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, causal={self.causal}"
+
+
+class T5RelativeBias(nn.Module):
+    """T5 relative attention bias (Raffel et al. 2020, §2.1; Hugging Face T5Attention's numbers).
+
+    ``forward(q_len, k_len, q_offset=0, k_offset=0) -> (H, q_len, k_len)`` via
+    :func:`posenc.ops.t5_bias`: ``out[h, i, j] = weight[bucket(k_pos - q_pos), h]`` (case C13).
+    Parameter ``weight`` ``(num_buckets, num_heads)`` initialised N(0, 0.02) — the layout of
+    HF's ``relative_attention_bias.weight``.
+
+    Raises:
+        ValueError: ``num_heads`` <= 0; ``num_buckets`` odd or < 4 when bidirectional, < 2
+        when causal;
+        ``max_distance`` not above the exact-bucket count. RuntimeError: negative lengths.
+    """
+
+    num_heads: int
+    num_buckets: int
+    max_distance: int
+    bidirectional: bool
+
+    def __init__(
+        self,
+        num_heads: int,
+        num_buckets: int = 32,
+        max_distance: int = 128,
+        bidirectional: bool = True,
+    ) -> None:
+        super().__init__()
+        name = "T5RelativeBias"
+        _check_option(num_heads > 0, name, "num_heads", "must be > 0", num_heads)
+        # Each direction needs an exact bucket besides its log-spaced ones.
+        if bidirectional:
+            _check_option(
+                num_buckets >= 4 and num_buckets % 2 == 0, name, "num_buckets",
+                "must be even and >= 4 when bidirectional (half the buckets per direction)",
+                num_buckets,
+            )
+        else:
+            _check_option(num_buckets >= 2, name, "num_buckets", "must be >= 2 when causal", num_buckets)
+        max_exact = (num_buckets // 2 if bidirectional else num_buckets) // 2
+        _check_option(
+            max_distance > max_exact, name, "max_distance",
+            f"must be > the number of exact buckets ({max_exact})", max_distance,
+        )
+        self.num_heads = num_heads
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.bidirectional = bidirectional
+        self.weight = nn.Parameter(torch.empty(num_buckets, num_heads))
+        nn.init.normal_(self.weight, 0.0, 0.02)
+
+    def forward(self, q_len: int, k_len: int, q_offset: int = 0, k_offset: int = 0) -> Tensor:
+        return ops.t5_bias(
+            self.weight, q_len, k_len, q_offset, k_offset, self.bidirectional, self.max_distance
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_heads={self.num_heads}, num_buckets={self.num_buckets}, "
+            f"max_distance={self.max_distance}, bidirectional={self.bidirectional}"
+        )
+
+
+class KERPLEBias(nn.Module):
+    """KERPLE relative bias (Chi et al. 2022), logarithmic or power kernel, learnable.
+
+    ``forward(q_len, k_len, q_offset=0, k_offset=0) -> (H, q_len, k_len)`` =
+    :func:`posenc.ops.kerple_bias` of ``r1.clamp(min=eps)`` and ``r2.clamp(min=eps)`` (for
+    ``kind="power"`` also ``r2 <= 2``, where the kernel stays conditionally positive
+    definite). ``"log"``: ``-r1 * log(1 + r2 * d)``; ``"power"``: ``-r1 * d ** r2``;
+    ``d = max(q_pos - k_pos, 0)`` (causal) or ``|q_pos - k_pos|``. Parameters ``r1``, ``r2``
+    ``(H,)`` initialised uniformly in (0, 2] and (0, 1] (the paper's code).
+
+    Raises:
+        ValueError: ``num_heads`` <= 0, unknown ``kind``, ``eps`` <= 0. RuntimeError: negative
+        lengths.
+    """
+
+    num_heads: int
+    kind: str
+    causal: bool
+    eps: float
+
+    def __init__(
+        self, num_heads: int, kind: str = "log", causal: bool = True, eps: float = 1e-2
+    ) -> None:
+        super().__init__()
+        name = "KERPLEBias"
+        _check_option(num_heads > 0, name, "num_heads", "must be > 0", num_heads)
+        _check_option(kind in ("log", "power"), name, "kind", 'must be "log" or "power"', f'"{kind}"')
+        _check_option(eps > 0, name, "eps", "must be > 0", eps)
+        self.num_heads = num_heads
+        self.kind = kind
+        self.causal = causal
+        self.eps = eps
+        # 1 - U[0, 1) lies in (0, 1]: zero is excluded as in the paper's init.
+        self.r1 = nn.Parameter((1.0 - torch.rand(num_heads)) * 2.0)
+        self.r2 = nn.Parameter(1.0 - torch.rand(num_heads))
+
+    def forward(self, q_len: int, k_len: int, q_offset: int = 0, k_offset: int = 0) -> Tensor:
+        r1 = self.r1.clamp(min=self.eps)
+        if self.kind == "power":
+            r2 = self.r2.clamp(min=self.eps, max=2.0)
+        else:
+            r2 = self.r2.clamp(min=self.eps)
+        return ops.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, self.kind, self.causal)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, kind={self.kind}, causal={self.causal}, eps={self.eps}"
+
+
+class TransformerXLRelativeScore(nn.Module):
+    """Position terms of Transformer-XL attention (Dai et al. 2019, §3.3).
+
+    With ``A_ij = (a) + (b) + (c) + (d)``, ``forward(q, mem_len=0)`` gives ``(b) + (d)``:
+    ``out[b, h, i, j] = (q_i + v_h) · W_R R_{(mem_len + i) - j}`` for keys over
+    ``[memory; segment]``, shape ``(B, H, Lq, mem_len + Lq)`` for ``q`` of shape
+    ``(B, H, Lq, head_dim)``. ``R`` is :func:`posenc.ops.sinusoidal_table` (interleaved,
+    ``d_model`` wide) at distances ``-c .. c`` with ``c = mem_len + Lq - 1``, projected by
+    ``r_proj`` (``nn.Linear(d_model, H * head_dim, bias=False)``, ``W_R``), and the scores
+    come from :func:`posenc.ops.rel_pos_scores` — exact for both signs of the distance, no
+    pad-and-shift (case C14). ``content_query(q) = q + u`` is the query for ``(a) + (c)``.
+
+    Parameters: ``r_proj.weight`` ``(H * head_dim, d_model)``, ``u``, ``v`` ``(H, head_dim)``
+    (N(0, 0.02)).
+
+    Raises:
+        ValueError: ``d_model`` odd or <= 0, ``num_heads``/``head_dim`` <= 0, ``base`` <= 0.
+        RuntimeError: ``q`` not ``(B, H, Lq, head_dim)``, ``mem_len`` < 0.
+    """
+
+    d_model: int
+    num_heads: int
+    head_dim: int
+    base: float
+
+    def __init__(self, d_model: int, num_heads: int, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        name = "TransformerXLRelativeScore"
+        _check_option(
+            d_model > 0 and d_model % 2 == 0, name, "d_model",
+            "must be even and > 0 (sin/cos pairs)", d_model,
+        )
+        _check_option(num_heads > 0, name, "num_heads", "must be > 0", num_heads)
+        _check_option(head_dim > 0, name, "head_dim", "must be > 0", head_dim)
+        _check_option(base > 0, name, "base", "must be > 0", base)
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.base = base
+        self.u = nn.Parameter(torch.empty(num_heads, head_dim))
+        self.v = nn.Parameter(torch.empty(num_heads, head_dim))
+        nn.init.normal_(self.u, 0.0, 0.02)
+        nn.init.normal_(self.v, 0.0, 0.02)
+        self.r_proj = nn.Linear(d_model, num_heads * head_dim, bias=False)
+
+    def _check_q(self, q: Tensor) -> None:
+        if q.dim() != 4 or q.size(1) != self.num_heads or q.size(3) != self.head_dim:
+            raise RuntimeError(
+                f"posenc.TransformerXLRelativeScore: argument 'q' must be a 4-D tensor "
+                f"(batch, {self.num_heads}, q_len, {self.head_dim}), but got shape {list(q.shape)}"
+            )
+
+    def forward(self, q: Tensor, mem_len: int = 0) -> Tensor:
+        self._check_q(q)
+        if mem_len < 0:
+            raise RuntimeError(
+                f"posenc.TransformerXLRelativeScore: argument 'mem_len' must be >= 0, but got {mem_len}"
+            )
+        h, d = self.num_heads, self.head_dim
+        k_len = mem_len + q.size(2)
+        # Distances q_pos - k_pos span [-(Lq - 1), k_len - 1]; rows -c..c cover them.
+        c = max(k_len - 1, 0)
+        r = 2 * c + 1
+        table = ops.sinusoidal_table(
+            r, self.d_model, self.base, -c, True, dtype=self.r_proj.weight.dtype, device=q.device
+        )
+        qv = q + self.v.view(1, h, 1, d)
+        # The op wants one dtype: follow q + v's (type promotion of input and parameters).
+        rel_emb = self.r_proj(table).view(r, h, d).permute(1, 0, 2).to(qv.dtype)
+        return ops.rel_pos_scores(qv, rel_emb, mem_len, 0, k_len)
+
+    @torch.jit.export
+    def content_query(self, q: Tensor) -> Tensor:
+        """``q + u[None, :, None, :]``: the query of the content terms (a) + (c)."""
+        self._check_q(q)
+        return q + self.u.view(1, self.num_heads, 1, self.head_dim)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+            f"base={self.base}"
+        )

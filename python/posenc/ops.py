@@ -48,7 +48,12 @@ def sinusoidal_table(
     * ``interleaved=False`` (tensor2tensor ``get_timing_signal_1d``, fairseq, Transformer-XL
       ports): all sines then all cosines, ``v_i = exp(-i ln(base) / max(dim/2 - 1, 1))``.
 
-    Errors: ``dim`` must be even and > 0, ``num_positions`` >= 0.
+    Values are rounded once from fp64 to ``dtype`` (float16/bfloat16/float32/float64). Not
+    differentiable. ``torch.ops.posenc.sinusoidal_table(positions, dim, base, interleaved,
+    dtype)`` takes explicit int64 positions ``(N,)``.
+
+    Errors: ``dim`` must be even and > 0, ``num_positions`` >= 0, ``base`` finite and > 0,
+    ``dtype`` floating.
     """
     if num_positions < 0:
         raise RuntimeError(
@@ -99,7 +104,13 @@ def t5_relative_bucket(
     ``relative_position`` is ``key - query`` (int64). Matches Hugging Face
     ``T5Attention._relative_position_bucket`` including the final clamp to the last bucket:
     half the buckets are exact distances, the rest log-spaced up to ``max_distance``;
-    bidirectional uses half the buckets per direction (positive distances in the upper half).
+    bidirectional uses half the buckets per direction (positive distances in the upper half),
+    causal puts every key after the query in bucket 0. The log term is evaluated in fp32 in
+    HF's order, so bucket boundaries agree with HF exactly. Not differentiable.
+
+    Errors: ``relative_position`` must be int64; ``num_buckets`` even and >= 4 when
+    bidirectional, >= 2 when causal; ``max_distance`` > ``max_exact`` (the exact buckets per
+    direction, ``num_buckets // 2`` halved once more when bidirectional).
     """
     return torch.ops.posenc.t5_relative_bucket(
         relative_position, bidirectional, num_buckets, max_distance
@@ -119,7 +130,11 @@ def t5_bias(
 
     ``table``: ``(num_buckets, H)`` (the weight of HF's ``relative_attention_bias``
     embedding). ``out[h, i, j] = table[bucket(k_pos - q_pos), h]``; the bucket is computed
-    on the fly. Gradient flows to ``table`` (deterministic reduction per bucket).
+    in the kernel (no bucket tensor). Output has the table's dtype (float16/bfloat16/float32/
+    float64). Gradient flows to ``table`` (deterministic fp64 reduction per head and bucket).
+
+    Errors: ``table`` 2-D floating, its row count obeying the ``num_buckets`` rules of
+    :func:`t5_relative_bucket`; ``max_distance`` > ``max_exact``; lengths >= 0.
     """
     return torch.ops.posenc.t5_bias(
         table, q_len, k_len, q_offset, k_offset, bidirectional, max_distance
@@ -138,10 +153,17 @@ def kerple_bias(
 ) -> Tensor:
     """KERPLE bias (Chi et al. 2022, eqs. for the logarithmic and power kernels), ``(H, q_len, k_len)``.
 
-    ``r1, r2``: ``(H,)``, both > 0 (the module keeps them so). ``kind="log"``:
-    ``-r1 * log(1 + r2 * d)``; ``kind="power"``: ``-r1 * d ** r2`` with ``0 < r2 <= 2``.
-    ``d = |q_pos - k_pos|`` (bidirectional) or ``max(q_pos - k_pos, 0)`` (causal).
-    Gradients flow to ``r1`` and ``r2``.
+    ``r1, r2``: ``(H,)``, same floating dtype and device, both > 0 in a trained model (the
+    module clamps them). ``kind="log"``: ``-r1 * log(1 + r2 * d)``; ``kind="power"``:
+    ``-r1 * d ** r2`` (KERPLE keeps ``0 < r2 <= 2``), taken as 0 at ``d = 0`` for every ``r2``
+    with ``d/dr2 = 0`` there. ``d = |q_pos - k_pos|`` (bidirectional) or
+    ``max(q_pos - k_pos, 0)`` (causal: future keys get 0; the causal mask removes them).
+    Output has the parameters' dtype. Gradients flow to ``r1`` and ``r2`` (deterministic fp64
+    reduction per head).
+
+    Errors: ``r1``/``r2`` 1-D of equal length, same dtype and device; ``kind`` one of
+    ``"log"``, ``"power"``; lengths >= 0; on CPU ``r2 >= 0`` for ``"log"`` (else
+    ``1 + r2 * d`` turns negative and the log NaN).
     """
     return torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal)
 
@@ -163,10 +185,16 @@ def rel_pos_scores(
     ``k_len`` defaults to ``q_offset + Lq - k_offset`` (keys end with the last query).
     Computed directly per (i, j): no ``(Lq, R)`` product and no pad-and-reshape shift, so
     bidirectional attention sees the right distances on both sides of the diagonal.
-    Gradients flow to ``q`` and ``rel_emb``.
+    Offsets may be any int64 (negative too). ``q`` and ``rel_emb`` share a dtype (float32,
+    float64, or float16/bfloat16 with float32 accumulation) and a device; any strides.
+    Returns a fresh contiguous tensor of ``q``'s dtype. Gradients flow to ``q`` and
+    ``rel_emb`` (deterministic). Raises ``RuntimeError`` naming the argument for a wrong
+    rank, dtype or device, mismatched heads or head_dim, even ``R``, ``max_distance``
+    outside ``[0, c]``, or ``k_len < 0``.
     """
     if k_len is None:
-        k_len = q_offset + q.size(-2) - k_offset
+        # a q of the wrong rank gets the op's own error, not an IndexError here
+        k_len = q_offset + (q.size(-2) if q.dim() >= 2 else 0) - k_offset
     return torch.ops.posenc.rel_pos_scores(q, rel_emb, q_offset, k_offset, k_len, max_distance)
 
 
@@ -199,8 +227,16 @@ def rope(
     (KV-cache decoding). ``inv_freq``: float32 ``(R/2,)``, ``R = rotary_dim`` (default
     ``2 * len(inv_freq)``, must be even and <= D); dims ``>= R`` pass through unchanged.
     Half-split pairs ``(i, i + R/2)`` (GPT-NeoX, Llama); interleaved pairs ``(2i, 2i+1)``
-    (GPT-J, RoFormer). Angles are fp32; output has ``x``'s dtype and shape (contiguous).
-    Gradient flows to ``x``.
+    (GPT-J, RoFormer). The angle is the float32 product ``float(pos) * inv_freq[i]`` (as
+    Hugging Face computes it), whatever ``x``'s dtype; its cos/sin and the rotation are in
+    fp32 for fp16/bf16/fp32 ``x`` and in fp64 for fp64 ``x``. Output: a new contiguous
+    tensor of ``x``'s dtype and shape. Gradient flows to ``x`` (the rotation by the negative
+    angle, op ``rope_backward``); ``positions`` and ``inv_freq`` get none.
+
+    Raises ``RuntimeError`` ("posenc.rope: argument '<arg>' ...") for: ``x`` not 4-D float;
+    ``layout`` not "bhsd"/"bshd"; ``positions`` not int64, not ``(S,)``/``(B, S)``, or on
+    another device; ``inv_freq`` not float32 1-D or on another device; ``rotary_dim`` odd,
+    ``!= 2 * len(inv_freq)`` or ``> D``.
     """
     return torch.ops.posenc.rope(x, positions, inv_freq, offset, rotary_dim, interleaved, layout)
 
@@ -213,6 +249,15 @@ def apply_rotary_pos_emb(
     ``out = x * cos + rotate(x) * sin`` on the first ``R`` dims, where ``cos``/``sin`` are
     ``(S, R)`` or ``(B, S, R)`` (one value per element, so the two members of a pair may have
     different values) and ``rotate`` is ``rotate_half`` (half-split) or the pairwise swap
-    (interleaved). Dims ``>= R`` pass through. Gradients flow to ``x``, ``cos`` and ``sin``.
+    (interleaved): ``[-x2, x1]`` or ``[-x1, x0, -x3, x2, ...]``. ``R`` (even, <= D) is
+    ``cos.shape[-1]``; dims ``>= R`` pass through. ``x`` as in :func:`rope` (``"bhsd"`` or
+    ``"bshd"``, any strides); ``cos``/``sin`` have ``x``'s dtype and device, any strides.
+    Math in fp32 for fp16/bf16 (fp64 for fp64). Gradients flow to ``x``, ``cos`` and ``sin``;
+    the table gradients are summed over heads (and batch for ``(S, R)`` tables) in a fixed
+    order in fp64 (deterministic).
+
+    Raises ``RuntimeError`` ("posenc.apply_rotary_pos_emb: argument '<arg>' ...") for a bad
+    ``x``/``layout`` (as :func:`rope`), ``cos`` not ``(S, R)``/``(B, S, R)``, ``sin`` not of
+    ``cos``'s shape, odd ``R`` or ``R > D``, or a dtype/device other than ``x``'s.
     """
     return torch.ops.posenc.apply_rotary_pos_emb(x, cos, sin, interleaved, layout)

@@ -1,6 +1,118 @@
+// ALiBi (Press et al. 2022) against an fp64 reference written from the paper in plain ATen.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+#include <vector>
+
 #include "posenc/ops.h"
 
-TEST(Alibi, Placeholder) { EXPECT_EQ(posenc::ops::alibi_slopes(8).size(0), 8); }
+namespace {
+
+std::vector<double> paper_slopes(int64_t n) {
+  auto geometric = [](int64_t m) {
+    std::vector<double> s;
+    const double start = std::pow(2.0, -8.0 / static_cast<double>(m));
+    for (int64_t k = 1; k <= m; ++k) s.push_back(std::pow(start, static_cast<double>(k)));
+    return s;
+  };
+  int64_t p = 1;
+  while (p * 2 <= n) p *= 2;
+  auto s = geometric(p);
+  if (p < n) {
+    auto extra = geometric(2 * p);
+    for (int64_t k = 0; static_cast<int64_t>(s.size()) < n; k += 2) s.push_back(extra[k]);
+  }
+  return s;
+}
+
+torch::Tensor reference_bias(const torch::Tensor& slopes, int64_t q_len, int64_t k_len,
+                             int64_t q_offset, int64_t k_offset, bool causal) {
+  auto f64 = torch::TensorOptions().dtype(torch::kDouble);
+  auto qp = torch::arange(q_len, f64) + static_cast<double>(q_offset);
+  auto kp = torch::arange(k_len, f64) + static_cast<double>(k_offset);
+  auto d = qp.unsqueeze(1) - kp.unsqueeze(0);
+  if (!causal) d = d.abs();
+  return -slopes.to(torch::kDouble).view({-1, 1, 1}) * d.unsqueeze(0);
+}
+
+}  // namespace
+
+class AlibiSlopes : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(AlibiSlopes, MatchPaper) {
+  const int64_t n = GetParam();
+  auto got = posenc::ops::alibi_slopes(n, torch::kDouble);
+  auto want = torch::tensor(paper_slopes(n), torch::kDouble);
+  EXPECT_TRUE(torch::allclose(got, want, 1e-14, 0.0)) << got << want;
+}
+
+INSTANTIATE_TEST_SUITE_P(Heads, AlibiSlopes, ::testing::Values(1, 2, 3, 6, 8, 12, 16, 24));
+
+struct BiasCase {
+  int64_t heads, q_len, k_len, q_offset, k_offset;
+  bool causal;
+};
+
+class AlibiBias : public ::testing::TestWithParam<BiasCase> {};
+
+TEST_P(AlibiBias, ForwardMatchesReference) {
+  const auto c = GetParam();
+  for (auto dtype : {torch::kFloat, torch::kDouble}) {
+    auto slopes = posenc::ops::alibi_slopes(c.heads, dtype);
+    auto got = posenc::ops::alibi_bias(slopes, c.q_len, c.k_len, c.q_offset, c.k_offset, c.causal);
+    ASSERT_EQ(got.sizes(), torch::IntArrayRef({c.heads, c.q_len, c.k_len}));
+    ASSERT_EQ(got.scalar_type(), dtype);
+    auto want = reference_bias(slopes, c.q_len, c.k_len, c.q_offset, c.k_offset, c.causal);
+    EXPECT_TRUE(torch::allclose(got.to(torch::kDouble), want, 1e-6, 1e-6));
+  }
+}
+
+TEST_P(AlibiBias, GradientMatchesReference) {
+  const auto c = GetParam();
+  auto slopes = torch::rand({c.heads}, torch::kDouble).requires_grad_();
+  auto upstream = torch::randn({c.heads, c.q_len, c.k_len}, torch::kDouble);
+  (posenc::ops::alibi_bias(slopes, c.q_len, c.k_len, c.q_offset, c.k_offset, c.causal) * upstream)
+      .sum()
+      .backward();
+  auto ref = slopes.detach().clone().requires_grad_();
+  (reference_bias(ref, c.q_len, c.k_len, c.q_offset, c.k_offset, c.causal) * upstream)
+      .sum()
+      .backward();
+  EXPECT_TRUE(torch::allclose(slopes.grad(), ref.grad(), 1e-10, 1e-10));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AlibiBias,
+                         ::testing::Values(BiasCase{4, 7, 9, 0, 0, true},
+                                           BiasCase{4, 7, 9, 0, 0, false},
+                                           BiasCase{3, 5, 11, 6, 0, false},
+                                           BiasCase{2, 1, 33, 32, 0, true},
+                                           BiasCase{5, 8, 4, 3, 7, false},
+                                           BiasCase{1, 1, 1, 0, 0, true}));
+
+TEST(Alibi, HalfAcceptedWithFloatMath) {
+  auto slopes = posenc::ops::alibi_slopes(4, torch::kHalf);
+  auto got = posenc::ops::alibi_bias(slopes, 6, 6, 0, 0, false);
+  EXPECT_EQ(got.scalar_type(), torch::kHalf);
+  EXPECT_TRUE(torch::allclose(got.to(torch::kDouble),
+                              reference_bias(slopes, 6, 6, 0, 0, false), 2e-3, 2e-3));
+}
+
+TEST(Alibi, EmptySizes) {
+  EXPECT_EQ(posenc::ops::alibi_bias(torch::rand({0}), 3, 4).sizes(), torch::IntArrayRef({0, 3, 4}));
+  EXPECT_EQ(posenc::ops::alibi_bias(torch::rand({2}), 0, 4).sizes(), torch::IntArrayRef({2, 0, 4}));
+}
+
+TEST(Alibi, BadInputsNameOpAndArgument) {
+  try {
+    posenc::ops::alibi_bias(torch::rand({2, 2}), 3, 3);
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("posenc.alibi_bias: argument 'slopes' must be a 1-D"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(posenc::ops::alibi_bias(torch::rand({2}), -1, 3), c10::Error);
+  EXPECT_THROW(posenc::ops::alibi_bias(torch::arange(3), 3, 3), c10::Error);
+  EXPECT_THROW(posenc::ops::alibi_slopes(0), c10::Error);
+}

@@ -1,0 +1,76 @@
+#include "posenc/nn/transformer_xl.h"
+
+#include <torch/nn/init.h>
+
+#include <algorithm>
+
+#include "nn/check.h"
+#include "posenc/ops.h"
+
+namespace posenc {
+namespace nn {
+
+namespace {
+constexpr const char* kName = "TransformerXLRelativeScore";
+}
+
+TransformerXLRelativeScoreImpl::TransformerXLRelativeScoreImpl(
+    const TransformerXLRelativeScoreOptions& options_)
+    : options(options_) {
+  reset();
+}
+
+void TransformerXLRelativeScoreImpl::reset() {
+  const auto& o = options;
+  POSENC_CHECK_OPTION(o.d_model() > 0 && o.d_model() % 2 == 0, kName, "d_model",
+                      "must be even and > 0 (sin/cos pairs)", o.d_model());
+  POSENC_CHECK_OPTION(o.num_heads() > 0, kName, "num_heads", "must be > 0", o.num_heads());
+  POSENC_CHECK_OPTION(o.head_dim() > 0, kName, "head_dim", "must be > 0", o.head_dim());
+  POSENC_CHECK_OPTION(o.base() > 0, kName, "base", "must be > 0", o.base());
+  u = register_parameter("u", torch::empty({o.num_heads(), o.head_dim()}));
+  v = register_parameter("v", torch::empty({o.num_heads(), o.head_dim()}));
+  torch::nn::init::normal_(u, 0.0, 0.02);
+  torch::nn::init::normal_(v, 0.0, 0.02);
+  r_proj = register_module(
+      "r_proj", torch::nn::Linear(
+                    torch::nn::LinearOptions(o.d_model(), o.num_heads() * o.head_dim()).bias(false)));
+}
+
+void TransformerXLRelativeScoreImpl::pretty_print(std::ostream& stream) const {
+  stream << "posenc::nn::TransformerXLRelativeScore(d_model=" << options.d_model()
+         << ", num_heads=" << options.num_heads() << ", head_dim=" << options.head_dim()
+         << ", base=" << detail::fmt(options.base()) << ")";
+}
+
+static void check_q(const torch::Tensor& q, const TransformerXLRelativeScoreOptions& o) {
+  POSENC_CHECK_INPUT(
+      q.defined() && q.dim() == 4 && q.size(1) == o.num_heads() && q.size(3) == o.head_dim(),
+      kName, "q", c10::str("must be a 4-D tensor (batch, ", o.num_heads(), ", q_len, ", o.head_dim(), ")"),
+      q.defined() ? c10::str("shape ", q.sizes()) : std::string("an undefined tensor"));
+}
+
+torch::Tensor TransformerXLRelativeScoreImpl::forward(const torch::Tensor& q, int64_t mem_len) {
+  check_q(q, options);
+  POSENC_CHECK_INPUT(mem_len >= 0, kName, "mem_len", "must be >= 0", mem_len);
+  const int64_t h = options.num_heads(), d = options.head_dim();
+  const int64_t q_len = q.size(2);
+  const int64_t k_len = mem_len + q_len;
+  // Distances q_pos - k_pos span [-(q_len - 1), mem_len + q_len - 1]: a table centred on 0
+  // with c rows each side covers them (the op indexes row c + distance).
+  const int64_t c = std::max<int64_t>(k_len - 1, 0);
+  const int64_t r = 2 * c + 1;
+  auto table = ops::sinusoidal_table(r, options.d_model(), options.base(), -c,
+                                     /*interleaved=*/true, r_proj->weight.scalar_type(), q.device());
+  auto qv = q + v.view({1, h, 1, d});
+  // The op wants one dtype: follow q + v's (type promotion of the input and the parameters).
+  auto rel_emb = r_proj->forward(table).view({r, h, d}).permute({1, 0, 2}).to(qv.scalar_type());
+  return ops::rel_pos_scores(qv, rel_emb, /*q_offset=*/mem_len, /*k_offset=*/0, k_len);
+}
+
+torch::Tensor TransformerXLRelativeScoreImpl::content_query(const torch::Tensor& q) {
+  check_q(q, options);
+  return q + u.view({1, options.num_heads(), 1, options.head_dim()});
+}
+
+}  // namespace nn
+}  // namespace posenc

@@ -1,0 +1,159 @@
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "../kerple.h"
+
+namespace posenc {
+namespace {
+
+using detail::KerpleKind;
+
+// Values are only readable on the host: r2 < 0 makes 1 + r2 * d negative for some d, and the
+// log kernel's value NaN.
+void check_r2_values(const char* op, const at::Tensor& r2, KerpleKind kind) {
+  if (kind != KerpleKind::Log) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r2.scalar_type(), "kerple_check_r2", [&] {
+    const scalar_t* v = r2.const_data_ptr<scalar_t>();
+    for (int64_t h = 0; h < r2.size(0); ++h) {
+      const double x = static_cast<double>(v[h]);
+      POSENC_CHECK_ARG(x >= 0, op, "r2",
+                       "must be >= 0 for kind \"log\" (1 + r2 * d must stay positive)", "r2[",
+                       h, "] = ", x);
+    }
+  });
+}
+
+// Distance of diagonal t = j - i + q_len - 1 of the (q_len, k_len) grid. The bias depends on
+// (head, distance) only, so each kernel evaluates it once per head and diagonal.
+struct Diagonals {
+  int64_t q_len, k_len, q_offset, k_offset;
+  bool causal;
+  int64_t count() const { return q_len + k_len - 1; }
+  int64_t distance(int64_t t) const {
+    const int64_t d = q_offset - k_offset + (q_len - 1) - t;  // q_pos - k_pos
+    if (causal) return d > 0 ? d : 0;
+    return d < 0 ? -d : d;
+  }
+};
+
+// -r1 * log(1 + r2 d) (Chi et al. 2022, logarithmic kernel) or -r1 * d^r2 (power kernel,
+// 0 at d = 0 for every r2). Starting from +0 keeps the diagonal at +0 rather than -0.
+template <typename T>
+T kerple_value(KerpleKind kind, T r1, T r2, int64_t d) {
+  if (d == 0) return T(0);
+  const T x = static_cast<T>(d);
+  return T(0) - r1 * (kind == KerpleKind::Log ? std::log1p(r2 * x) : std::pow(x, r2));
+}
+
+at::Tensor kerple_bias_forward_kernel(const at::Tensor& r1_in, const at::Tensor& r2_in,
+                                      int64_t q_len, int64_t k_len, int64_t q_offset,
+                                      int64_t k_offset, c10::string_view kind_str, bool causal) {
+  const char* op = "kerple_bias";
+  const auto kind = detail::check_kerple_bias(op, r1_in, r2_in, q_len, k_len, kind_str);
+  const auto r1 = r1_in.contiguous();
+  const auto r2 = r2_in.contiguous();
+  check_r2_values(op, r2, kind);
+  const int64_t heads = r1.size(0);
+  auto out = at::empty({heads, q_len, k_len}, r1.options());
+  if (out.numel() == 0) return out;
+  const Diagonals diag{q_len, k_len, q_offset, k_offset, causal};
+  const int64_t nd = diag.count();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r1.scalar_type(), "kerple_bias_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* p1 = r1.const_data_ptr<scalar_t>();
+    const scalar_t* p2 = r2.const_data_ptr<scalar_t>();
+    std::vector<scalar_t> lut(heads * nd);  // lut[h * nd + t]: bias of head h on diagonal t
+    at::parallel_for(0, heads * nd, 2048, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t h = k / nd;
+        lut[k] = static_cast<scalar_t>(kerple_value<opmath_t>(
+            kind, static_cast<opmath_t>(p1[h]), static_cast<opmath_t>(p2[h]), diag.distance(k % nd)));
+      }
+    });
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, heads * q_len, detail::row_grain(k_len), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        // row i of head h reads diagonals q_len - 1 - i ... q_len - 1 - i + k_len - 1
+        const scalar_t* src = lut.data() + (row / q_len) * nd + (q_len - 1 - row % q_len);
+        std::copy(src, src + k_len, o + row * k_len);
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> kerple_bias_backward_kernel(
+    const at::Tensor& grad_in, const at::Tensor& r1_in, const at::Tensor& r2_in, int64_t q_len,
+    int64_t k_len, int64_t q_offset, int64_t k_offset, c10::string_view kind_str, bool causal) {
+  const char* op = "kerple_bias_backward";
+  const auto kind =
+      detail::check_kerple_bias_backward(op, grad_in, r1_in, r2_in, q_len, k_len, kind_str);
+  const auto r1 = r1_in.contiguous();
+  const auto r2 = r2_in.contiguous();
+  check_r2_values(op, r2, kind);
+  const int64_t heads = r1.size(0);
+  auto grad_r1 = at::zeros({heads}, r1.options());
+  auto grad_r2 = at::zeros({heads}, r1.options());
+  if (heads == 0 || q_len == 0 || k_len == 0) return {grad_r1, grad_r2};
+  const auto grad = grad_in.to(r1.scalar_type()).contiguous();
+  const Diagonals diag{q_len, k_len, q_offset, k_offset, causal};
+  const int64_t nd = diag.count();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r1.scalar_type(), "kerple_bias_backward_cpu", [&] {
+    const scalar_t* p1 = r1.const_data_ptr<scalar_t>();
+    const scalar_t* p2 = r2.const_data_ptr<scalar_t>();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    scalar_t* g1 = grad_r1.mutable_data_ptr<scalar_t>();
+    scalar_t* g2 = grad_r2.mutable_data_ptr<scalar_t>();
+    // One head per task; the upstream gradient is summed per diagonal, then weighted by the
+    // derivatives at that diagonal's distance. Fixed order, fp64: deterministic.
+    at::parallel_for(0, heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<double> diag_sum(nd);
+      for (int64_t h = begin; h < end; ++h) {
+        std::fill(diag_sum.begin(), diag_sum.end(), 0.0);
+        for (int64_t i = 0; i < q_len; ++i) {
+          double* s = diag_sum.data() + (q_len - 1 - i);
+          const scalar_t* grow = g + (h * q_len + i) * k_len;
+          for (int64_t j = 0; j < k_len; ++j) s[j] += static_cast<double>(grow[j]);
+        }
+        const double a = static_cast<double>(p1[h]);
+        const double b = static_cast<double>(p2[h]);
+        double acc1 = 0.0, acc2 = 0.0;
+        for (int64_t t = 0; t < nd; ++t) {
+          const int64_t di = diag.distance(t);
+          if (di == 0) continue;  // value 0 for every r1, r2: both derivatives are 0
+          const double d = static_cast<double>(di);
+          if (kind == KerpleKind::Log) {
+            // f = -a log(1 + b d): df/da = -log(1 + b d), df/db = -a d / (1 + b d)
+            acc1 -= diag_sum[t] * std::log1p(b * d);
+            acc2 -= diag_sum[t] * a * d / (1.0 + b * d);
+          } else {
+            // f = -a d^b: df/da = -d^b, df/db = -a d^b log d
+            const double p = std::pow(d, b);
+            acc1 -= diag_sum[t] * p;
+            acc2 -= diag_sum[t] * a * p * std::log(d);
+          }
+        }
+        g1[h] = static_cast<scalar_t>(acc1);
+        g2[h] = static_cast<scalar_t>(acc2);
+      }
+    });
+  });
+  return {grad_r1, grad_r2};
+}
+
+}  // namespace
+}  // namespace posenc
+
+TORCH_LIBRARY_IMPL(posenc, CPU, m) {
+  m.impl("kerple_bias", &posenc::kerple_bias_forward_kernel);
+  m.impl("kerple_bias_backward", &posenc::kerple_bias_backward_kernel);
+}

@@ -1,0 +1,69 @@
+// posenc::nn::T5RelativeBias: learned per-bucket, per-head attention bias (T5).
+#pragma once
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/common.h>
+#include <torch/nn/modules/container/any_value.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include <ostream>
+
+namespace posenc {
+namespace nn {
+
+/// Options for T5RelativeBias (Python: posenc.nn.T5RelativeBias).
+struct T5RelativeBiasOptions {
+  /* implicit */ T5RelativeBiasOptions(int64_t num_heads) : num_heads_(num_heads) {}
+  /// Number of attention heads H; > 0.
+  TORCH_ARG(int64_t, num_heads);
+  /// Number of relative position buckets (T5: 32); even and >= 4 when bidirectional, >= 2
+  /// when causal.
+  TORCH_ARG(int64_t, num_buckets) = 32;
+  /// Distance at which the log-spaced buckets end (T5: 128); larger than the number of
+  /// exact buckets (num_buckets / 2, halved again when bidirectional).
+  TORCH_ARG(int64_t, max_distance) = 128;
+  /// true for encoders (separate buckets for keys before and after the query); false for
+  /// decoders (keys after the query share bucket 0).
+  TORCH_ARG(bool, bidirectional) = true;
+};
+
+/// T5 relative attention bias (Raffel et al. 2020, §2.1; numbers match Hugging Face's
+/// T5Attention, final clamp included, case C13). Parameter `weight` (num_buckets, H),
+/// float32, initialised N(0, 0.02) (the layout of HF's relative_attention_bias.weight, so a
+/// checkpoint's table loads as is). forward returns (H, q_len, k_len) with
+/// out[h, i, j] = weight[bucket(k_pos - q_pos), h], from posenc::ops::t5_bias; query i sits
+/// at q_offset + i, key j at k_offset + j. Gradients flow to `weight`.
+/// Errors: bad options at construction (c10::ValueError naming the option); negative lengths
+/// in forward.
+class T5RelativeBiasImpl : public torch::nn::Cloneable<T5RelativeBiasImpl> {
+ public:
+  explicit T5RelativeBiasImpl(int64_t num_heads)
+      : T5RelativeBiasImpl(T5RelativeBiasOptions(num_heads)) {}
+  explicit T5RelativeBiasImpl(const T5RelativeBiasOptions& options_);
+
+  /// Validates the options and registers `weight`, initialised N(0, 0.02).
+  void reset() override;
+
+  /// Prints e.g. `posenc::nn::T5RelativeBias(num_heads=8, num_buckets=32, ...)`.
+  void pretty_print(std::ostream& stream) const override;
+
+  /// -> (H, q_len, k_len) in weight's dtype.
+  torch::Tensor forward(int64_t q_len, int64_t k_len, int64_t q_offset = 0, int64_t k_offset = 0);
+
+  /// The options the module was built with.
+  T5RelativeBiasOptions options;
+  /// Bias table (num_buckets, H); state_dict key "weight".
+  torch::Tensor weight;
+
+ protected:
+  FORWARD_HAS_DEFAULT_ARGS({2, torch::nn::AnyValue(int64_t{0})},
+                           {3, torch::nn::AnyValue(int64_t{0})})
+};
+
+/// ModuleHolder for T5RelativeBiasImpl.
+TORCH_MODULE(T5RelativeBias);
+
+}  // namespace nn
+}  // namespace posenc

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything posenc needs on a fresh Debian machine and builds it:
+# Debian packages (compiler, CMake, Ninja, ccache, GoogleTest), a virtual environment in .venv,
+# torch (default: the local CPU wheel torch==2.13.0), the Python test/run dependencies, and
+# posenc itself (editable, via its CMake build in build/cmake).
+#   TORCH_SPEC=torch==2.14.1 bash scripts/setup.sh   # another torch (e.g. the CUDA build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+  g++ make cmake ninja-build ccache libgtest-dev >/dev/null
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# shellcheck disable=SC1091
+source .venv/bin/activate
+python -m pip install -q --upgrade pip setuptools wheel
+python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+python -m pip install -q pytest hypothesis expecttest numpy tqdm matplotlib
+
+export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
+MAX_JOBS=${MAX_JOBS:-$(nproc)} python -m pip install -q --no-build-isolation -e .
+python -c "import posenc, torch; print('posenc', posenc.__version__, 'with torch', torch.__version__)"
