@@ -4,8 +4,10 @@ This reproduces the experiment of Press et al. 2022 ("Train Short, Test Long: At
 Linear Biases Enables Input Length Extrapolation", §2 and Figure 1) at laptop scale: one small
 causal byte-level transformer language model is trained per positional encoding at a short
 training length ``L``, then each model is evaluated on held-out text at ``1x, 2x, 4x, 8x, 16x
-L``. Encodings that only know the positions they were trained on (sinusoidal, learned, RoPE)
-degrade past ``L``; ALiBi, KERPLE and T5's bucketed bias stay close to their ``L`` perplexity.
+L``. Press et al. found that encodings which only know the positions they were trained on
+(sinusoidal, RoPE; learned cannot even run) degrade quickly past ``L``, while ALiBi keeps its
+``L`` perplexity and T5's bucketed bias degrades slowly; KERPLE (Chi et al. 2022) was built to
+extrapolate like ALiBi. ``docs/extrapolate/`` holds the table and plot of the default run.
 
 Encodings (``--encodings``, comma separated, default all):
 
@@ -15,7 +17,9 @@ Encodings (``--encodings``, comma separated, default all):
   past its table, which the table reports as ``n/a (table L)`` (the module's error is caught).
 * ``rope``        ``posenc.nn.RotaryEmbedding`` on queries and keys in every layer.
 * ``alibi``       ``posenc.nn.ALiBi`` bias (shared by all layers, fixed slopes).
-* ``t5``          ``posenc.nn.T5RelativeBias`` (causal buckets, shared by all layers, as T5).
+* ``t5``          ``posenc.nn.T5RelativeBias`` (32 causal buckets, ``max_distance = L/2`` so
+  that the last bucket, which every longer distance shares, is trained; shared by all layers,
+  as in T5).
 * ``kerple``      ``posenc.nn.KERPLEBias`` (logarithmic kernel, learned per layer).
 * ``xl``          Transformer-XL relative attention: content score ``(q + u) k^T`` plus the
   position score of ``posenc.nn.TransformerXLRelativeScore`` (per layer), no memory.
@@ -27,7 +31,8 @@ encodings pass their bias (plus the causal mask) as ``attn_mask``. Training: Ada
 warm-up then cosine decay, gradient clipping at 1, random windows of ``L + 1`` bytes from the
 training split. Every encoding sees exactly the same batches.
 
-Evaluation: the held-out split is cut to a multiple of the longest evaluation length and read
+Evaluation: the held-out split is cut to a multiple of the longest evaluation length (at most
+``--eval-bytes``) and read
 as NON-OVERLAPPING windows of each evaluation length (Press et al.'s "nonoverlapping
 inference"): every held-out byte after the first is predicted exactly once at every length, so
 the columns score the same bytes; a byte's context is the part of its window before it. The
@@ -45,14 +50,28 @@ Outputs in ``--out`` (default ``./extrapolate_out``): ``table.txt`` (the printed
 ``extrapolate.png`` (perplexity vs evaluation length, log2 x axis, one line per encoding, a
 dashed line at ``L``) and ``results.json`` (config, corpus, per-encoding results).
 
-Flags: ``--encodings``, ``--train-len`` (L), ``--steps``, ``--batch-size``, ``--d-model``,
-``--layers``, ``--heads``, ``--lr``, ``--seed``, ``--corpus``, ``--out``, ``--threads``
-(``torch.set_num_threads``; default all usable cores), ``--eval-factors`` (default
-``1,2,4,8,16``), ``--heldout-frac``, ``--no-plot``, and ``--quick`` (a tiny model and few
-steps, evaluated at 1x, 2x and 4x L: a smoke test of the whole pipeline in well under a
-minute; explicit flags still override it). The same ``--seed`` (and thread count) gives the
-same numbers twice: the model initialisation, the batch order and the kernels are
-deterministic.
+Flags (``--help`` lists the defaults):
+
+* model and training: ``--encodings``, ``--train-len`` (L, 64), ``--steps`` (800),
+  ``--batch-size`` (16), ``--d-model`` (64), ``--layers`` (2), ``--heads`` (4), ``--lr``
+  (peak AdamW rate, 6e-3), ``--seed`` (0);
+* data: ``--corpus PATH``, ``--heldout-frac`` (0.1), ``--eval-factors`` (``1,2,4,8,16``),
+  ``--eval-bytes`` (held-out bytes scored, 32768), ``--eval-tokens`` (bytes per evaluation
+  batch: a memory knob, the numbers change only in the last bits);
+* running: ``--out``, ``--threads`` (``torch.set_num_threads``; default 1, ``0`` for all
+  usable cores: see below), ``--no-plot``, ``--no-progress`` (tqdm bars go to stderr);
+* ``--quick``: L=32, a 1-layer d_model 32 model, 200 steps, evaluated at 1x, 2x and 4x L on
+  8192 bytes: the whole pipeline in seconds (explicit flags still override it).
+
+Defaults take about 4-5 minutes on one core of a busy machine; ``--quick`` about 15 seconds.
+The same ``--seed`` gives the same numbers twice: the model initialisation, the batch order
+and the kernels are deterministic.
+
+Threads: the models are tiny (matrices of 64 x 256), so intra-op threads hardly pay, and on a
+machine whose cores are busy with other work they cost a lot (measured on a loaded 2-core
+machine: 0.03 s per training step with 1 thread, 0.12-0.5 s with 2). One thread is also what
+makes the numbers independent of the core count (reductions split across threads sum in a
+different order). Hence ``--threads 1`` by default; ``--threads 0`` uses every usable core.
 
 Run as ``posenc-extrapolate`` (console script) or ``python -m posenc.extrapolate``.
 """
@@ -79,10 +98,11 @@ DEFAULT_FACTORS = (1, 2, 4, 8, 16)
 QUICK_FACTORS = (1, 2, 4)
 
 # Defaults of the full run, and what --quick changes (explicit flags win over both).
-DEFAULTS = dict(
-    train_len=64, steps=400, batch_size=32, d_model=128, layers=3, heads=4, lr=3e-3
-)
-QUICK = dict(train_len=32, steps=40, batch_size=16, d_model=32, layers=1, heads=2, lr=1e-2)
+# Sized to finish all eight encodings in a few minutes on 2 CPU cores while every model still
+# learns (held-out perplexity ~5-8 per byte against ~26 for a unigram model).
+DEFAULTS = dict(train_len=64, steps=800, batch_size=16, d_model=64, layers=2, heads=4, lr=6e-3)
+QUICK = dict(train_len=32, steps=200, batch_size=16, d_model=32, layers=1, heads=2, lr=1e-2)
+T5_BUCKETS = 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,6 +191,16 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+def t5_max_distance(train_len: int) -> int:
+    """``L / 2`` (but above the 16 exact buckets): the last, "far" bucket is trained.
+
+    T5 maps every distance past ``max_distance`` to its last bucket; it extrapolates only if
+    training saw that bucket, as with T5's 128 at Press et al.'s L = 512 or more. With
+    ``max_distance > L`` the far buckets would keep their random init.
+    """
+    return max(train_len // 2, T5_BUCKETS // 2 + 1)
+
+
 class ByteLM(nn.Module):
     """Small causal byte-level transformer LM with a pluggable positional encoding."""
 
@@ -195,7 +225,10 @@ class ByteLM(nn.Module):
         if encoding == "alibi":
             self.shared = pnn.ALiBi(heads, causal=True)
         elif encoding == "t5":
-            self.shared = pnn.T5RelativeBias(heads, bidirectional=False)
+            self.shared = pnn.T5RelativeBias(
+                heads, num_buckets=T5_BUCKETS, max_distance=t5_max_distance(train_len),
+                bidirectional=False,
+            )
         self.blocks = nn.ModuleList(Block(d_model, heads, encoding) for _ in range(layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, 256)
@@ -329,25 +362,33 @@ def plot(results: Dict[str, dict], lengths: Sequence[int], train_len: int, unigr
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=120)
     for enc, r in results.items():
         xs = [n for n in lengths if r["eval"][str(n)]["ppl"] is not None]
         ys = [r["eval"][str(n)]["ppl"] for n in xs]
-        ax.plot(xs, ys, marker="o", label=enc)
+        label = enc if len(xs) == len(lengths) else f"{enc} (n/a past {max(xs) if xs else 0})"
+        ax.plot(xs, ys, marker="o", label=label)
     ax.axvline(train_len, color="gray", linestyle="--", linewidth=1)
-    ax.text(train_len, 1.0, f" train L={train_len}", transform=ax.get_xaxis_transform(),
+    ax.text(train_len, 0.98, f" training length {train_len}", transform=ax.get_xaxis_transform(),
             va="top", ha="left", color="gray", fontsize=8)
-    ax.axhline(unigram, color="lightgray", linestyle=":", linewidth=1, label="unigram")
+    ax.axhline(unigram, color="lightgray", linestyle=":", linewidth=1,
+               label=f"unigram bytes ({unigram:.1f})")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(list(lengths))
     ax.set_xticklabels([str(n) for n in lengths])
-    ax.set_xlabel("evaluation length (bytes)")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.set_xlabel("evaluation length (bytes, log2 scale)")
     ax.set_ylabel("held-out perplexity per byte (log scale)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -377,11 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train short, test long (Press et al. 2022): train one small byte-level "
         "LM per positional encoding at a short length L, evaluate held-out perplexity at "
         "1x..16x L. Defaults run on CPU in a few minutes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = DEFAULTS
     p.add_argument("--encodings", default=",".join(ENCODINGS),
-                   help="comma-separated subset of: " + ",".join(ENCODINGS))
+                   help="comma-separated subset of: " + ",".join(ENCODINGS) + " (default all)")
     p.add_argument("--train-len", type=positive_int, default=None, help=f"L (default {d['train_len']})")
     p.add_argument("--steps", type=positive_int, default=None, help=f"training steps (default {d['steps']})")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"default {d['batch_size']}")
@@ -389,20 +429,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=positive_int, default=None, help=f"default {d['layers']}")
     p.add_argument("--heads", type=positive_int, default=None, help=f"default {d['heads']}")
     p.add_argument("--lr", type=float, default=None, help=f"peak AdamW learning rate (default {d['lr']})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--corpus", default=None,
                    help="text file to use instead of the pydoc topics of the standard library")
     p.add_argument("--heldout-frac", type=float, default=0.1,
-                   help="fraction of the corpus (its end) held out for evaluation")
+                   help="fraction of the corpus (its end) held out for evaluation (default 0.1)")
     p.add_argument("--eval-factors", default=None,
                    help="evaluation lengths as multiples of L (default 1,2,4,8,16; --quick 1,2,4)")
     p.add_argument("--eval-bytes", type=positive_int, default=None,
                    help="score at most this many held-out bytes (default 32768; --quick 8192)")
     p.add_argument("--eval-tokens", type=positive_int, default=16384,
-                   help="bytes per evaluation batch (memory knob; does not change the numbers)")
-    p.add_argument("--out", default="extrapolate_out", help="output directory")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch.set_num_threads (default: all usable cores)")
+                   help="bytes per evaluation batch (default 16384; a memory knob: the numbers change "
+                   "only in the last bits)")
+    p.add_argument("--out", default="extrapolate_out",
+                   help="output directory (default ./extrapolate_out)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads; 0 = all usable cores (tiny models: 1 is "
+                   "usually fastest and gives numbers independent of the core count; default 1)")
     p.add_argument("--quick", action="store_true",
                    help="tiny model, few steps, eval at 1x,2x,4x L: a smoke test in seconds")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -423,11 +466,16 @@ def resolve_config(args: argparse.Namespace) -> dict:
             f"choose from {','.join(ENCODINGS)}"
         )
     if args.eval_factors is not None:
-        factors = sorted({int(f) for f in args.eval_factors.split(",") if f.strip()})
+        try:
+            factors = sorted({int(f) for f in args.eval_factors.split(",") if f.strip()})
+        except ValueError:
+            factors = []
         if not factors or factors[0] < 1:
             raise SystemExit("posenc-extrapolate: --eval-factors must be positive integers")
     else:
         factors = list(QUICK_FACTORS if args.quick else DEFAULT_FACTORS)
+    if args.threads < 0:
+        raise SystemExit("posenc-extrapolate: --threads must be >= 0")
     if not 0.0 < args.heldout_frac < 1.0:
         raise SystemExit("posenc-extrapolate: --heldout-frac must be in (0, 1)")
     cfg.update(
@@ -435,7 +483,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         eval_factors=factors,
         seed=args.seed,
         heldout_frac=args.heldout_frac,
-        threads=args.threads or default_threads(),
+        threads=args.threads if args.threads > 0 else default_threads(),
         quick=bool(args.quick),
         eval_bytes=args.eval_bytes or (8192 if args.quick else 32768),
     )
@@ -526,6 +574,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "experiment": "train short, test long (Press et al. 2022)",
         "evaluation": "non-overlapping windows; every length scores the same held-out bytes",
         "config": {**cfg, "eval_lengths": lengths},
+        "encoding_details": {
+            "t5": {"num_buckets": T5_BUCKETS, "max_distance": t5_max_distance(L),
+                   "bidirectional": False, "shared_across_layers": True},
+            "alibi": {"slopes": posenc.ops.alibi_slopes(cfg["heads"]).tolist(),
+                      "shared_across_layers": True},
+            "kerple": {"kind": "log", "per_layer": True},
+            "xl": {"mem_len": 0, "per_layer": True},
+            "learned": {"max_len": L},
+        },
         "corpus": {"name": corpus_name, "bytes": len(data), "train_bytes": train.numel(),
                    "scored_bytes": n_scored},
         "unigram_ppl": unigram,
@@ -538,9 +595,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(payload, f, indent=2)
     if not args.no_plot:
+        short = "pydoc topics" if args.corpus is None else os.path.basename(args.corpus)
         plot(results, lengths, L, unigram, os.path.join(out, "extrapolate.png"),
-             f"Train short (L={L}), test long: byte-level LM, {cfg['layers']} layers, "
-             f"d={cfg['d_model']}, {cfg['steps']} steps; corpus: {os.path.basename(corpus_name)}")
+             f"Train short, test long: byte-level LM trained at L={L}\n"
+             f"{cfg['layers']} layers, d_model {cfg['d_model']}, {cfg['heads']} heads, "
+             f"{cfg['steps']} steps x {cfg['batch_size']}; corpus: {short}; non-overlapping windows")
     print(f"\nwrote {out}/table.txt, results.json" + ("" if args.no_plot else ", extrapolate.png")
           + f" ({total_s:.0f}s)")
     return 0

@@ -28,7 +28,7 @@ def run_cli(args, cwd):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")
-    proc = run_cli(["--quick", "--no-progress", "--threads", "2", "--out", str(out)], cwd=out)
+    proc = run_cli(["--quick", "--no-progress", "--out", str(out)], cwd=out)
     return out, proc.stdout
 
 
@@ -100,7 +100,7 @@ def test_same_seed_same_numbers(tmp_path):
         args = ["--encodings", "alibi,learned", "--train-len", "16", "--steps", "8",
                 "--batch-size", "4", "--d-model", "16", "--heads", "2", "--layers", "1",
                 "--eval-factors", "1,2", "--eval-bytes", "2048", "--seed", str(seed),
-                "--threads", "2", "--no-plot", "--no-progress", "--out", str(tmp_path / name)]
+                "--no-plot", "--no-progress", "--out", str(tmp_path / name)]
         assert extrapolate.main(args) == 0
         return json.loads((tmp_path / name / "results.json").read_text())
 
