@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything posenc needs on a fresh Debian machine and builds it:
-# Debian packages (compiler, CMake, Ninja, ccache, GoogleTest), a virtual environment in .venv,
-# torch (default: the local CPU wheel torch==2.13.0), the Python test/run dependencies, and
-# posenc itself (editable, via its CMake build in build/cmake).
-#   TORCH_SPEC=torch==2.14.1 bash scripts/setup.sh   # another torch (e.g. the CUDA build)
+# Debian packages (compiler, Ninja, ccache, GoogleTest), a virtual environment in .venv with
+# CMake >= 3.30 (Debian's 3.25 knows no C++20 dialect for nvcc), torch (default: the CUDA 13
+# build torch==2.14.1, so that nvcc compiles and links the CUDA kernels even on a machine
+# without a GPU), the Python test/run dependencies, and posenc itself (editable, via its CMake
+# build in build/cmake).
+#   TORCH_SPEC=torch==2.13.0 POSENC_WITH_CUDA=0 bash scripts/setup.sh   # small CPU-only setup
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,8 +23,8 @@ fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
 python -m pip install -q --upgrade pip setuptools wheel
-python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-python -m pip install -q pytest hypothesis expecttest numpy tqdm matplotlib
+python -m pip install -q "${TORCH_SPEC:-torch==2.14.1}" "cmake>=3.30,<4"
+python -m pip install -q pytest hypothesis expecttest numpy tqdm matplotlib "transformers>=5"
 
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
 MAX_JOBS=${MAX_JOBS:-$(nproc)} python -m pip install -q --no-build-isolation -e .

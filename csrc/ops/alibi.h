@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/macros/Macros.h>
 
 #include "check.h"
 
@@ -38,7 +39,21 @@ void check_alibi_bias_backward(const char* op, const at::Tensor& grad, const at:
                                const Int& q_len, const Int& k_len) {
   check_alibi_bias(op, slopes, q_len, k_len);
   check_dim(op, "grad", grad, 3, "(num_heads, q_len, k_len)");
+  // The kernels index grad by (head, i, j): a wrong shape must not read out of bounds.
+  POSENC_CHECK_ARG(grad.sym_size(0) == slopes.sym_size(0) && grad.sym_size(1) == q_len &&
+                       grad.sym_size(2) == k_len,
+                   op, "grad",
+                   c10::str("must have shape (num_heads, q_len, k_len) = [", slopes.sym_size(0),
+                            ", ", q_len, ", ", k_len, "]"),
+                   "shape ", shape_str(grad));
   check_same_device(op, "grad", grad, "slopes", slopes);
+}
+
+// Distance of query i to key j given d0 = (q_offset + i) - k_offset, the distance to key 0:
+// q_pos - k_pos for the causal bias, |q_pos - k_pos| for the symmetric one. Host and device.
+C10_HOST_DEVICE inline int64_t alibi_distance(int64_t d0, int64_t j, bool causal) {
+  const int64_t d = d0 - j;
+  return (!causal && d < 0) ? -d : d;
 }
 
 }  // namespace detail

@@ -1,7 +1,9 @@
 // KERPLE (Chi et al. 2022): dispatcher handles and argument checks shared by the kernels.
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/macros/Macros.h>
 
 #include <string>
 #include <tuple>
@@ -72,6 +74,32 @@ KerpleKind check_kerple_bias_backward(const char* op, const at::Tensor& grad, co
                             q_len, ", ", k_len, "]"),
                    "shape ", shape_str(grad));
   return k;
+}
+
+// Values are only readable on the host: r2 < 0 makes 1 + r2 * d negative for some d, and the
+// log kernel's value NaN. `r2` must be a CPU tensor.
+inline void check_kerple_r2_values(const char* op, const at::Tensor& r2, KerpleKind kind) {
+  if (kind != KerpleKind::Log) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r2.scalar_type(), "kerple_check_r2", [&] {
+    const scalar_t* v = r2.const_data_ptr<scalar_t>();
+    const int64_t stride = r2.stride(0);
+    for (int64_t h = 0; h < r2.size(0); ++h) {
+      const double x = static_cast<double>(v[h * stride]);
+      POSENC_CHECK_ARG(x >= 0, op, "r2",
+                       "must be >= 0 for kind \"log\" (1 + r2 * d must stay positive)", "r2[",
+                       h, "] = ", x);
+    }
+  });
+}
+
+// The kernel's distance on diagonal t = j - i + q_len - 1 of the (q_len, k_len) grid:
+// d = q_pos - k_pos, then max(d, 0) (causal) or |d| (bidirectional). The bias depends on
+// (head, distance) only.
+C10_HOST_DEVICE inline int64_t kerple_distance(int64_t t, int64_t q_len, int64_t q_offset,
+                                               int64_t k_offset, bool causal) {
+  const int64_t d = q_offset - k_offset + (q_len - 1) - t;
+  if (causal) return d > 0 ? d : 0;
+  return d < 0 ? -d : d;
 }
 
 }  // namespace detail

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/macros/Macros.h>
 
 #include <algorithm>
 #include <limits>
@@ -102,9 +103,14 @@ struct RelPosSpan {
   int64_t j2;
 };
 
-inline RelPosSpan rel_pos_span(int64_t d0, int64_t k_len, int64_t max_distance) {
-  const int64_t j1 = std::clamp<int64_t>(d0 - max_distance + 1, 0, k_len);
-  const int64_t j2 = std::clamp<int64_t>(d0 + max_distance, j1, k_len);
+// Host and device (the CUDA kernels share it), hence no std::clamp.
+C10_HOST_DEVICE inline int64_t rel_pos_clamp(int64_t v, int64_t lo, int64_t hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+C10_HOST_DEVICE inline RelPosSpan rel_pos_span(int64_t d0, int64_t k_len, int64_t max_distance) {
+  const int64_t j1 = rel_pos_clamp(d0 - max_distance + 1, 0, k_len);
+  const int64_t j2 = rel_pos_clamp(d0 + max_distance, j1, k_len);
   return {j1, j2};
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/macros/Macros.h>
 
 #include <optional>
 #include <string>
@@ -45,6 +46,14 @@ inline auto& apply_rotary_pos_emb_backward_op() {
                            const at::Tensor&, const at::Tensor&, const at::Tensor&,
                            const at::Tensor&, bool, c10::string_view)>();
   return op;
+}
+
+// Element pair k of the first rotary dims (half = rotary_dim / 2): (k, k + half) half-split,
+// (2k, 2k + 1) interleaved. Shared by the CPU and CUDA kernels.
+C10_HOST_DEVICE inline void rope_pair_index(int64_t k, int64_t half, bool interleaved,
+                                            int64_t& i1, int64_t& i2) {
+  i1 = interleaved ? 2 * k : k;
+  i2 = interleaved ? 2 * k + 1 : k + half;
 }
 
 // ---- argument checks (CPU and Meta kernels) ------------------------------------------------

@@ -75,8 +75,9 @@ at::Tensor t5_bias(const at::Tensor& table, int64_t q_len, int64_t k_len, int64_
 /// d = |q_pos - k_pos| (bidirectional) or max(q_pos - k_pos, 0) (causal: future keys, which
 /// the causal mask removes anyway, get 0). Differentiable in r1 and r2 (deterministic fp64
 /// reduction per head). Errors: r1, r2 1-D of equal length; kind "log" or "power";
-/// q_len, k_len >= 0; on CPU, r2 >= 0 for "log" (checked on the values; the Meta kernel
-/// cannot see them).
+/// q_len, k_len >= 0; r2 >= 0 for "log" (checked on the values; the Meta kernel cannot see
+/// them; on CUDA the check copies r2 to the host, a stream sync, and is skipped during CUDA
+/// graph capture, where a negative r2 gives NaN where 1 + r2 * d < 0).
 at::Tensor kerple_bias(const at::Tensor& r1, const at::Tensor& r2, int64_t q_len, int64_t k_len,
                        int64_t q_offset = 0, int64_t k_offset = 0, const std::string& kind = "log",
                        bool causal = true);

@@ -3,4 +3,5 @@
 
 #include "posenc/nn.h"
 #include "posenc/ops.h"
+#include "posenc/rope_scaling.h"
 #include "posenc/version.h"

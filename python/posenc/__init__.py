@@ -35,6 +35,8 @@ _check_cuda_version()
 from . import ops  # noqa: E402
 from . import nn  # noqa: E402
 from . import cpp  # noqa: E402
+from . import rope_config  # noqa: E402
+from . import hf  # noqa: E402
 
 __version__: str = _torch.ops.posenc.version()
-__all__ = ["ops", "nn", "cpp", "__version__"]
+__all__ = ["ops", "nn", "cpp", "rope_config", "hf", "__version__"]

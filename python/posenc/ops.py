@@ -162,8 +162,9 @@ def kerple_bias(
     reduction per head).
 
     Errors: ``r1``/``r2`` 1-D of equal length, same dtype and device; ``kind`` one of
-    ``"log"``, ``"power"``; lengths >= 0; on CPU ``r2 >= 0`` for ``"log"`` (else
-    ``1 + r2 * d`` turns negative and the log NaN).
+    ``"log"``, ``"power"``; lengths >= 0; ``r2 >= 0`` for ``"log"`` (else ``1 + r2 * d``
+    turns negative and the log NaN). On CUDA that value check copies ``r2`` to the host (a
+    stream sync); during CUDA graph capture it is skipped and a negative ``r2`` gives NaN.
     """
     return torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal)
 

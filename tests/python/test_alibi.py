@@ -170,6 +170,8 @@ def test_script():
         (lambda: ops.alibi_bias(torch.rand(2), -1, 3), r"argument 'q_len' must be >= 0, but got -1"),
         (lambda: ops.alibi_bias(torch.rand(2), 1, -3), r"argument 'k_len' must be >= 0, but got -3"),
         (lambda: ops.alibi_slopes(0), r"posenc\.alibi_slopes: argument 'num_heads' must be > 0, but got 0"),
+        (lambda: torch.ops.posenc.alibi_bias_backward(torch.ones(2, 3, 4), torch.rand(2), 3, 5, 0, 0, True),
+         r"posenc\.alibi_bias_backward: argument 'grad' must have shape \(num_heads, q_len, k_len\) = \[2, 3, 5\], but got shape \[2, 3, 4\]"),
     ],
 )
 def test_bad_inputs(call, match):

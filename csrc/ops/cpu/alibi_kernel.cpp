@@ -26,8 +26,7 @@ at::Tensor alibi_bias_forward_kernel(const at::Tensor& slopes_in, int64_t q_len,
         const int64_t d0 = q_offset + row % q_len - k_offset;  // distance to key 0
         scalar_t* orow = o + row * k_len;
         for (int64_t j = 0; j < k_len; ++j) {
-          int64_t d = d0 - j;
-          if (!causal && d < 0) d = -d;
+          const int64_t d = detail::alibi_distance(d0, j, causal);
           orow[j] = static_cast<scalar_t>(static_cast<opmath_t>(-d) * slope);  // +0 on the diagonal
         }
       }
@@ -56,8 +55,7 @@ at::Tensor alibi_bias_backward_kernel(const at::Tensor& grad_in, const at::Tenso
           const int64_t d0 = q_offset + i - k_offset;
           const scalar_t* grow = g + (h * q_len + i) * k_len;
           for (int64_t j = 0; j < k_len; ++j) {
-            int64_t d = d0 - j;
-            if (!causal && d < 0) d = -d;
+            const int64_t d = detail::alibi_distance(d0, j, causal);
             acc -= static_cast<double>(grow[j]) * static_cast<double>(d);
           }
         }

@@ -15,21 +15,6 @@ namespace {
 
 using detail::KerpleKind;
 
-// Values are only readable on the host: r2 < 0 makes 1 + r2 * d negative for some d, and the
-// log kernel's value NaN.
-void check_r2_values(const char* op, const at::Tensor& r2, KerpleKind kind) {
-  if (kind != KerpleKind::Log) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r2.scalar_type(), "kerple_check_r2", [&] {
-    const scalar_t* v = r2.const_data_ptr<scalar_t>();
-    for (int64_t h = 0; h < r2.size(0); ++h) {
-      const double x = static_cast<double>(v[h]);
-      POSENC_CHECK_ARG(x >= 0, op, "r2",
-                       "must be >= 0 for kind \"log\" (1 + r2 * d must stay positive)", "r2[",
-                       h, "] = ", x);
-    }
-  });
-}
-
 // Distance of diagonal t = j - i + q_len - 1 of the (q_len, k_len) grid. The bias depends on
 // (head, distance) only, so each kernel evaluates it once per head and diagonal.
 struct Diagonals {
@@ -37,9 +22,7 @@ struct Diagonals {
   bool causal;
   int64_t count() const { return q_len + k_len - 1; }
   int64_t distance(int64_t t) const {
-    const int64_t d = q_offset - k_offset + (q_len - 1) - t;  // q_pos - k_pos
-    if (causal) return d > 0 ? d : 0;
-    return d < 0 ? -d : d;
+    return detail::kerple_distance(t, q_len, q_offset, k_offset, causal);
   }
 };
 
@@ -59,7 +42,7 @@ at::Tensor kerple_bias_forward_kernel(const at::Tensor& r1_in, const at::Tensor&
   const auto kind = detail::check_kerple_bias(op, r1_in, r2_in, q_len, k_len, kind_str);
   const auto r1 = r1_in.contiguous();
   const auto r2 = r2_in.contiguous();
-  check_r2_values(op, r2, kind);
+  detail::check_kerple_r2_values(op, r2, kind);
   const int64_t heads = r1.size(0);
   auto out = at::empty({heads, q_len, k_len}, r1.options());
   if (out.numel() == 0) return out;
@@ -98,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor> kerple_bias_backward_kernel(
       detail::check_kerple_bias_backward(op, grad_in, r1_in, r2_in, q_len, k_len, kind_str);
   const auto r1 = r1_in.contiguous();
   const auto r2 = r2_in.contiguous();
-  check_r2_values(op, r2, kind);
+  detail::check_kerple_r2_values(op, r2, kind);
   const int64_t heads = r1.size(0);
   auto grad_r1 = at::zeros({heads}, r1.options());
   auto grad_r2 = at::zeros({heads}, r1.options());

@@ -34,11 +34,7 @@ Bhsd bhsd(const at::Tensor& t, bool bshd) {
   return g;
 }
 
-// Element pair k of the first `rot` dims: (k, k + rot/2) half-split, (2k, 2k+1) interleaved.
-inline void pair_index(int64_t k, int64_t half, bool interleaved, int64_t& i1, int64_t& i2) {
-  i1 = interleaved ? 2 * k : k;
-  i2 = interleaved ? 2 * k + 1 : k + half;
-}
+using detail::rope_pair_index;
 
 // Shared by rope (conjugate = false) and rope_backward (conjugate = true): the adjoint of a
 // rotation is the rotation by the negative angle.
@@ -91,7 +87,7 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x,
           scalar_t* orow = op_ + og.offset(b, h, s);
           for (int64_t k = 0; k < half; ++k) {
             int64_t i1, i2;
-            pair_index(k, half, interleaved, i1, i2);
+            rope_pair_index(k, half, interleaved, i1, i2);
             const opmath_t a = static_cast<opmath_t>(xr[i1 * xd]);
             const opmath_t c = static_cast<opmath_t>(xr[i2 * xd]);
             orow[i1 * od] = static_cast<scalar_t>(a * cs[k] - c * sn[k]);
@@ -161,7 +157,7 @@ at::Tensor apply_rotary_pos_emb_forward_kernel(const at::Tensor& x, const at::Te
           scalar_t* orow = op_ + og.offset(b, h, s);
           for (int64_t k = 0; k < half; ++k) {
             int64_t i1, i2;
-            pair_index(k, half, interleaved, i1, i2);
+            rope_pair_index(k, half, interleaved, i1, i2);
             const opmath_t a = static_cast<opmath_t>(xr[i1 * xd]);
             const opmath_t c = static_cast<opmath_t>(xr[i2 * xd]);
             // rotate(x) is -c at i1 and a at i2; each element has its own cos and sin.
@@ -218,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_ker
           scalar_t* orow = gxp + og.offset(b, h, s);
           for (int64_t k = 0; k < half; ++k) {
             int64_t i1, i2;
-            pair_index(k, half, interleaved, i1, i2);
+            rope_pair_index(k, half, interleaved, i1, i2);
             const opmath_t g1 = static_cast<opmath_t>(gr[i1 * gd]);
             const opmath_t g2 = static_cast<opmath_t>(gr[i2 * gd]);
             orow[i1 * od] = static_cast<scalar_t>(g1 * static_cast<opmath_t>(cr[i1 * ct.sr]) +
@@ -249,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_ker
             const scalar_t* gr = gp + gg.offset(b, h, s);
             for (int64_t k = 0; k < half; ++k) {
               int64_t i1, i2;
-              pair_index(k, half, interleaved, i1, i2);
+              rope_pair_index(k, half, interleaved, i1, i2);
               const double a = static_cast<double>(xr[i1 * xd]);
               const double c = static_cast<double>(xr[i2 * xd]);
               const double g1 = static_cast<double>(gr[i1 * gd]);

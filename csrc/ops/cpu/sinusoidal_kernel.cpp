@@ -47,17 +47,7 @@ at::Tensor sinusoidal_table_kernel(const at::Tensor& positions_in, int64_t dim, 
 
   // Frequencies in fp64, once per call.
   const int64_t half = dim / 2;
-  std::vector<double> freq(half);
-  if (interleaved) {
-    // Vaswani et al. §3.5: PE(p, 2i) = sin(p / base^(2i/dim)), PE(p, 2i+1) = cos(...).
-    for (int64_t i = 0; i < half; ++i) {
-      freq[i] = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(dim));
-    }
-  } else {
-    // tensor2tensor get_timing_signal_1d: log-spaced from 1 down to 1/base over h-1 steps.
-    const double step = std::log(base) / static_cast<double>(std::max<int64_t>(half - 1, 1));
-    for (int64_t i = 0; i < half; ++i) freq[i] = std::exp(-static_cast<double>(i) * step);
-  }
+  const std::vector<double> freq = detail::sinusoidal_frequencies(dim, base, interleaved);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sinusoidal_table_cpu", [&] {
     const int64_t* pos = positions.const_data_ptr<int64_t>();
