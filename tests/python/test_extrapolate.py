@@ -16,7 +16,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def run_cli(args, cwd):
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(PYTHON_DIR) + os.pathsep + env.get("PYTHONPATH", "")
+    if env.get("POSENC_TEST_INSTALLED") != "1":  # same rule as conftest.py
+        env["PYTHONPATH"] = str(PYTHON_DIR) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, "-m", "posenc.extrapolate", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
