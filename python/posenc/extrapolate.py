@@ -1,0 +1,609 @@
+"""Train short, test long: how far past its training length each positional encoding goes.
+
+This reproduces the experiment of Press et al. 2022 ("Train Short, Test Long: Attention with
+Linear Biases Enables Input Length Extrapolation", §2 and Figure 1) at laptop scale: one small
+causal byte-level transformer language model is trained per positional encoding at a short
+training length ``L``, then each model is evaluated on held-out text at ``1x, 2x, 4x, 8x, 16x
+L``. Press et al. found that encodings which only know the positions they were trained on
+(sinusoidal, RoPE; learned cannot even run) degrade quickly past ``L``, while ALiBi keeps its
+``L`` perplexity and T5's bucketed bias degrades slowly; KERPLE (Chi et al. 2022) was built to
+extrapolate like ALiBi. ``docs/extrapolate/`` holds the table and plot of the default run.
+
+Encodings (``--encodings``, comma separated, default all):
+
+* ``none``        NoPE: no position information except the causal mask.
+* ``sinusoidal``  ``posenc.nn.SinusoidalPositionalEncoding`` added to the byte embeddings.
+* ``learned``     ``posenc.nn.LearnedPositionalEmbedding`` with ``max_len = L``; it cannot go
+  past its table, which the table reports as ``n/a (table L)`` (the module's error is caught).
+* ``rope``        ``posenc.nn.RotaryEmbedding`` on queries and keys in every layer.
+* ``alibi``       ``posenc.nn.ALiBi`` bias (shared by all layers, fixed slopes).
+* ``t5``          ``posenc.nn.T5RelativeBias`` (32 causal buckets, ``max_distance = L/2`` so
+  that the last bucket, which every longer distance shares, is trained; shared by all layers,
+  as in T5).
+* ``kerple``      ``posenc.nn.KERPLEBias`` (logarithmic kernel, learned per layer).
+* ``xl``          Transformer-XL relative attention: content score ``(q + u) k^T`` plus the
+  position score of ``posenc.nn.TransformerXLRelativeScore`` (per layer), no memory.
+
+Model: pre-LayerNorm decoder (byte embedding, ``--layers`` blocks of causal multi-head
+attention with ``--heads`` heads + 4x GELU MLP, final LayerNorm, linear head over 256 bytes),
+no dropout. Attention is ``torch.nn.functional.scaled_dot_product_attention``; the relative
+encodings pass their bias (plus the causal mask) as ``attn_mask``. Training: AdamW, linear
+warm-up then cosine decay, gradient clipping at 1, random windows of ``L + 1`` bytes from the
+training split. Every encoding sees exactly the same batches.
+
+Evaluation: the held-out split is cut to a multiple of the longest evaluation length (at most
+``--eval-bytes``) and read
+as NON-OVERLAPPING windows of each evaluation length (Press et al.'s "nonoverlapping
+inference"): every held-out byte after the first is predicted exactly once at every length, so
+the columns score the same bytes; a byte's context is the part of its window before it. The
+table reports perplexity per byte (``exp`` of the mean negative log-likelihood); the JSON also
+holds bits per byte. For scale, the table prints the perplexity of a unigram byte model
+(train-split frequencies) on the same bytes: a model that learned anything sits well below it.
+
+Corpus: by default the Python language reference that ships with every Python install, the
+pydoc topics of the standard library (``pydoc_data.topics.topics``, about 465 KB of English
+with code): the values joined in sorted key order, as UTF-8 bytes; the last
+``--heldout-frac`` (default 10%) is held out. ``--corpus PATH`` reads your own file (bytes)
+instead. Nothing is downloaded and nothing is written outside ``--out``.
+
+Outputs in ``--out`` (default ``./extrapolate_out``): ``table.txt`` (the printed table),
+``extrapolate.png`` (perplexity vs evaluation length, log2 x axis, one line per encoding, a
+dashed line at ``L``) and ``results.json`` (config, corpus, per-encoding results).
+
+Flags (``--help`` lists the defaults):
+
+* model and training: ``--encodings``, ``--train-len`` (L, 64), ``--steps`` (800),
+  ``--batch-size`` (16), ``--d-model`` (64), ``--layers`` (2), ``--heads`` (4), ``--lr``
+  (peak AdamW rate, 6e-3), ``--seed`` (0);
+* data: ``--corpus PATH``, ``--heldout-frac`` (0.1), ``--eval-factors`` (``1,2,4,8,16``),
+  ``--eval-bytes`` (held-out bytes scored, 32768), ``--eval-tokens`` (bytes per evaluation
+  batch: a memory knob, the numbers change only in the last bits);
+* running: ``--out``, ``--threads`` (``torch.set_num_threads``; default 1, ``0`` for all
+  usable cores: see below), ``--no-plot``, ``--no-progress`` (tqdm bars go to stderr);
+* ``--quick``: L=32, a 1-layer d_model 32 model, 200 steps, evaluated at 1x, 2x and 4x L on
+  8192 bytes: the whole pipeline in seconds (explicit flags still override it).
+
+Defaults take about 4-5 minutes on one core of a busy machine; ``--quick`` about 15 seconds.
+The same ``--seed`` gives the same numbers twice: the model initialisation, the batch order
+and the kernels are deterministic.
+
+Threads: the models are tiny (matrices of 64 x 256), so intra-op threads hardly pay, and on a
+machine whose cores are busy with other work they cost a lot (measured on a loaded 2-core
+machine: 0.03 s per training step with 1 thread, 0.12-0.5 s with 2). One thread is also what
+makes the numbers independent of the core count (reductions split across threads sum in a
+different order). Hence ``--threads 1`` by default; ``--threads 0`` uses every usable core.
+
+Run as ``posenc-extrapolate`` (console script) or ``python -m posenc.extrapolate``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import posenc
+import posenc.nn as pnn
+
+ENCODINGS = ("none", "sinusoidal", "learned", "rope", "alibi", "t5", "kerple", "xl")
+DEFAULT_FACTORS = (1, 2, 4, 8, 16)
+QUICK_FACTORS = (1, 2, 4)
+
+# Defaults of the full run, and what --quick changes (explicit flags win over both).
+# Sized to finish all eight encodings in a few minutes on 2 CPU cores while every model still
+# learns (held-out perplexity ~5-8 per byte against ~26 for a unigram model).
+DEFAULTS = dict(train_len=64, steps=800, batch_size=16, d_model=64, layers=2, heads=4, lr=6e-3)
+QUICK = dict(train_len=32, steps=200, batch_size=16, d_model=32, layers=1, heads=2, lr=1e-2)
+T5_BUCKETS = 32
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def default_corpus() -> bytes:
+    """The pydoc topics of the standard library, values in sorted key order, as UTF-8."""
+    from pydoc_data.topics import topics
+
+    return "".join(topics[k] for k in sorted(topics)).encode("utf-8")
+
+
+def load_corpus(path: Optional[str]) -> tuple:
+    if path is None:
+        return default_corpus(), "pydoc_data.topics (Python %s standard library)" % (
+            platform.python_version()
+        )
+    with open(path, "rb") as f:
+        return f.read(), os.path.abspath(path)
+
+
+def unigram_ppl(train: Tensor, heldout_targets: Tensor) -> float:
+    """Perplexity of add-one-smoothed train byte frequencies on the held-out targets."""
+    counts = torch.bincount(train, minlength=256).double() + 1.0
+    logp = (counts / counts.sum()).log()
+    return math.exp(-logp[heldout_targets].mean().item())
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention; the encoding decides what goes into the scores."""
+
+    def __init__(self, d_model: int, heads: int, encoding: str):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = d_model // heads
+        self.encoding = encoding
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.rope = pnn.RotaryEmbedding(self.head_dim) if encoding == "rope" else None
+        # KERPLE learns its kernel per layer (Chi et al. 2022); Transformer-XL projects the
+        # relative sinusoids per layer (Dai et al. 2019).
+        self.kerple = pnn.KERPLEBias(heads, kind="log", causal=True) if encoding == "kerple" else None
+        self.xl = (
+            pnn.TransformerXLRelativeScore(d_model, heads, self.head_dim) if encoding == "xl" else None
+        )
+
+    def forward(self, x: Tensor, shared_bias: Optional[Tensor], causal: Tensor) -> Tensor:
+        B, S, D = x.shape
+        q, k, v = self.qkv(x).view(B, S, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        mask: Optional[Tensor] = None
+        if self.rope is not None:
+            q, k = self.rope(q, k)
+        elif shared_bias is not None:
+            mask = shared_bias + causal
+        elif self.kerple is not None:
+            mask = self.kerple(S, S) + causal
+        elif self.xl is not None:
+            # SDPA scales q k^T by 1/sqrt(d) and then adds attn_mask: scale the position part
+            # the same way, so the logits are ((q+u) k^T + (q+v) R^T) / sqrt(d) as in the paper.
+            mask = self.xl(q) * (self.head_dim ** -0.5) + causal
+            q = self.xl.content_query(q)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+        return self.out(y.transpose(1, 2).reshape(B, S, D))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, heads: int, encoding: str):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = Attention(d_model, heads, encoding)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
+        )
+
+    def forward(self, x: Tensor, shared_bias: Optional[Tensor], causal: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x), shared_bias, causal)
+        return x + self.mlp(self.ln2(x))
+
+
+def t5_max_distance(train_len: int) -> int:
+    """``L / 2`` (but above the 16 exact buckets): the last, "far" bucket is trained.
+
+    T5 maps every distance past ``max_distance`` to its last bucket; it extrapolates only if
+    training saw that bucket, as with T5's 128 at Press et al.'s L = 512 or more. With
+    ``max_distance > L`` the far buckets would keep their random init.
+    """
+    return max(train_len // 2, T5_BUCKETS // 2 + 1)
+
+
+class ByteLM(nn.Module):
+    """Small causal byte-level transformer LM with a pluggable positional encoding."""
+
+    def __init__(self, encoding: str, train_len: int, d_model: int, layers: int, heads: int):
+        super().__init__()
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {encoding!r}; choose from {', '.join(ENCODINGS)}")
+        if d_model % heads != 0 or (d_model // heads) % 2 != 0:
+            raise ValueError(
+                f"--d-model ({d_model}) must be a multiple of --heads ({heads}) with an even "
+                "head dimension"
+            )
+        self.encoding = encoding
+        self.embed = nn.Embedding(256, d_model)  # N(0, 1): on the scale of the sinusoids
+        self.absolute: Optional[nn.Module] = None
+        if encoding == "sinusoidal":
+            self.absolute = pnn.SinusoidalPositionalEncoding(d_model)
+        elif encoding == "learned":
+            self.absolute = pnn.LearnedPositionalEmbedding(train_len, d_model)
+        # ALiBi and T5 compute one bias per forward, shared by all layers (as in both papers).
+        self.shared: Optional[nn.Module] = None
+        if encoding == "alibi":
+            self.shared = pnn.ALiBi(heads, causal=True)
+        elif encoding == "t5":
+            self.shared = pnn.T5RelativeBias(
+                heads, num_buckets=T5_BUCKETS, max_distance=t5_max_distance(train_len),
+                bidirectional=False,
+            )
+        self.blocks = nn.ModuleList(Block(d_model, heads, encoding) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, 256)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        S = idx.size(1)
+        x = self.embed(idx)
+        if self.absolute is not None:
+            x = self.absolute(x)  # learned: raises past its table, before any compute
+        causal = torch.full((S, S), float("-inf"), device=idx.device).triu(1)
+        shared_bias = self.shared(S, S) if self.shared is not None else None
+        for block in self.blocks:
+            x = block(x, shared_bias, causal)
+        return self.head(self.ln_f(x))
+
+
+# --------------------------------------------------------------------------------------------
+# Train / evaluate
+
+
+def lr_at(step: int, steps: int, lr: float) -> float:
+    warm = max(1, steps // 20)
+    if step < warm:
+        return lr * (step + 1) / warm
+    t = (step - warm) / max(1, steps - warm)
+    return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def batch_starts(n_train: int, train_len: int, steps: int, batch_size: int, seed: int) -> Tensor:
+    """(steps, batch_size) window starts; the same for every encoding."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, n_train - train_len - 1, (steps, batch_size), generator=g)
+
+
+def train_one(
+    model: ByteLM, train: Tensor, starts: Tensor, train_len: int, lr: float, desc: str, quiet: bool
+) -> List[float]:
+    from tqdm import tqdm
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
+    offsets = torch.arange(train_len + 1)
+    losses: List[float] = []
+    model.train()
+    bar = tqdm(range(starts.size(0)), desc=desc, leave=False, disable=quiet, dynamic_ncols=True)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, starts.size(0), lr)
+        chunk = train[starts[step][:, None] + offsets]
+        logits = model(chunk[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, 256), chunk[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return losses
+
+
+def is_past_table(err: RuntimeError) -> bool:
+    msg = str(err)
+    return "LearnedPositionalEmbedding" in msg and "past the table" in msg
+
+
+@torch.inference_mode()
+def evaluate(
+    model: ByteLM, heldout: Tensor, length: int, eval_tokens: int, desc: str, quiet: bool
+) -> Dict[str, object]:
+    """Mean NLL over non-overlapping windows of ``length`` bytes (each predicts its next bytes)."""
+    from tqdm import tqdm
+
+    model.eval()
+    n_win = (heldout.numel() - 1) // length
+    x = heldout[: n_win * length].view(n_win, length)
+    y = heldout[1 : n_win * length + 1].view(n_win, length)
+    per_batch = max(1, eval_tokens // length)
+    total = 0.0
+    count = 0
+    bar = tqdm(range(0, n_win, per_batch), desc=desc, leave=False, disable=quiet, dynamic_ncols=True)
+    for i in bar:
+        logits = model(x[i : i + per_batch])
+        nll = F.cross_entropy(
+            logits.reshape(-1, 256).double(), y[i : i + per_batch].reshape(-1), reduction="sum"
+        )
+        total += nll.item()
+        count += y[i : i + per_batch].numel()
+    bar.close()
+    mean = total / count
+    return {"ppl": math.exp(mean), "bits_per_byte": mean / math.log(2), "bytes": count}
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def na_marker(train_len: int) -> str:
+    return f"n/a (table {train_len})"
+
+
+def format_table(results: Dict[str, dict], lengths: Sequence[int], train_len: int, unigram: float,
+                 scored: int) -> str:
+    width = max(9, len(na_marker(train_len)) + 1)
+    head = f"{'encoding':<11}" + "".join(f"{n:>{width}}" for n in lengths) + f"{'train s':>10}"
+    lines = [
+        f"Perplexity per byte on held-out text; trained at L={train_len}; "
+        f"non-overlapping windows of each length score the same {scored} bytes "
+        f"(unigram baseline {unigram:.2f}).",
+        head,
+        "-" * len(head),
+    ]
+    for enc, r in results.items():
+        cells = []
+        for n in lengths:
+            e = r["eval"][str(n)]
+            cells.append(f"{e['ppl']:>{width}.3f}" if e["ppl"] is not None else f"{e['note']:>{width}}")
+        lines.append(f"{enc:<11}" + "".join(cells) + f"{r['train_seconds']:>10.1f}")
+    return "\n".join(lines)
+
+
+def plot(results: Dict[str, dict], lengths: Sequence[int], train_len: int, unigram: float,
+         path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=120)
+    for enc, r in results.items():
+        xs = [n for n in lengths if r["eval"][str(n)]["ppl"] is not None]
+        ys = [r["eval"][str(n)]["ppl"] for n in xs]
+        label = enc if len(xs) == len(lengths) else f"{enc} (n/a past {max(xs) if xs else 0})"
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.axvline(train_len, color="gray", linestyle="--", linewidth=1)
+    ax.text(train_len, 0.98, f" training length {train_len}", transform=ax.get_xaxis_transform(),
+            va="top", ha="left", color="gray", fontsize=8)
+    ax.axhline(unigram, color="lightgray", linestyle=":", linewidth=1,
+               label=f"unigram bytes ({unigram:.1f})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(list(lengths))
+    ax.set_xticklabels([str(n) for n in lengths])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.set_xlabel("evaluation length (bytes, log2 scale)")
+    ax.set_ylabel("held-out perplexity per byte (log scale)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def positive_int(s: str) -> int:
+    v = int(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="posenc-extrapolate",
+        description="Train short, test long (Press et al. 2022): train one small byte-level "
+        "LM per positional encoding at a short length L, evaluate held-out perplexity at "
+        "1x..16x L. Defaults run on CPU in a few minutes.",
+    )
+    d = DEFAULTS
+    p.add_argument("--encodings", default=",".join(ENCODINGS),
+                   help="comma-separated subset of: " + ",".join(ENCODINGS) + " (default all)")
+    p.add_argument("--train-len", type=positive_int, default=None, help=f"L (default {d['train_len']})")
+    p.add_argument("--steps", type=positive_int, default=None, help=f"training steps (default {d['steps']})")
+    p.add_argument("--batch-size", type=positive_int, default=None, help=f"default {d['batch_size']}")
+    p.add_argument("--d-model", type=positive_int, default=None, help=f"default {d['d_model']}")
+    p.add_argument("--layers", type=positive_int, default=None, help=f"default {d['layers']}")
+    p.add_argument("--heads", type=positive_int, default=None, help=f"default {d['heads']}")
+    p.add_argument("--lr", type=float, default=None, help=f"peak AdamW learning rate (default {d['lr']})")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--corpus", default=None,
+                   help="text file to use instead of the pydoc topics of the standard library")
+    p.add_argument("--heldout-frac", type=float, default=0.1,
+                   help="fraction of the corpus (its end) held out for evaluation (default 0.1)")
+    p.add_argument("--eval-factors", default=None,
+                   help="evaluation lengths as multiples of L (default 1,2,4,8,16; --quick 1,2,4)")
+    p.add_argument("--eval-bytes", type=positive_int, default=None,
+                   help="score at most this many held-out bytes (default 32768; --quick 8192)")
+    p.add_argument("--eval-tokens", type=positive_int, default=16384,
+                   help="bytes per evaluation batch (default 16384; a memory knob: the numbers change "
+                   "only in the last bits)")
+    p.add_argument("--out", default="extrapolate_out",
+                   help="output directory (default ./extrapolate_out)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads; 0 = all usable cores (tiny models: 1 is "
+                   "usually fastest and gives numbers independent of the core count; default 1)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny model, few steps, eval at 1x,2x,4x L: a smoke test in seconds")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    base = dict(DEFAULTS)
+    if args.quick:
+        base.update(QUICK)
+    cfg = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in base.items()}
+    encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
+    bad = [e for e in encodings if e not in ENCODINGS]
+    if bad or not encodings:
+        raise SystemExit(
+            f"posenc-extrapolate: unknown encoding(s) {bad or args.encodings!r}; "
+            f"choose from {','.join(ENCODINGS)}"
+        )
+    if args.eval_factors is not None:
+        try:
+            factors = sorted({int(f) for f in args.eval_factors.split(",") if f.strip()})
+        except ValueError:
+            factors = []
+        if not factors or factors[0] < 1:
+            raise SystemExit("posenc-extrapolate: --eval-factors must be positive integers")
+    else:
+        factors = list(QUICK_FACTORS if args.quick else DEFAULT_FACTORS)
+    if args.threads < 0:
+        raise SystemExit("posenc-extrapolate: --threads must be >= 0")
+    if not 0.0 < args.heldout_frac < 1.0:
+        raise SystemExit("posenc-extrapolate: --heldout-frac must be in (0, 1)")
+    cfg.update(
+        encodings=list(dict.fromkeys(encodings)),
+        eval_factors=factors,
+        seed=args.seed,
+        heldout_frac=args.heldout_frac,
+        threads=args.threads if args.threads > 0 else default_threads(),
+        quick=bool(args.quick),
+        eval_bytes=args.eval_bytes or (8192 if args.quick else 32768),
+    )
+    return cfg
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = resolve_config(args)
+    quiet = args.no_progress
+    torch.set_num_threads(cfg["threads"])
+    # CPU kernels used here are deterministic already; this turns any regression into a warning.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    text, corpus_name = load_corpus(args.corpus)
+    data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+    L = cfg["train_len"]
+    lengths = [L * f for f in cfg["eval_factors"]]
+    split = int(len(data) * (1.0 - cfg["heldout_frac"]))
+    train, held = data[:split], data[split:]
+    # Cut the held-out split so that every evaluation length scores the same bytes.
+    longest = max(lengths)
+    n_scored = ((held.numel() - 1) // longest) * longest
+    if n_scored == 0 or train.numel() < L + 2:
+        raise SystemExit(
+            f"posenc-extrapolate: corpus too small ({len(data)} bytes): need more than "
+            f"{longest + 1} held-out bytes for the longest evaluation length and {L + 2} "
+            "training bytes"
+        )
+    n_scored = min(n_scored, max(longest, cfg["eval_bytes"] // longest * longest))
+    held = held[: n_scored + 1]
+    unigram = unigram_ppl(train, held[1:])
+
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    print(
+        f"posenc-extrapolate: corpus {corpus_name}: {len(data)} bytes "
+        f"({train.numel()} train, {n_scored} scored held-out); L={L}, eval lengths {lengths}; "
+        f"{len(cfg['encodings'])} encodings x {cfg['steps']} steps of {cfg['batch_size']}x{L}; "
+        f"d_model={cfg['d_model']} layers={cfg['layers']} heads={cfg['heads']} lr={cfg['lr']} "
+        f"seed={cfg['seed']} threads={cfg['threads']}",
+        flush=True,
+    )
+    starts = batch_starts(train.numel(), L, cfg["steps"], cfg["batch_size"], cfg["seed"])
+    results: Dict[str, dict] = {}
+    t_all = time.perf_counter()
+    for enc in cfg["encodings"]:
+        torch.manual_seed(cfg["seed"])
+        model = ByteLM(enc, L, cfg["d_model"], cfg["layers"], cfg["heads"])
+        t0 = time.perf_counter()
+        losses = train_one(model, train, starts, L, cfg["lr"], f"train {enc}", quiet)
+        train_s = time.perf_counter() - t0
+        tail = losses[-max(1, len(losses) // 10):]
+        ev: Dict[str, dict] = {}
+        t0 = time.perf_counter()
+        for n in lengths:
+            try:
+                ev[str(n)] = evaluate(model, held, n, args.eval_tokens, f"eval {enc} @{n}", quiet)
+            except RuntimeError as err:
+                if enc != "learned" or not is_past_table(err):
+                    raise
+                ev[str(n)] = {"ppl": None, "bits_per_byte": None, "note": na_marker(L),
+                              "error": str(err).splitlines()[0]}
+        eval_s = time.perf_counter() - t0
+        results[enc] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "train_loss_last10pct": sum(tail) / len(tail),
+            "train_ppl_last10pct": math.exp(sum(tail) / len(tail)),
+            "eval": ev,
+            "train_seconds": train_s,
+            "eval_seconds": eval_s,
+        }
+        at_l = ev[str(L)]["ppl"] if str(L) in ev else None
+        print(
+            f"  {enc:<11} train ppl {results[enc]['train_ppl_last10pct']:.2f}"
+            + (f", held-out ppl @L {at_l:.2f}" if at_l is not None else "")
+            + f" ({train_s:.1f}s train, {eval_s:.1f}s eval)",
+            flush=True,
+        )
+    total_s = time.perf_counter() - t_all
+
+    table = format_table(results, lengths, L, unigram, n_scored)
+    print()
+    print(table)
+    with open(os.path.join(out, "table.txt"), "w") as f:
+        f.write(table + "\n")
+    payload = {
+        "experiment": "train short, test long (Press et al. 2022)",
+        "evaluation": "non-overlapping windows; every length scores the same held-out bytes",
+        "config": {**cfg, "eval_lengths": lengths},
+        "encoding_details": {
+            "t5": {"num_buckets": T5_BUCKETS, "max_distance": t5_max_distance(L),
+                   "bidirectional": False, "shared_across_layers": True},
+            "alibi": {"slopes": posenc.ops.alibi_slopes(cfg["heads"]).tolist(),
+                      "shared_across_layers": True},
+            "kerple": {"kind": "log", "per_layer": True},
+            "xl": {"mem_len": 0, "per_layer": True},
+            "learned": {"max_len": L},
+        },
+        "corpus": {"name": corpus_name, "bytes": len(data), "train_bytes": train.numel(),
+                   "scored_bytes": n_scored},
+        "unigram_ppl": unigram,
+        "na_marker": na_marker(L),
+        "results": results,
+        "total_seconds": total_s,
+        "versions": {"posenc": posenc.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+    }
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(payload, f, indent=2)
+    if not args.no_plot:
+        short = "pydoc topics" if args.corpus is None else os.path.basename(args.corpus)
+        plot(results, lengths, L, unigram, os.path.join(out, "extrapolate.png"),
+             f"Train short, test long: byte-level LM trained at L={L}\n"
+             f"{cfg['layers']} layers, d_model {cfg['d_model']}, {cfg['heads']} heads, "
+             f"{cfg['steps']} steps x {cfg['batch_size']}; corpus: {short}; non-overlapping windows")
+    print(f"\nwrote {out}/table.txt, results.json" + ("" if args.no_plot else ", extrapolate.png")
+          + f" ({total_s:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
