@@ -27,6 +27,7 @@ TORCH_PREFIX=$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')
 ARGS=(-DCMAKE_PREFIX_PATH="$PREFIX;$TORCH_PREFIX" -DCMAKE_BUILD_TYPE="${CMAKE_BUILD_TYPE:-Release}")
 command -v ninja >/dev/null && ARGS+=(-G Ninja)
 command -v ccache >/dev/null && ARGS+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-cmake -S examples/cpp -B "$EXAMPLE_DIR" "${ARGS[@]}" >&2
+# --fresh: a cache left by an earlier configure (another torch, a failed run) must not stick.
+cmake --fresh -S examples/cpp -B "$EXAMPLE_DIR" "${ARGS[@]}" >&2
 cmake --build "$EXAMPLE_DIR" --parallel "${MAX_JOBS:-2}" >&2
 echo "$(cd "$EXAMPLE_DIR" && pwd)/posenc_example"
