@@ -15,10 +15,13 @@ namespace {
 at::Tensor alibi_slopes_impl(int64_t num_heads, std::optional<at::ScalarType> dtype,
                              std::optional<at::Device> device) {
   detail::check_positive("alibi_slopes", "num_heads", num_heads);
+  const auto out_dtype = dtype.value_or(at::kFloat);
+  POSENC_CHECK_ARG(detail::is_float_dtype(out_dtype), "alibi_slopes", "dtype",
+                   "must be float16, bfloat16, float32 or float64", out_dtype);
   auto opts = at::TensorOptions().dtype(at::kDouble).device(device.value_or(at::kCPU));
   // n = largest power of two <= num_heads; slopes 2^(-8 k / n), k = 1..n.
   int64_t n = 1;
-  while (n * 2 <= num_heads) n *= 2;
+  while (n <= num_heads / 2) n *= 2;  // not n * 2 <= num_heads: that overflows near 2^63
   auto k = at::arange(1, n + 1, opts);
   auto slopes = at::exp2(k * (-8.0 / static_cast<double>(n)));
   if (n < num_heads) {
@@ -26,7 +29,7 @@ at::Tensor alibi_slopes_impl(int64_t num_heads, std::optional<at::ScalarType> dt
     auto k2 = at::arange(1, 2 * (num_heads - n), 2, opts);
     slopes = at::cat({slopes, at::exp2(k2 * (-8.0 / static_cast<double>(2 * n)))});
   }
-  return slopes.to(dtype.value_or(at::kFloat));
+  return slopes.to(out_dtype);
 }
 
 }  // namespace

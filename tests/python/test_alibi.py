@@ -32,6 +32,13 @@ def ref_bias(slopes, q_len, k_len, q_offset, k_offset, causal):
     return -s[:, None, None] * d[None]
 
 
+def test_slopes_power_of_two_search_does_not_overflow():
+    # num_heads near 2^63 used to wrap the doubling loop into an endless loop; the op must
+    # get past it (and then fail to allocate with a catchable error, not hang).
+    with pytest.raises(RuntimeError):
+        ops.alibi_slopes(2**62 + 1)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 8, 12, 16, 20, 32])
 def test_slopes_match_paper(n):
     got = ops.alibi_slopes(n, dtype=torch.float64)
@@ -170,6 +177,8 @@ def test_script():
         (lambda: ops.alibi_bias(torch.rand(2), -1, 3), r"argument 'q_len' must be >= 0, but got -1"),
         (lambda: ops.alibi_bias(torch.rand(2), 1, -3), r"argument 'k_len' must be >= 0, but got -3"),
         (lambda: ops.alibi_slopes(0), r"posenc\.alibi_slopes: argument 'num_heads' must be > 0, but got 0"),
+        (lambda: ops.alibi_slopes(4, dtype=torch.int64), r"posenc\.alibi_slopes: argument 'dtype' must be float.*Long"),
+        (lambda: ops.alibi_slopes(4, dtype=torch.bool), r"posenc\.alibi_slopes: argument 'dtype' must be float.*Bool"),
         (lambda: torch.ops.posenc.alibi_bias_backward(torch.ones(2, 3, 4), torch.rand(2), 3, 5, 0, 0, True),
          r"posenc\.alibi_bias_backward: argument 'grad' must have shape \(num_heads, q_len, k_len\) = \[2, 3, 5\], but got shape \[2, 3, 4\]"),
     ],
