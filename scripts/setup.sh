@@ -8,6 +8,8 @@
 #   TORCH_SPEC=torch==2.13.0 POSENC_WITH_CUDA=0 bash scripts/setup.sh   # small CPU-only setup
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# ccache: hash paths relative to the checkout, so every clone (CI) reuses the same cache.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-true}
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi

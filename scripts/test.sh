@@ -3,6 +3,8 @@
 # model through the examples/cpp program and the posenc-extrapolate --quick smoke test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# ccache: hash paths relative to the checkout, so every clone (CI) reuses the same cache.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-true}
 if [ -f .venv/bin/activate ]; then
   # shellcheck disable=SC1091
   source .venv/bin/activate
