@@ -100,3 +100,25 @@ inline int64_t row_grain(int64_t row_len) {
 
 }  // namespace detail
 }  // namespace posenc
+
+namespace posenc {
+namespace detail {
+
+// Relative ops form q_offset + i - (k_offset + j) in int64; offsets within +-2^61 (and lengths,
+// bounded by memory) keep that from wrapping into a wrong distance.
+constexpr int64_t kMaxOffset = int64_t{1} << 61;
+
+template <typename Int>
+inline void check_offsets(const char* op, const Int& q_offset, const Int& k_offset) {
+  if (auto q = concrete(q_offset)) {
+    POSENC_CHECK_ARG(*q >= -kMaxOffset && *q <= kMaxOffset, op, "q_offset",
+                     "must be within [-2^61, 2^61]", *q);
+  }
+  if (auto k = concrete(k_offset)) {
+    POSENC_CHECK_ARG(*k >= -kMaxOffset && *k <= kMaxOffset, op, "k_offset",
+                     "must be within [-2^61, 2^61]", *k);
+  }
+}
+
+}  // namespace detail
+}  // namespace posenc

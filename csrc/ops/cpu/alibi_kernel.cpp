@@ -11,6 +11,7 @@ namespace {
 at::Tensor alibi_bias_forward_kernel(const at::Tensor& slopes_in, int64_t q_len, int64_t k_len,
                                      int64_t q_offset, int64_t k_offset, bool causal) {
   detail::check_alibi_bias("alibi_bias", slopes_in, q_len, k_len);
+  detail::check_offsets("alibi_bias", q_offset, k_offset);
   const auto slopes = slopes_in.contiguous();
   const int64_t heads = slopes.size(0);
   auto out = at::empty({heads, q_len, k_len}, slopes.options());
@@ -39,6 +40,7 @@ at::Tensor alibi_bias_backward_kernel(const at::Tensor& grad_in, const at::Tenso
                                       int64_t q_len, int64_t k_len, int64_t q_offset,
                                       int64_t k_offset, bool causal) {
   detail::check_alibi_bias_backward("alibi_bias_backward", grad_in, slopes, q_len, k_len);
+  detail::check_offsets("alibi_bias_backward", q_offset, k_offset);
   const int64_t heads = slopes.size(0);
   auto grad_slopes = at::zeros({heads}, slopes.options());
   if (heads == 0 || q_len == 0 || k_len == 0) return grad_slopes;

@@ -40,6 +40,7 @@ at::Tensor kerple_bias_forward_kernel(const at::Tensor& r1_in, const at::Tensor&
                                       int64_t k_offset, c10::string_view kind_str, bool causal) {
   const char* op = "kerple_bias";
   const auto kind = detail::check_kerple_bias(op, r1_in, r2_in, q_len, k_len, kind_str);
+  detail::check_offsets(op, q_offset, k_offset);
   const auto r1 = r1_in.contiguous();
   const auto r2 = r2_in.contiguous();
   detail::check_kerple_r2_values(op, r2, kind);
@@ -79,6 +80,7 @@ std::tuple<at::Tensor, at::Tensor> kerple_bias_backward_kernel(
   const char* op = "kerple_bias_backward";
   const auto kind =
       detail::check_kerple_bias_backward(op, grad_in, r1_in, r2_in, q_len, k_len, kind_str);
+  detail::check_offsets(op, q_offset, k_offset);
   const auto r1 = r1_in.contiguous();
   const auto r2 = r2_in.contiguous();
   detail::check_kerple_r2_values(op, r2, kind);

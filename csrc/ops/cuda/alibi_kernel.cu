@@ -77,6 +77,7 @@ __global__ void alibi_grad_final_kernel(const double* __restrict__ partial,
 at::Tensor alibi_bias_cuda(const at::Tensor& slopes_in, int64_t q_len, int64_t k_len,
                            int64_t q_offset, int64_t k_offset, bool causal) {
   detail::check_alibi_bias("alibi_bias", slopes_in, q_len, k_len);
+  detail::check_offsets("alibi_bias", q_offset, k_offset);
   const c10::cuda::CUDAGuard guard(slopes_in.device());
   const auto slopes = slopes_in.contiguous();
   const int64_t heads = slopes.size(0);
@@ -98,6 +99,7 @@ at::Tensor alibi_bias_backward_cuda(const at::Tensor& grad_in, const at::Tensor&
                                     int64_t q_len, int64_t k_len, int64_t q_offset,
                                     int64_t k_offset, bool causal) {
   detail::check_alibi_bias_backward("alibi_bias_backward", grad_in, slopes, q_len, k_len);
+  detail::check_offsets("alibi_bias_backward", q_offset, k_offset);
   const c10::cuda::CUDAGuard guard(slopes.device());
   const int64_t heads = slopes.size(0);
   if (heads == 0 || q_len == 0 || k_len == 0) return at::zeros({heads}, slopes.options());

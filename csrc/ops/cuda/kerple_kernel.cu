@@ -112,6 +112,7 @@ at::Tensor kerple_bias_cuda(const at::Tensor& r1_in, const at::Tensor& r2_in, in
                             c10::string_view kind_str, bool causal) {
   const char* op = "kerple_bias";
   const auto kind = detail::check_kerple_bias(op, r1_in, r2_in, q_len, k_len, kind_str);
+  detail::check_offsets(op, q_offset, k_offset);
   const c10::cuda::CUDAGuard guard(r1_in.device());
   const auto r1 = r1_in.contiguous();
   const auto r2 = r2_in.contiguous();
@@ -137,6 +138,7 @@ std::tuple<at::Tensor, at::Tensor> kerple_bias_backward_cuda(
   const char* op = "kerple_bias_backward";
   const auto kind =
       detail::check_kerple_bias_backward(op, grad_in, r1_in, r2_in, q_len, k_len, kind_str);
+  detail::check_offsets(op, q_offset, k_offset);
   const c10::cuda::CUDAGuard guard(r1_in.device());
   const auto r1 = r1_in.contiguous();
   const auto r2 = r2_in.contiguous();

@@ -77,6 +77,7 @@ at::Tensor t5_bias_cuda(const at::Tensor& table_in, int64_t q_len, int64_t k_len
                         int64_t q_offset, int64_t k_offset, bool bidirectional,
                         int64_t max_distance) {
   detail::check_t5_bias("t5_bias", table_in, q_len, k_len, bidirectional, max_distance);
+  detail::check_offsets("t5_bias", q_offset, k_offset);
   const c10::cuda::CUDAGuard guard(table_in.device());
   const auto table = table_in.contiguous();
   const int64_t num_buckets = table.size(0);
@@ -122,6 +123,7 @@ at::Tensor t5_bias_backward_cuda(const at::Tensor& grad_in, const at::Tensor& ta
                                  bool bidirectional, int64_t max_distance) {
   detail::check_t5_bias_backward("t5_bias_backward", grad_in, table, q_len, k_len, bidirectional,
                                  max_distance);
+  detail::check_offsets("t5_bias_backward", q_offset, k_offset);
   const c10::cuda::CUDAGuard guard(table.device());
   const int64_t num_buckets = table.size(0);
   const int64_t heads = table.size(1);

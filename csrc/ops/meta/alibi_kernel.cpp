@@ -8,6 +8,7 @@ namespace {
 at::Tensor alibi_bias_meta(const at::Tensor& slopes, c10::SymInt q_len, c10::SymInt k_len,
                            c10::SymInt q_offset, c10::SymInt k_offset, bool causal) {
   detail::check_alibi_bias("alibi_bias", slopes, q_len, k_len);
+  detail::check_offsets("alibi_bias", q_offset, k_offset);
   return at::empty_symint({slopes.sym_size(0), q_len, k_len}, slopes.options());
 }
 
@@ -15,6 +16,7 @@ at::Tensor alibi_bias_backward_meta(const at::Tensor& grad, const at::Tensor& sl
                                     c10::SymInt q_len, c10::SymInt k_len, c10::SymInt q_offset,
                                     c10::SymInt k_offset, bool causal) {
   detail::check_alibi_bias_backward("alibi_bias_backward", grad, slopes, q_len, k_len);
+  detail::check_offsets("alibi_bias_backward", q_offset, k_offset);
   return at::empty_symint({slopes.sym_size(0)}, slopes.options());
 }
 

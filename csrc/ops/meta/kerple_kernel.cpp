@@ -12,6 +12,7 @@ at::Tensor kerple_bias_meta(const at::Tensor& r1, const at::Tensor& r2, c10::Sym
                             c10::string_view kind, bool causal) {
   // r2's values (r2 >= 0 for "log") are checked by the CPU kernel only.
   detail::check_kerple_bias("kerple_bias", r1, r2, q_len, k_len, kind);
+  detail::check_offsets("kerple_bias", q_offset, k_offset);
   return at::empty_symint({r1.sym_size(0), q_len, k_len}, r1.options());
 }
 
@@ -20,6 +21,7 @@ std::tuple<at::Tensor, at::Tensor> kerple_bias_backward_meta(
     c10::SymInt k_len, c10::SymInt q_offset, c10::SymInt k_offset, c10::string_view kind,
     bool causal) {
   detail::check_kerple_bias_backward("kerple_bias_backward", grad, r1, r2, q_len, k_len, kind);
+  detail::check_offsets("kerple_bias_backward", q_offset, k_offset);
   return {at::empty_symint({r1.sym_size(0)}, r1.options()),
           at::empty_symint({r1.sym_size(0)}, r1.options())};
 }

@@ -16,6 +16,7 @@ at::Tensor t5_bias_meta(const at::Tensor& table, c10::SymInt q_len, c10::SymInt 
                         c10::SymInt q_offset, c10::SymInt k_offset, bool bidirectional,
                         int64_t max_distance) {
   detail::check_t5_bias("t5_bias", table, q_len, k_len, bidirectional, max_distance);
+  detail::check_offsets("t5_bias", q_offset, k_offset);
   return at::empty_symint({table.sym_size(1), q_len, k_len}, table.options());
 }
 
@@ -24,6 +25,7 @@ at::Tensor t5_bias_backward_meta(const at::Tensor& grad, const at::Tensor& table
                                  c10::SymInt k_offset, bool bidirectional, int64_t max_distance) {
   detail::check_t5_bias_backward("t5_bias_backward", grad, table, q_len, k_len, bidirectional,
                                  max_distance);
+  detail::check_offsets("t5_bias_backward", q_offset, k_offset);
   return at::empty_symint(table.sym_sizes(), table.options());
 }
 
