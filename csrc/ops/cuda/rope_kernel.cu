@@ -22,26 +22,10 @@ using detail::rope_pair_index;
 constexpr int kThreads = 256;
 constexpr int64_t kMaxHeadsPerThread = 4;
 
-// A 4-D tensor seen as (B, H, S, D) whatever its layout: sizes and element strides.
-struct Bhsd {
-  int64_t size[4];
-  int64_t stride[4];
-  C10_HOST_DEVICE int64_t offset(int64_t b, int64_t h, int64_t s) const {
-    return b * stride[0] + h * stride[1] + s * stride[2];
-  }
-};
-
-Bhsd bhsd(const at::Tensor& t, bool bshd) {
-  static constexpr int64_t kBhsd[4] = {0, 1, 2, 3};
-  static constexpr int64_t kBshd[4] = {0, 2, 1, 3};
-  const int64_t* perm = bshd ? kBshd : kBhsd;
-  Bhsd g{};
-  for (int i = 0; i < 4; ++i) {
-    g.size[i] = t.size(perm[i]);
-    g.stride[i] = t.stride(perm[i]);
-  }
-  return g;
-}
+using detail::Bhsd;
+using detail::bhsd;
+using detail::RopeParams;
+using detail::thd;
 
 // A (S, R) or (B, S, R) cos/sin table: element strides, batch stride 0 for a shared table.
 struct Table {
@@ -262,26 +246,6 @@ __global__ void apply_rotary_table_grad_kernel(const scalar_t* __restrict__ x, B
   }
 }
 
-// A packed "thd" tensor (T, H, D) seen as (1, H, T, D).
-Bhsd thd(const at::Tensor& t) {
-  return {{1, t.size(1), t.size(0), t.size(2)}, {0, t.stride(1), t.stride(0), t.stride(2)}};
-}
-
-// Everything of a rope call except the tensor it rotates.
-struct RopeParams {
-  const std::optional<at::Tensor>& positions;
-  const at::Tensor& inv_freq;
-  int64_t offset;
-  std::optional<int64_t> rotary_dim;
-  bool interleaved;
-  c10::string_view layout;
-  const std::optional<at::Tensor>& cu_seqlens;
-  double attention_factor;
-  const std::optional<at::Tensor>& xpos_zeta;
-  double xpos_scale_base;
-  bool xpos_inverse;
-  int64_t xpos_centre;
-};
 
 // The values of cu_seqlens and xpos_zeta are not checked here (that needs a device-to-host
 // copy and a sync); see detail::check_rope_values and the docs of posenc::ops::rope.
