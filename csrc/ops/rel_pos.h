@@ -114,5 +114,28 @@ C10_HOST_DEVICE inline RelPosSpan rel_pos_span(int64_t d0, int64_t k_len, int64_
   return {j1, j2};
 }
 
+// Sizes of a rel_pos_scores call and where its distances start, shared by the CPU and CUDA
+// kernels: c is the centre row, m the clipping distance.
+struct RelPosGeometry {
+  int64_t batch, heads, q_len, dim, rows, k_len, c, m, base;
+};
+
+inline RelPosGeometry rel_pos_geometry(const at::Tensor& q, const at::Tensor& rel_emb,
+                                       int64_t q_offset, int64_t k_offset, int64_t k_len,
+                                       std::optional<int64_t> max_distance) {
+  RelPosGeometry g{};
+  g.batch = q.size(0);
+  g.heads = q.size(1);
+  g.q_len = q.size(2);
+  g.dim = q.size(3);
+  g.rows = rel_emb.size(1);
+  g.k_len = k_len;
+  g.c = (g.rows - 1) / 2;
+  g.m = max_distance.value_or(g.c);
+  g.base = rel_pos_base_distance(q_offset, k_offset, g.m, g.q_len, k_len);
+  return g;
+}
+
 }  // namespace detail
 }  // namespace posenc
+

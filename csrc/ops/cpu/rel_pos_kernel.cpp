@@ -42,24 +42,8 @@ inline double sum(const scalar_t* g, int64_t begin, int64_t end) {
   return s;
 }
 
-struct Geometry {
-  int64_t batch, heads, q_len, dim, rows, k_len, c, m, base;
-};
+using Geometry = detail::RelPosGeometry;
 
-Geometry geometry(const at::Tensor& q, const at::Tensor& rel_emb, int64_t q_offset,
-                  int64_t k_offset, int64_t k_len, std::optional<int64_t> max_distance) {
-  Geometry g{};
-  g.batch = q.size(0);
-  g.heads = q.size(1);
-  g.q_len = q.size(2);
-  g.dim = q.size(3);
-  g.rows = rel_emb.size(1);
-  g.k_len = k_len;
-  g.c = (g.rows - 1) / 2;
-  g.m = max_distance.value_or(g.c);
-  g.base = detail::rel_pos_base_distance(q_offset, k_offset, g.m, g.q_len, k_len);
-  return g;
-}
 
 at::Tensor rel_pos_scores_forward_kernel(const at::Tensor& q_in, const at::Tensor& rel_emb_in,
                                          int64_t q_offset, int64_t k_offset, int64_t k_len,
@@ -69,7 +53,7 @@ at::Tensor rel_pos_scores_forward_kernel(const at::Tensor& q_in, const at::Tenso
   if (out.numel() == 0) return out;
   const auto q = q_in.contiguous();
   const auto rel_emb = rel_emb_in.contiguous();
-  const Geometry G = geometry(q, rel_emb, q_offset, k_offset, k_len, max_distance);
+  const Geometry G = detail::rel_pos_geometry(q, rel_emb, q_offset, k_offset, k_len, max_distance);
   const int64_t n_rows = G.batch * G.heads * G.q_len;
   // Work per query row: k_len stores and at most min(k_len, 2M + 1) dot products.
   const int64_t row_work = G.k_len + std::min(G.k_len, 2 * G.m + 1) * G.dim;
@@ -119,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor> rel_pos_scores_backward_kernel(
   const auto grad = grad_in.to(q_in.scalar_type()).contiguous();
   const auto q = q_in.contiguous();
   const auto rel_emb = rel_emb_in.contiguous();
-  const Geometry G = geometry(q, rel_emb, q_offset, k_offset, k_len, max_distance);
+  const Geometry G = detail::rel_pos_geometry(q, rel_emb, q_offset, k_offset, k_len, max_distance);
   const int64_t n_rows = G.batch * G.heads * G.q_len;
   const int64_t row_work = G.k_len + std::min(G.k_len, 2 * G.m + 1) * G.dim;
 

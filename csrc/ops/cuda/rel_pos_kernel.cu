@@ -30,24 +30,8 @@ struct Strides4 {
 
 Strides4 strides4(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
-struct Geometry {
-  int64_t batch, heads, q_len, dim, rows, k_len, c, m, base;
-};
+using Geometry = detail::RelPosGeometry;
 
-Geometry geometry(const at::Tensor& q, const at::Tensor& rel_emb, int64_t q_offset,
-                  int64_t k_offset, int64_t k_len, std::optional<int64_t> max_distance) {
-  Geometry g{};
-  g.batch = q.size(0);
-  g.heads = q.size(1);
-  g.q_len = q.size(2);
-  g.dim = q.size(3);
-  g.rows = rel_emb.size(1);
-  g.k_len = k_len;
-  g.c = (g.rows - 1) / 2;
-  g.m = max_distance.value_or(g.c);
-  g.base = detail::rel_pos_base_distance(q_offset, k_offset, g.m, g.q_len, k_len);
-  return g;
-}
 
 // One block per query row (b, h, i), grid-stride. The q row is staged in shared memory (in
 // opmath) when it fits; each thread then takes keys j. Keys clipped to an edge row share one
@@ -234,7 +218,7 @@ at::Tensor rel_pos_scores_cuda(const at::Tensor& q, const at::Tensor& rel_emb_in
   auto out = at::empty({q.size(0), q.size(1), q.size(2), k_len}, q.options());
   if (out.numel() == 0) return out;
   const auto rel_emb = rel_emb_in.contiguous();  // a parameter: small
-  const Geometry G = geometry(q, rel_emb, q_offset, k_offset, k_len, max_distance);
+  const Geometry G = detail::rel_pos_geometry(q, rel_emb, q_offset, k_offset, k_len, max_distance);
   const int64_t n_rows = G.batch * G.heads * G.q_len;
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
@@ -267,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor> rel_pos_scores_backward_cuda(
   }
   const auto grad = grad_in.to(q.scalar_type());  // read through its strides
   const auto rel_emb = rel_emb_in.contiguous();
-  const Geometry G = geometry(q, rel_emb, q_offset, k_offset, k_len, max_distance);
+  const Geometry G = detail::rel_pos_geometry(q, rel_emb, q_offset, k_offset, k_len, max_distance);
   const int64_t n_rows = G.batch * G.heads * G.q_len;
   auto grad_q = at::empty(q.sizes(), q.options());
   auto grad_emb = at::empty(rel_emb.sizes(), rel_emb.options());
