@@ -37,6 +37,8 @@ from . import nn  # noqa: E402
 from . import cpp  # noqa: E402
 from . import rope_config  # noqa: E402
 from . import hf  # noqa: E402
+from . import kv_cache  # noqa: E402
+from .kv_cache import RopeKVCache  # noqa: E402
 
 __version__: str = _torch.ops.posenc.version()
-__all__ = ["ops", "nn", "cpp", "rope_config", "hf", "__version__"]
+__all__ = ["ops", "nn", "cpp", "rope_config", "hf", "kv_cache", "RopeKVCache", "__version__"]
