@@ -3,8 +3,8 @@
 Dynamic NTK and LongRoPE choose their frequencies from the current total length ``L``
 (:meth:`posenc.rope_config.RopeConfig.compute`). A full forward pass over ``L`` tokens rotates
 *every* position with the frequencies for ``L``. An ordinary KV cache stores keys already
-rotated, each with the frequencies current at the step that produced it (what transformers'
-``DynamicCache`` does), so once the frequencies change the cached keys and the new queries no
+rotated, each with the frequencies current at the step that produced it (what transformers
+does with its ``DynamicCache``), so once the frequencies change the cached keys and the new queries no
 longer share one rotation: decoding drifts away from a full recompute. :class:`RopeKVCache`
 keeps the un-rotated keys and re-rotates them whenever the frequencies change ("exact" mode).
 
@@ -21,7 +21,8 @@ Semantics, cost and memory
   Cost: re-rotation is O(cache) work, done only when the frequencies change: for dynamic NTK
   at every step once ``L > max_position_embeddings``, for LongRoPE once, when ``L`` first
   exceeds ``original_max_position_embeddings``; never for the other types (their
-  frequencies do not depend on the length, and are computed once). Memory: the raw and the
+  frequencies do not depend on the length, and are computed once; dynamic and LongRoPE
+  recompute ``inv_freq``, a few floats, at every update). Memory: the raw and the
   rotated keys (one extra key-sized tensor over an ordinary cache) plus the values.
 * "static": each key is rotated once, with the frequencies current at the step it arrives,
   and never again (transformers' behaviour); no raw keys are kept. Given for comparison:
@@ -38,10 +39,14 @@ frequencies change, a stack of two or more RoPE attention layers decoded with an
 (this one included) cannot give the logits of a full recompute unless every layer is
 recomputed over the whole prefix. For a single attention layer (or layers whose inputs do
 not depend on the frequencies) decoding equals the full recompute; for a deeper model the
-first layer is exact and the later ones are exact for their cached inputs. This is measured
-in tests/python/test_kv_cache.py. ``last_update_changed_frequencies`` tells a caller when the
-frequencies changed, e.g. to re-run the prefix through the model if bit-exactness with a full
-recompute matters more than the cost.
+first layer is exact and the later ones are exact for their cached inputs. Measured in
+tests/python/test_kv_cache.py on a tiny random fp32 model: one layer stays within 1e-6 of
+the full recompute's logits across the LongRoPE switch and dynamic NTK growth (the static
+cache: 0.3-0.8 apart); two layers with this cache are 0.1-0.6 apart once the frequencies
+have changed (within 1e-6 before, and throughout for types with fixed frequencies).
+``last_update_changed_frequencies`` tells a caller when the frequencies changed, e.g. to
+re-run the prefix through the model when agreement with a full recompute matters more than
+the cost.
 
 Magnitude scalings pass through :func:`posenc.ops.rope`: the attention factor multiplies
 queries and keys; for ``rope_type="xpos"`` queries get ``zeta ** ((p - xpos_centre) /
