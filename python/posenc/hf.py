@@ -47,7 +47,6 @@ GPT-NeoX, ... whose attention calls the modeling module's ``apply_rotary_pos_emb
   computed in the kernel for ``fused=True``);
 * :func:`use_posenc_rope` swaps both into a model (and restores them).
 """
-import contextlib
 import copy
 import difflib
 import inspect
@@ -562,7 +561,9 @@ class PosencRopeSwap:
         self.originals: List[nn.Module] = []
         self._slots: List[Tuple[nn.Module, str]] = []
         for parent, attr, theirs in found:
-            config = getattr(theirs, "config", None) or model.config
+            config = getattr(theirs, "config", None)
+            if config is None:
+                config = model.config
             device = theirs.inv_freq.device if isinstance(
                 getattr(theirs, "inv_freq", None), Tensor) else None
             ours = RotaryEmbedding(config, device=device, fused=fused)
