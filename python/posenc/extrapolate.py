@@ -532,20 +532,20 @@ def plot(results: Dict[str, dict], lengths: Sequence[int], train_len: int, unigr
     # Encodings solid in the default colours; the RoPE scaling rows in rope's colour family,
     # dashed (evaluation-time scaling) or dotted (fine-tuned).
     base_colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    rope_shades = plt.get_cmap("Blues")
+    rope_shades = plt.get_cmap("Reds")
     scaled = [enc for enc, r in results.items() if r.get("base") == "rope"]
-    color_i = 0
     for enc, r in results.items():
         xs = [n for n in lengths if r["eval"][str(n)]["ppl"] is not None]
         ys = [r["eval"][str(n)]["ppl"] for n in xs]
         label = enc if len(xs) == len(lengths) else f"{enc} (n/a past {max(xs) if xs else 0})"
         if enc in scaled:
-            shade = rope_shades(0.4 + 0.6 * scaled.index(enc) / max(1, len(scaled) - 1))
+            shade = rope_shades(0.35 + 0.65 * scaled.index(enc) / max(1, len(scaled) - 1))
             style = ":" if "finetune" in r else "--"
             ax.plot(xs, ys, marker=".", linestyle=style, color=shade, label=label)
         else:
-            ax.plot(xs, ys, marker="o", color=base_colors[color_i % len(base_colors)], label=label)
-            color_i += 1
+            # One colour per encoding whatever --encodings selects (rope is always red).
+            color = base_colors[ENCODINGS.index(enc) % len(base_colors)]
+            ax.plot(xs, ys, marker="o", color=color, label=label)
     ax.axvline(train_len, color="gray", linestyle="--", linewidth=1)
     ax.text(train_len, 0.98, f" training length {train_len}", transform=ax.get_xaxis_transform(),
             va="top", ha="left", color="gray", fontsize=8)
