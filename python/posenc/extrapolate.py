@@ -93,7 +93,8 @@ Flags (``--help`` lists the defaults):
 * ``--quick``: L=32, a 1-layer d_model 32 model, 200 steps, evaluated at 1x, 2x and 4x L on
   8192 bytes: the whole pipeline in seconds (explicit flags still override it).
 
-Defaults take about 4-5 minutes on one core of a busy machine; ``--quick`` about 15 seconds.
+Defaults take about 4-5 minutes on one core of a busy machine (8 under heavy load; the RoPE
+scaling rows add about 10%); ``--quick`` 15-30 seconds.
 The same ``--seed`` gives the same numbers twice: the model initialisation, the batch order
 and the kernels are deterministic.
 
@@ -114,6 +115,7 @@ import math
 import os
 import platform
 import sys
+import textwrap
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -516,7 +518,8 @@ def format_table(results: Dict[str, dict], lengths: Sequence[int], train_len: in
                      + (f"{secs:>10.1f}" if secs is not None else f"{'-':>10}"))
     if notes:
         lines.append("-" * len(head))
-        lines.extend(notes)
+        for note in notes:
+            lines.extend(textwrap.wrap(note, width=len(head), subsequent_indent="  "))
     return "\n".join(lines)
 
 
