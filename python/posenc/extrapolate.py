@@ -24,6 +24,34 @@ Encodings (``--encodings``, comma separated, default all):
 * ``xl``          Transformer-XL relative attention: content score ``(q + u) k^T`` plus the
   position score of ``posenc.nn.TransformerXLRelativeScore`` (per layer), no memory.
 
+RoPE scalings (``--rope-scalings``, default all; rows ``rope+<scaling>``): the trained ``rope``
+model, not retrained, evaluated with the frequencies of a context-extension scaling from
+``posenc.rope_config.RopeConfig`` (``posenc.ops.rope`` with its ``inv_freq`` and
+``attention_factor``). The papers set the factor to target length / original length; here the
+target is the evaluated length ``n``, so the factor is ``s = max(1, n / L)``: at ``n <= L``
+every scaling is the identity and the row equals ``rope`` exactly.
+
+* ``linear``   position interpolation (Chen et al. 2023): frequencies divided by ``s``.
+* ``ntk``      NTK-aware base ``10000 * s ** (d / (d - 2))`` (bloc97 2023).
+* ``dynamic``  dynamic NTK (emozilla 2023; transformers ``dynamic`` with ``factor = 1``,
+  ``max_position_embeddings = L``): the NTK base for ``s = max(1, current length / L)``. Run
+  over a whole window at once it would equal ``ntk`` (the current length is ``n``), so it is
+  evaluated as in generation: the bytes of each block of ``L`` are predicted by a pass over the
+  window up to the block's end with ``s`` = that length / ``L`` (a full recompute: every
+  earlier key is rotated with the current frequencies). This costs ``(n / L + 1) / 2`` passes.
+* ``yarn``     YaRN (Peng et al. 2023): NTK-by-parts with ``original_max_position_embeddings =
+  L``, ``beta_fast = 32``, ``beta_slow = 1``, attention factor ``0.1 ln s + 1`` on q and k.
+
+Fine-tuned scalings (``--finetune-steps``, default 10% of ``--steps``, 0 disables; rows
+``rope+linear-ft2x`` and ``rope+yarn-ft2x``): as in the PI and YaRN papers, a copy of the rope
+model is fine-tuned briefly at ``2L`` with the scaling at factor 2 (fresh AdamW, peak rate
+``--finetune-lr``, default 0.1 x ``--lr``, the training schedule, batches from seed + 1), then
+evaluated at every length with factor ``max(2, n / L)``: the factor it was tuned with up to
+``2L`` (the papers evaluate a fine-tuned model at its fixed factor), and a factor that grows
+with the length past it, like the zero-shot rows (with factor 2 fixed, lengths past ``2L`` would
+put positions outside the tuned range). At ``n = L`` these rows show what fine-tuning with
+scaling costs at the original length. The table's ``train s`` column holds their fine-tune time.
+
 Model: pre-LayerNorm decoder (byte embedding, ``--layers`` blocks of causal multi-head
 attention with ``--heads`` heads + 4x GELU MLP, final LayerNorm, linear head over 256 bytes),
 no dropout. Attention is ``torch.nn.functional.scaled_dot_product_attention``; the relative
@@ -58,12 +86,15 @@ Flags (``--help`` lists the defaults):
 * data: ``--corpus PATH``, ``--heldout-frac`` (0.1), ``--eval-factors`` (``1,2,4,8,16``),
   ``--eval-bytes`` (held-out bytes scored, 32768), ``--eval-tokens`` (bytes per evaluation
   batch: a memory knob, the numbers change only in the last bits);
+* RoPE scaling: ``--rope-scalings`` (``linear,ntk,dynamic,yarn``; ``none``),
+  ``--finetune-steps`` (10% of ``--steps``), ``--finetune-lr`` (0.1 x ``--lr``);
 * running: ``--out``, ``--threads`` (``torch.set_num_threads``; default 1, ``0`` for all
   usable cores: see below), ``--no-plot``, ``--no-progress`` (tqdm bars go to stderr);
 * ``--quick``: L=32, a 1-layer d_model 32 model, 200 steps, evaluated at 1x, 2x and 4x L on
   8192 bytes: the whole pipeline in seconds (explicit flags still override it).
 
-Defaults take about 4-5 minutes on one core of a busy machine; ``--quick`` about 15 seconds.
+Defaults take about 4-5 minutes on one core of a busy machine (8 under heavy load; the RoPE
+scaling rows add about 10%); ``--quick`` 15-30 seconds.
 The same ``--seed`` gives the same numbers twice: the model initialisation, the batch order
 and the kernels are deterministic.
 
@@ -78,13 +109,15 @@ Run as ``posenc-extrapolate`` (console script) or ``python -m posenc.extrapolate
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import platform
 import sys
+import textwrap
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +125,7 @@ from torch import Tensor, nn
 
 import posenc
 import posenc.nn as pnn
+from posenc.rope_config import RopeConfig
 
 ENCODINGS = ("none", "sinusoidal", "learned", "rope", "alibi", "t5", "kerple", "xl")
 DEFAULT_FACTORS = (1, 2, 4, 8, 16)
@@ -103,6 +137,11 @@ QUICK_FACTORS = (1, 2, 4)
 DEFAULTS = dict(train_len=64, steps=800, batch_size=16, d_model=64, layers=2, heads=4, lr=6e-3)
 QUICK = dict(train_len=32, steps=200, batch_size=16, d_model=32, layers=1, heads=2, lr=1e-2)
 T5_BUCKETS = 32
+# RoPE scalings applied to the trained rope model at evaluation time, and the ones that also get
+# a short fine-tune at FT_FACTOR x L (as Chen et al. 2023 and Peng et al. 2023 fine-tune).
+SCALINGS = ("linear", "ntk", "dynamic", "yarn")
+FT_SCALINGS = ("linear", "yarn")
+FT_FACTOR = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +175,67 @@ def unigram_ppl(train: Tensor, heldout_targets: Tensor) -> float:
 # Model
 
 
+class RopeScaling:
+    """RoPE frequencies of one scaling for a forward pass over ``length`` tokens.
+
+    ``frequencies(length)`` returns ``(inv_freq, attention_factor)`` from
+    :class:`posenc.rope_config.RopeConfig`, or ``None`` when the scaling is the identity
+    (factor 1, or dynamic at ``length <= train_len``): the model then keeps the frequencies it
+    was trained with, so a row equals plain ``rope`` there exactly. (RopeConfig rounds like
+    transformers, 1 ulp away from ``posenc.ops.rope_inv_freq`` for some frequencies.)
+
+    * ``linear`` (PI), ``ntk``, ``yarn``: ``factor = max(min_factor, length / train_len)``, the
+      papers' ``s = target length / original length`` with the target being the evaluated
+      length; yarn with ``original_max_position_embeddings = train_len``, its default
+      ``beta_fast``/``beta_slow`` (32/1) and attention factor ``0.1 ln s + 1``.
+    * ``dynamic``: dynamic NTK with ``factor = 1`` and ``max_position_embeddings = train_len``,
+      i.e. the NTK base for ``s = max(1, length / train_len)`` with ``length`` the current
+      total length (``seq_len``).
+    """
+
+    def __init__(self, kind: str, head_dim: int, train_len: int, min_factor: float = 1.0):
+        if kind not in SCALINGS:
+            raise ValueError(f"unknown RoPE scaling {kind!r}; choose from {', '.join(SCALINGS)}")
+        self.kind = kind
+        self.head_dim = head_dim
+        self.train_len = train_len
+        self.min_factor = float(min_factor)
+        self._cache: Dict[int, Optional[Tuple[Tensor, float]]] = {}
+
+    def factor(self, length: int) -> float:
+        return max(self.min_factor, length / self.train_len)
+
+    def config(self, length: int) -> Optional[RopeConfig]:
+        if self.kind == "dynamic":
+            if length <= self.train_len:
+                return None
+            return RopeConfig(self.head_dim, rope_type="dynamic", factor=1.0,
+                              max_position_embeddings=self.train_len)
+        s = self.factor(length)
+        if s == 1.0:
+            return None
+        if self.kind == "yarn":
+            return RopeConfig(self.head_dim, rope_type="yarn", factor=s,
+                              original_max_position_embeddings=self.train_len)
+        return RopeConfig(self.head_dim, rope_type=self.kind, factor=s)
+
+    def frequencies(self, length: int) -> Optional[Tuple[Tensor, float]]:
+        if length not in self._cache:
+            cfg = self.config(length)
+            self._cache[length] = None if cfg is None else cfg.compute(seq_len=length)
+        return self._cache[length]
+
+    def describe(self) -> dict:
+        if self.kind == "dynamic":
+            return {"rope_type": "dynamic", "factor": 1.0, "max_position_embeddings": self.train_len,
+                    "seq_len": "current total length (see dynamic_block)"}
+        d = {"rope_type": self.kind, "factor": f"max({self.min_factor:g}, eval_len / {self.train_len})"}
+        if self.kind == "yarn":
+            d.update(original_max_position_embeddings=self.train_len, beta_fast=32, beta_slow=1,
+                     attention_factor="0.1 ln(factor) + 1")
+        return d
+
+
 class Attention(nn.Module):
     """Causal multi-head self-attention; the encoding decides what goes into the scores."""
 
@@ -154,11 +254,17 @@ class Attention(nn.Module):
             pnn.TransformerXLRelativeScore(d_model, heads, self.head_dim) if encoding == "xl" else None
         )
 
-    def forward(self, x: Tensor, shared_bias: Optional[Tensor], causal: Tensor) -> Tensor:
+    def forward(self, x: Tensor, shared_bias: Optional[Tensor], causal: Tensor,
+                rope_freqs: Optional[Tuple[Tensor, float]] = None) -> Tensor:
         B, S, D = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         mask: Optional[Tensor] = None
-        if self.rope is not None:
+        if self.rope is not None and rope_freqs is not None:
+            # A RoPE scaling at evaluation (or fine-tuning) time: same weights, other frequencies.
+            inv_freq, attention_factor = rope_freqs
+            q = posenc.ops.rope(q, None, inv_freq, attention_factor=attention_factor)
+            k = posenc.ops.rope(k, None, inv_freq, attention_factor=attention_factor)
+        elif self.rope is not None:
             q, k = self.rope(q, k)
         elif shared_bias is not None:
             mask = shared_bias + causal
@@ -186,8 +292,9 @@ class Block(nn.Module):
             nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
         )
 
-    def forward(self, x: Tensor, shared_bias: Optional[Tensor], causal: Tensor) -> Tensor:
-        x = x + self.attn(self.ln1(x), shared_bias, causal)
+    def forward(self, x: Tensor, shared_bias: Optional[Tensor], causal: Tensor,
+                rope_freqs: Optional[Tuple[Tensor, float]] = None) -> Tensor:
+        x = x + self.attn(self.ln1(x), shared_bias, causal, rope_freqs)
         return x + self.mlp(self.ln2(x))
 
 
@@ -232,6 +339,8 @@ class ByteLM(nn.Module):
         self.blocks = nn.ModuleList(Block(d_model, heads, encoding) for _ in range(layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, 256)
+        # rope only: a RopeScaling to use instead of the trained frequencies (None: plain RoPE).
+        self.rope_scaling: Optional[RopeScaling] = None
 
     def forward(self, idx: Tensor) -> Tensor:
         S = idx.size(1)
@@ -240,8 +349,9 @@ class ByteLM(nn.Module):
             x = self.absolute(x)  # learned: raises past its table, before any compute
         causal = torch.full((S, S), float("-inf"), device=idx.device).triu(1)
         shared_bias = self.shared(S, S) if self.shared is not None else None
+        rope_freqs = self.rope_scaling.frequencies(S) if self.rope_scaling is not None else None
         for block in self.blocks:
-            x = block(x, shared_bias, causal)
+            x = block(x, shared_bias, causal, rope_freqs)
         return self.head(self.ln_f(x))
 
 
@@ -301,11 +411,35 @@ def is_past_table(err: RuntimeError) -> bool:
     return "LearnedPositionalEmbedding" in msg and "past the table" in msg
 
 
+def finetune(
+    base: ByteLM, kind: str, train: Tensor, train_len: int, steps: int, batch_size: int,
+    lr: float, seed: int, desc: str, quiet: bool,
+) -> Tuple[ByteLM, List[float]]:
+    """A copy of the trained rope model fine-tuned at ``FT_FACTOR * L`` with scaling ``kind``.
+
+    The copy is trained with the scaling fixed at ``FT_FACTOR`` (factor ``max(FT_FACTOR,
+    n / L)`` at a length ``n``), on random windows of ``FT_FACTOR * L + 1`` training bytes
+    (seed ``seed + 1``: the same batches for every scaling), with a fresh AdamW and the same
+    warm-up + cosine schedule as training at peak rate ``lr``. ``base`` is not changed.
+    """
+    model = copy.deepcopy(base)
+    model.rope_scaling = RopeScaling(kind, model.blocks[0].attn.head_dim, train_len, FT_FACTOR)
+    length = FT_FACTOR * train_len
+    starts = batch_starts(train.numel(), length, steps, batch_size, seed + 1)
+    return model, train_one(model, train, starts, length, lr, desc, quiet)
+
+
 @torch.inference_mode()
 def evaluate(
-    model: ByteLM, heldout: Tensor, length: int, eval_tokens: int, desc: str, quiet: bool
+    model: ByteLM, heldout: Tensor, length: int, eval_tokens: int, desc: str, quiet: bool,
+    block: Optional[int] = None,
 ) -> Dict[str, object]:
-    """Mean NLL over non-overlapping windows of ``length`` bytes (each predicts its next bytes)."""
+    """Mean NLL over non-overlapping windows of ``length`` bytes (each predicts its next bytes).
+
+    ``block`` (for dynamic scaling): predict each window's bytes ``block`` at a time, the bytes
+    in ``[e - block, e)`` from one forward pass over the window's first ``e`` bytes, so that
+    the model's current total length is ``e``, as when generating. ``None``: one pass.
+    """
     from tqdm import tqdm
 
     model.eval()
@@ -316,13 +450,16 @@ def evaluate(
     total = 0.0
     count = 0
     bar = tqdm(range(0, n_win, per_batch), desc=desc, leave=False, disable=quiet, dynamic_ncols=True)
+    ends = [length] if block is None else sorted(set(range(block, length, block)) | {length})
     for i in bar:
-        logits = model(x[i : i + per_batch])
-        nll = F.cross_entropy(
-            logits.reshape(-1, 256).double(), y[i : i + per_batch].reshape(-1), reduction="sum"
-        )
-        total += nll.item()
-        count += y[i : i + per_batch].numel()
+        start = 0
+        for end in ends:
+            logits = model(x[i : i + per_batch, :end])[:, start:]
+            target = y[i : i + per_batch, start:end]
+            nll = F.cross_entropy(logits.reshape(-1, 256).double(), target.reshape(-1), reduction="sum")
+            total += nll.item()
+            count += target.numel()
+            start = end
     bar.close()
     mean = total / count
     return {"ppl": math.exp(mean), "bits_per_byte": mean / math.log(2), "bytes": count}
@@ -336,10 +473,34 @@ def na_marker(train_len: int) -> str:
     return f"n/a (table {train_len})"
 
 
+def scaled_name(kind: str) -> str:
+    return f"rope+{kind}"
+
+
+def finetuned_name(kind: str) -> str:
+    return f"rope+{kind}-ft{FT_FACTOR}x"
+
+
+def table_notes(cfg: dict) -> List[str]:
+    notes = []
+    if "rope" in cfg["encodings"] and cfg["rope_scalings"]:
+        notes.append(
+            "rope+<scaling>: the trained rope model, no retraining, evaluated with that RoPE "
+            "scaling at factor max(1, n/L) for length n (dynamic NTK: s = max(1, current length / "
+            "L), growing every L bytes as in generation); at n <= L it is plain rope.")
+    if "rope" in cfg["encodings"] and cfg["finetune_steps"]:
+        notes.append(
+            f"rope+<scaling>-ft{FT_FACTOR}x: the rope model fine-tuned {cfg['finetune_steps']} steps "
+            f"at {FT_FACTOR}L with factor {FT_FACTOR}, evaluated at factor max({FT_FACTOR}, n/L); "
+            "its 'train s' is the fine-tune time.")
+    return notes
+
+
 def format_table(results: Dict[str, dict], lengths: Sequence[int], train_len: int, unigram: float,
-                 scored: int) -> str:
+                 scored: int, notes: Sequence[str] = ()) -> str:
     width = max(9, len(na_marker(train_len)) + 1)
-    head = f"{'encoding':<11}" + "".join(f"{n:>{width}}" for n in lengths) + f"{'train s':>10}"
+    name_w = max(11, max(len(k) for k in results) + 1)
+    head = f"{'encoding':<{name_w}}" + "".join(f"{n:>{width}}" for n in lengths) + f"{'train s':>10}"
     lines = [
         f"Perplexity per byte on held-out text; trained at L={train_len}; "
         f"non-overlapping windows of each length score the same {scored} bytes "
@@ -352,7 +513,13 @@ def format_table(results: Dict[str, dict], lengths: Sequence[int], train_len: in
         for n in lengths:
             e = r["eval"][str(n)]
             cells.append(f"{e['ppl']:>{width}.3f}" if e["ppl"] is not None else f"{e['note']:>{width}}")
-        lines.append(f"{enc:<11}" + "".join(cells) + f"{r['train_seconds']:>10.1f}")
+        secs = r["train_seconds"]
+        lines.append(f"{enc:<{name_w}}" + "".join(cells)
+                     + (f"{secs:>10.1f}" if secs is not None else f"{'-':>10}"))
+    if notes:
+        lines.append("-" * len(head))
+        for note in notes:
+            lines.extend(textwrap.wrap(note, width=len(head), subsequent_indent="  "))
     return "\n".join(lines)
 
 
@@ -364,12 +531,24 @@ def plot(results: Dict[str, dict], lengths: Sequence[int], train_len: int, unigr
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.5, 5.2), dpi=120)
+    # Encodings solid in the default colours; the RoPE scaling rows in rope's colour family,
+    # dashed (evaluation-time scaling) or dotted (fine-tuned).
+    base_colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    rope_shades = plt.get_cmap("Reds")
+    scaled = [enc for enc, r in results.items() if r.get("base") == "rope"]
     for enc, r in results.items():
         xs = [n for n in lengths if r["eval"][str(n)]["ppl"] is not None]
         ys = [r["eval"][str(n)]["ppl"] for n in xs]
         label = enc if len(xs) == len(lengths) else f"{enc} (n/a past {max(xs) if xs else 0})"
-        ax.plot(xs, ys, marker="o", label=label)
+        if enc in scaled:
+            shade = rope_shades(0.35 + 0.65 * scaled.index(enc) / max(1, len(scaled) - 1))
+            style = ":" if "finetune" in r else "--"
+            ax.plot(xs, ys, marker=".", linestyle=style, color=shade, label=label)
+        else:
+            # One colour per encoding whatever --encodings selects (rope is always red).
+            color = base_colors[ENCODINGS.index(enc) % len(base_colors)]
+            ax.plot(xs, ys, marker="o", color=color, label=label)
     ax.axvline(train_len, color="gray", linestyle="--", linewidth=1)
     ax.text(train_len, 0.98, f" training length {train_len}", transform=ax.get_xaxis_transform(),
             va="top", ha="left", color="gray", fontsize=8)
@@ -441,6 +620,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-tokens", type=positive_int, default=16384,
                    help="bytes per evaluation batch (default 16384; a memory knob: the numbers change "
                    "only in the last bits)")
+    p.add_argument("--rope-scalings", default=None,
+                   help="RoPE scalings applied to the trained rope model at evaluation time, comma "
+                   "separated subset of " + ",".join(SCALINGS) + " (default all; 'none' for no "
+                   "rows); factor max(1, n/L) at length n, dynamic NTK from the current length")
+    p.add_argument("--finetune-steps", type=int, default=None,
+                   help=f"fine-tune copies of the rope model this many steps at {FT_FACTOR}L with "
+                   f"linear (PI) and YaRN scaling, factor {FT_FACTOR} (evaluated at max("
+                   f"{FT_FACTOR}, n/L)); default 10%% of --steps, 0 disables")
+    p.add_argument("--finetune-lr", type=float, default=None,
+                   help="peak learning rate of the fine-tune (default 0.1 x --lr)")
     p.add_argument("--out", default="extrapolate_out",
                    help="output directory (default ./extrapolate_out)")
     p.add_argument("--threads", type=int, default=1,
@@ -474,6 +663,30 @@ def resolve_config(args: argparse.Namespace) -> dict:
             raise SystemExit("posenc-extrapolate: --eval-factors must be positive integers")
     else:
         factors = list(QUICK_FACTORS if args.quick else DEFAULT_FACTORS)
+    if args.rope_scalings is None:
+        scalings = list(SCALINGS) if "rope" in encodings else []
+    else:
+        scalings = [k.strip() for k in args.rope_scalings.split(",") if k.strip()]
+        if scalings == ["none"]:
+            scalings = []
+        bad = [k for k in scalings if k not in SCALINGS]
+        if bad:
+            raise SystemExit(
+                f"posenc-extrapolate: unknown RoPE scaling(s) {bad}; choose from "
+                f"{','.join(SCALINGS)} or none")
+        if scalings and "rope" not in encodings:
+            raise SystemExit("posenc-extrapolate: --rope-scalings needs rope in --encodings")
+    if args.finetune_steps is None:
+        ft_steps = cfg["steps"] // 10 if "rope" in encodings else 0
+    else:
+        ft_steps = args.finetune_steps
+        if ft_steps < 0:
+            raise SystemExit("posenc-extrapolate: --finetune-steps must be >= 0")
+        if ft_steps and "rope" not in encodings:
+            raise SystemExit("posenc-extrapolate: --finetune-steps needs rope in --encodings")
+    ft_lr = args.finetune_lr if args.finetune_lr is not None else 0.1 * cfg["lr"]
+    if not ft_lr > 0.0:
+        raise SystemExit("posenc-extrapolate: --finetune-lr must be > 0")
     if args.threads < 0:
         raise SystemExit("posenc-extrapolate: --threads must be >= 0")
     if not 0.0 < args.heldout_frac < 1.0:
@@ -481,6 +694,9 @@ def resolve_config(args: argparse.Namespace) -> dict:
     cfg.update(
         encodings=list(dict.fromkeys(encodings)),
         eval_factors=factors,
+        rope_scalings=list(dict.fromkeys(scalings)),
+        finetune_steps=ft_steps,
+        finetune_lr=ft_lr,
         seed=args.seed,
         heldout_frac=args.heldout_frac,
         threads=args.threads if args.threads > 0 else default_threads(),
@@ -530,6 +746,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     starts = batch_starts(train.numel(), L, cfg["steps"], cfg["batch_size"], cfg["seed"])
     results: Dict[str, dict] = {}
     t_all = time.perf_counter()
+
+    def run_evals(model: ByteLM, name: str, block: Optional[int] = None) -> tuple:
+        ev: Dict[str, dict] = {}
+        t0 = time.perf_counter()
+        for n in lengths:
+            try:
+                ev[str(n)] = evaluate(model, held, n, args.eval_tokens, f"eval {name} @{n}", quiet,
+                                      block)
+            except RuntimeError as err:
+                if name != "learned" or not is_past_table(err):
+                    raise
+                ev[str(n)] = {"ppl": None, "bits_per_byte": None, "note": na_marker(L),
+                              "error": str(err).splitlines()[0]}
+        return ev, time.perf_counter() - t0
+
+    def report(name: str, what: str, ev: Dict[str, dict], train_s: Optional[float],
+               eval_s: float) -> None:
+        at_l = ev[str(L)]["ppl"] if str(L) in ev else None
+        timing = (f"{train_s:.1f}s train, " if train_s is not None else "") + f"{eval_s:.1f}s eval"
+        print(f"  {name:<{name_width}} {what}"
+              + (f"held-out ppl @L {at_l:.2f}" if at_l is not None else "")
+              + f" ({timing})", flush=True)
+
+    names = list(cfg["encodings"])
+    if "rope" in names:
+        at = names.index("rope") + 1
+        names[at:at] = [scaled_name(k) for k in cfg["rope_scalings"]] + (
+            [finetuned_name(k) for k in FT_SCALINGS] if cfg["finetune_steps"] else [])
+    name_width = max(len(n) for n in names)
     for enc in cfg["encodings"]:
         torch.manual_seed(cfg["seed"])
         model = ByteLM(enc, L, cfg["d_model"], cfg["layers"], cfg["heads"])
@@ -537,35 +782,56 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         losses = train_one(model, train, starts, L, cfg["lr"], f"train {enc}", quiet)
         train_s = time.perf_counter() - t0
         tail = losses[-max(1, len(losses) // 10):]
-        ev: Dict[str, dict] = {}
-        t0 = time.perf_counter()
-        for n in lengths:
-            try:
-                ev[str(n)] = evaluate(model, held, n, args.eval_tokens, f"eval {enc} @{n}", quiet)
-            except RuntimeError as err:
-                if enc != "learned" or not is_past_table(err):
-                    raise
-                ev[str(n)] = {"ppl": None, "bits_per_byte": None, "note": na_marker(L),
-                              "error": str(err).splitlines()[0]}
-        eval_s = time.perf_counter() - t0
+        ev, eval_s = run_evals(model, enc)
+        n_params = sum(p.numel() for p in model.parameters())
         results[enc] = {
-            "params": sum(p.numel() for p in model.parameters()),
+            "params": n_params,
             "train_loss_last10pct": sum(tail) / len(tail),
             "train_ppl_last10pct": math.exp(sum(tail) / len(tail)),
             "eval": ev,
             "train_seconds": train_s,
             "eval_seconds": eval_s,
         }
-        at_l = ev[str(L)]["ppl"] if str(L) in ev else None
-        print(
-            f"  {enc:<11} train ppl {results[enc]['train_ppl_last10pct']:.2f}"
-            + (f", held-out ppl @L {at_l:.2f}" if at_l is not None else "")
-            + f" ({train_s:.1f}s train, {eval_s:.1f}s eval)",
-            flush=True,
-        )
+        report(enc, f"train ppl {results[enc]['train_ppl_last10pct']:.2f}, ", ev, train_s, eval_s)
+        if enc != "rope":
+            continue
+        head_dim = cfg["d_model"] // cfg["heads"]
+        # The same trained weights under each scaling: evaluation passes only.
+        for kind in cfg["rope_scalings"]:
+            model.rope_scaling = RopeScaling(kind, head_dim, L)
+            ev, eval_s = run_evals(model, scaled_name(kind), L if kind == "dynamic" else None)
+            model.rope_scaling = None
+            results[scaled_name(kind)] = {
+                "base": "rope", "scaling": RopeScaling(kind, head_dim, L).describe(),
+                "params": n_params, "train_loss_last10pct": None, "train_ppl_last10pct": None,
+                "eval": ev, "train_seconds": None, "eval_seconds": eval_s,
+            }
+            if kind == "dynamic":
+                results[scaled_name(kind)]["dynamic_block"] = L
+            report(scaled_name(kind), "", ev, None, eval_s)
+        for kind in FT_SCALINGS if cfg["finetune_steps"] else ():
+            name = finetuned_name(kind)
+            t0 = time.perf_counter()
+            tuned, losses = finetune(model, kind, train, L, cfg["finetune_steps"], cfg["batch_size"],
+                                     cfg["finetune_lr"], cfg["seed"], f"fine-tune {name}", quiet)
+            ft_s = time.perf_counter() - t0
+            tail = losses[-max(1, len(losses) // 10):]
+            ev, eval_s = run_evals(tuned, name)
+            results[name] = {
+                "base": "rope", "scaling": tuned.rope_scaling.describe(),
+                "finetune": {"steps": cfg["finetune_steps"], "length": FT_FACTOR * L,
+                             "factor": FT_FACTOR, "lr": cfg["finetune_lr"],
+                             "batch_size": cfg["batch_size"], "seed": cfg["seed"] + 1},
+                "params": n_params,
+                "train_loss_last10pct": sum(tail) / len(tail),
+                "train_ppl_last10pct": math.exp(sum(tail) / len(tail)),
+                "eval": ev, "train_seconds": ft_s, "eval_seconds": eval_s,
+            }
+            report(name, f"fine-tune ppl {results[name]['train_ppl_last10pct']:.2f}, ", ev, ft_s,
+                   eval_s)
     total_s = time.perf_counter() - t_all
 
-    table = format_table(results, lengths, L, unigram, n_scored)
+    table = format_table(results, lengths, L, unigram, n_scored, table_notes(cfg))
     print()
     print(table)
     with open(os.path.join(out, "table.txt"), "w") as f:
@@ -582,7 +848,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "kerple": {"kind": "log", "per_layer": True},
             "xl": {"mem_len": 0, "per_layer": True},
             "learned": {"max_len": L},
+            "rope": {"base": 10000.0, "rotary_dim": cfg["d_model"] // cfg["heads"],
+                     "scalings": cfg["rope_scalings"],
+                     "finetuned": list(FT_SCALINGS) if cfg["finetune_steps"] else []},
         },
+        "notes": table_notes(cfg),
         "corpus": {"name": corpus_name, "bytes": len(data), "train_bytes": train.numel(),
                    "scored_bytes": n_scored},
         "unigram_ppl": unigram,
