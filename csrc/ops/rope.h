@@ -110,11 +110,16 @@ C10_HOST_DEVICE inline void rope_cos_sin(int64_t p, const float* freq32, const d
     if constexpr (sizeof(T) >= sizeof(double)) {
       a = static_cast<T>(angle);
     } else {
-      constexpr double kTwoPi = 6.283185307179586476925286766559;
+      // Cody-Waite: 2 pi = kHi + kLo (kHi the double nearest 2 pi); each fma is exact up to its
+      // final rounding, so the reduced angle is accurate to ~1e-16 * n, not ulp(angle).
+      constexpr double kHi = 6.283185307179586232;
+      constexpr double kLo = 2.4492935982947064e-16;
 #ifdef __CUDA_ARCH__
-      a = static_cast<T>(angle - kTwoPi * ::rint(angle / kTwoPi));
+      const double n = ::rint(angle * (1.0 / kHi));
+      a = static_cast<T>(::fma(-n, kLo, ::fma(-n, kHi, angle)));
 #else
-      a = static_cast<T>(angle - kTwoPi * std::rint(angle / kTwoPi));
+      const double n = std::rint(angle * (1.0 / kHi));
+      a = static_cast<T>(std::fma(-n, kLo, std::fma(-n, kHi, angle)));
 #endif
     }
   } else {
