@@ -2,6 +2,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "posenc/ops.h"
 #include "rope.h"
 
@@ -10,23 +12,29 @@ namespace {
 
 // A handful of numbers per model: plain ATen in fp64, rounded once to fp32, stays exact and
 // traceable on every device.
-at::Tensor rope_inv_freq_impl(int64_t dim, double base, std::optional<at::Device> device) {
+at::Tensor rope_inv_freq_impl(int64_t dim, double base, std::optional<at::Device> device,
+                              std::optional<at::ScalarType> dtype) {
   POSENC_CHECK_ARG(dim > 0 && dim % 2 == 0, "rope_inv_freq", "dim", "must be even and > 0", dim);
-  POSENC_CHECK_ARG(base > 1.0, "rope_inv_freq", "base", "must be > 1", base);
+  POSENC_CHECK_ARG(std::isfinite(base) && base > 1.0, "rope_inv_freq", "base",
+                   "must be finite and > 1", base);
+  const at::ScalarType dt = dtype.value_or(at::kFloat);
+  POSENC_CHECK_ARG(dt == at::kFloat || dt == at::kDouble, "rope_inv_freq", "dtype",
+                   "must be torch.float32 (reference precision) or torch.float64 (exact)", dt);
   auto opts = at::TensorOptions().dtype(at::kDouble).device(device.value_or(at::kCPU));
   auto i2 = at::arange(0, dim, 2, opts);
-  return at::pow(base, i2 * (-1.0 / static_cast<double>(dim))).to(at::kFloat);
+  return at::pow(base, i2 * (-1.0 / static_cast<double>(dim))).to(dt);
 }
 
 }  // namespace
 
 namespace ops {
 
-at::Tensor rope_inv_freq(int64_t dim, double base, at::Device device) {
+at::Tensor rope_inv_freq(int64_t dim, double base, at::Device device, at::ScalarType dtype) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("posenc::rope_inv_freq", "")
-                       .typed<at::Tensor(int64_t, double, std::optional<at::Device>)>();
-  return op.call(dim, base, device);
+                       .typed<at::Tensor(int64_t, double, std::optional<at::Device>,
+                                         std::optional<at::ScalarType>)>();
+  return op.call(dim, base, device, dtype);
 }
 
 at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
@@ -49,7 +57,9 @@ at::Tensor apply_rotary_pos_emb(const at::Tensor& x, const at::Tensor& cos, cons
 }  // namespace posenc
 
 TORCH_LIBRARY_FRAGMENT(posenc, m) {
-  m.def("rope_inv_freq(int dim, float base=10000.0, *, Device? device=None) -> Tensor");
+  m.def(
+      "rope_inv_freq(int dim, float base=10000.0, *, Device? device=None, "
+      "ScalarType? dtype=None) -> Tensor");
   m.def(
       "rope(Tensor x, Tensor? positions, Tensor inv_freq, SymInt offset=0, int? rotary_dim=None, "
       "bool interleaved=False, str layout=\"bhsd\", Tensor? cu_seqlens=None, "

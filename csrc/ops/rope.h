@@ -95,6 +95,48 @@ C10_HOST_DEVICE inline T rope_magnitude(T factor, const float* zeta, int64_t k, 
 #endif
 }
 
+// cos and sin of the angle of pair k at position p, in T (opmath). Reference precision
+// (freq32, float32 inv_freq): the angle is the float32 product float(p) * inv_freq[k], as
+// Hugging Face computes it. Exact precision (freq64, float64 inv_freq): the product is fp64
+// (exact positions up to 2^53); for T = float it is reduced modulo 2 pi in fp64 first, so the
+// float32 cos/sin only see an angle in [-pi, pi] and the result is within ~1e-7 of the true
+// value at any position. Shared by the CPU and CUDA kernels.
+template <typename T>
+C10_HOST_DEVICE inline void rope_cos_sin(int64_t p, const float* freq32, const double* freq64,
+                                         int64_t k, T& c, T& s) {
+  T a;
+  if (freq64 != nullptr) {
+    const double angle = static_cast<double>(p) * freq64[k];
+    if constexpr (sizeof(T) >= sizeof(double)) {
+      a = static_cast<T>(angle);
+    } else {
+      // Cody-Waite: 2 pi = kHi + kLo (kHi the double nearest 2 pi); each fma is exact up to its
+      // final rounding, so the reduced angle is accurate to ~1e-16 * n, not ulp(angle).
+      constexpr double kHi = 6.283185307179586232;
+      constexpr double kLo = 2.4492935982947064e-16;
+#ifdef __CUDA_ARCH__
+      const double n = ::rint(angle * (1.0 / kHi));
+      a = static_cast<T>(::fma(-n, kLo, ::fma(-n, kHi, angle)));
+#else
+      const double n = std::rint(angle * (1.0 / kHi));
+      a = static_cast<T>(std::fma(-n, kLo, std::fma(-n, kHi, angle)));
+#endif
+    }
+  } else {
+    a = static_cast<T>(static_cast<float>(p) * freq32[k]);
+  }
+#ifdef __CUDA_ARCH__
+  if constexpr (sizeof(T) >= sizeof(double)) {
+    ::sincos(a, &s, &c);
+  } else {
+    ::sincosf(a, &s, &c);
+  }
+#else
+  c = std::cos(a);
+  s = std::sin(a);
+#endif
+}
+
 // ---- argument checks (CPU and Meta kernels) ------------------------------------------------
 // Sizes are read as SymInt so the Meta kernel runs the same code; a comparison involving a
 // symbolic size is skipped there and made by the real kernel once the size is concrete.
@@ -198,7 +240,10 @@ inline RopeLayout check_rope(const char* op, const char* arg, const at::Tensor& 
   }
 
   check_dim(op, "inv_freq", inv_freq, 1, "(rotary_dim / 2,)");
-  check_dtype(op, "inv_freq", inv_freq, at::kFloat);
+  POSENC_CHECK_ARG(inv_freq.scalar_type() == at::kFloat || inv_freq.scalar_type() == at::kDouble,
+                   op, "inv_freq",
+                   "must have dtype float32 (reference precision) or float64 (exact precision)",
+                   "dtype ", inv_freq.scalar_type());
   check_same_device(op, "inv_freq", inv_freq, arg, x);
   const c10::SymInt rot = inv_freq.sym_size(0) * 2;
   if (rotary_dim.has_value()) {
@@ -233,9 +278,18 @@ inline RopeLayout check_rope(const char* op, const char* arg, const at::Tensor& 
 
 // Value checks that need the data (CPU tensors only; on CUDA they are the caller's
 // responsibility, to keep the op free of host syncs): cu_seqlens starts at 0, ends at
-// total_tokens and is non-decreasing; xpos_zeta is > 0.
+// total_tokens and is non-decreasing; inv_freq is finite; xpos_zeta is > 0.
 inline void check_rope_values(const char* op, const std::optional<at::Tensor>& cu_seqlens,
-                              int64_t total_tokens, const std::optional<at::Tensor>& xpos_zeta) {
+                              int64_t total_tokens, const at::Tensor& inv_freq,
+                              const std::optional<at::Tensor>& xpos_zeta) {
+  {
+    const at::Tensor f = inv_freq.contiguous().to(at::kDouble);
+    const double* v = f.const_data_ptr<double>();
+    for (int64_t i = 0; i < f.size(0); ++i) {
+      POSENC_CHECK_ARG(std::isfinite(v[i]), op, "inv_freq", "must be finite", "inv_freq[", i,
+                       "] = ", v[i]);
+    }
+  }
   if (cu_seqlens.has_value() && cu_seqlens->defined()) {
     const at::Tensor cu = cu_seqlens->contiguous();
     const int64_t* c = cu.const_data_ptr<int64_t>();

@@ -86,17 +86,22 @@ namespace {
 
 constexpr double kPi = std::numbers::pi;
 
-// arange(0, d, 2) / d in float32 (transformers: torch.arange(0, dim, 2).float() / dim).
-at::Tensor exponents(int64_t dim) {
-  return at::arange(0, dim, 2, at::TensorOptions().dtype(at::kFloat)) / dim;
+// Every table below is built in `dt`: float32 reproduces transformers bit for bit; float64
+// runs the same formulas in double (the exact precision mode).
+
+// arange(0, d, 2) / d (transformers: torch.arange(0, dim, 2).float() / dim).
+at::Tensor exponents(int64_t dim, at::ScalarType dt) {
+  return at::arange(0, dim, 2, at::TensorOptions().dtype(dt)) / dim;
 }
 
-// base ** (2i/d) in float32: base is rounded to float32 by pow, as in `base ** tensor`.
-at::Tensor base_powers(double base, int64_t dim) { return at::pow(base, exponents(dim)); }
+// base ** (2i/d): in float32 base is rounded to float32 by pow, as in `base ** tensor`.
+at::Tensor base_powers(double base, int64_t dim, at::ScalarType dt) {
+  return at::pow(base, exponents(dim, dt));
+}
 
 // 1.0 / (base ** (2i/d)): Su et al. 2021, eq. 15.
-at::Tensor default_inv_freq(double base, int64_t dim) {
-  return at::reciprocal(base_powers(base, dim));
+at::Tensor default_inv_freq(double base, int64_t dim, at::ScalarType dt) {
+  return at::reciprocal(base_powers(base, dim, dt));
 }
 
 // The NTK-aware exponent d / (d - 2) applied to a scale: base * scale^(d / (d - 2)).
@@ -118,7 +123,7 @@ double yarn_or_longrope_factor(const RopeScalingConfig& c) {
          static_cast<double>(*c.original_max_position_embeddings);
 }
 
-std::pair<at::Tensor, double> yarn(const RopeScalingConfig& c, int64_t dim) {
+std::pair<at::Tensor, double> yarn(const RopeScalingConfig& c, int64_t dim, at::ScalarType dt) {
   const double base = c.rope_theta;
   const double factor = yarn_or_longrope_factor(c);
   const double orig = static_cast<double>(*c.original_max_position_embeddings);
@@ -148,19 +153,19 @@ std::pair<at::Tensor, double> yarn(const RopeScalingConfig& c, int64_t dim) {
   high = std::min(high, static_cast<double>(dim - 1));
   if (low == high) high += 0.001;  // avoid 0 / 0 in the ramp
 
-  const at::Tensor pos_freqs = base_powers(base, dim);
+  const at::Tensor pos_freqs = base_powers(base, dim, dt);
   const at::Tensor inv_extrapolation = at::reciprocal(pos_freqs);
   const at::Tensor inv_interpolation = at::reciprocal(pos_freqs * factor);
   const at::Tensor ramp = at::clamp(
-      (at::arange(dim / 2, at::TensorOptions().dtype(at::kFloat)) - low) / (high - low), 0, 1);
+      (at::arange(dim / 2, at::TensorOptions().dtype(dt)) - low) / (high - low), 0, 1);
   const at::Tensor extrapolation_weight = at::rsub(ramp, 1);
   const at::Tensor inv_freq = inv_interpolation * at::rsub(extrapolation_weight, 1) +
                               inv_extrapolation * extrapolation_weight;
   return {inv_freq, attention_factor};
 }
 
-at::Tensor llama3(const RopeScalingConfig& c, int64_t dim) {
-  const at::Tensor inv_freq = default_inv_freq(c.rope_theta, dim);
+at::Tensor llama3(const RopeScalingConfig& c, int64_t dim, at::ScalarType dt) {
+  const at::Tensor inv_freq = default_inv_freq(c.rope_theta, dim, dt);
   const double factor = *c.factor;
   const double low = *c.low_freq_factor;
   const double high = *c.high_freq_factor;
@@ -178,17 +183,17 @@ at::Tensor llama3(const RopeScalingConfig& c, int64_t dim) {
   return at::where(medium, smoothed, scaled);
 }
 
-// float32 (n,) holding `values` (each rounded to float32, as torch.tensor(list, dtype=float32)),
+// (n,) holding `values` in dt (float32: each rounded, as torch.tensor(list, dtype=float32)),
 // built from fills rather than by writing memory, so that it also works on fake tensors.
-at::Tensor float_tensor(const std::vector<double>& values) {
+at::Tensor float_tensor(const std::vector<double>& values, at::ScalarType dt) {
   std::vector<at::Tensor> parts;
   parts.reserve(values.size());
-  for (double v : values) parts.push_back(at::full({1}, v, at::TensorOptions().dtype(at::kFloat)));
+  for (double v : values) parts.push_back(at::full({1}, v, at::TensorOptions().dtype(dt)));
   return at::cat(parts);
 }
 
 std::pair<at::Tensor, double> longrope(const RopeScalingConfig& c, int64_t dim,
-                                       std::optional<int64_t> seq_len) {
+                                       std::optional<int64_t> seq_len, at::ScalarType dt) {
   const double factor = yarn_or_longrope_factor(c);
   const int64_t orig = *c.original_max_position_embeddings;
   double attention_factor;
@@ -201,14 +206,17 @@ std::pair<at::Tensor, double> longrope(const RopeScalingConfig& c, int64_t dim,
   }
   const bool use_long = seq_len.has_value() && *seq_len > orig;
   const auto& list = use_long ? c.long_factor : c.short_factor;
-  const at::Tensor ext = float_tensor(list);
-  return {at::reciprocal(ext * base_powers(c.rope_theta, dim)), attention_factor};
+  const at::Tensor ext = float_tensor(list, dt);
+  return {at::reciprocal(ext * base_powers(c.rope_theta, dim, dt)), attention_factor};
 }
 
 // Everything on the CPU (same numbers on every device), copied to `device` at the end.
 std::tuple<at::Tensor, double> compute_impl(const RopeScalingConfig& c,
-                                            std::optional<int64_t> seq_len, at::Device device) {
+                                            std::optional<int64_t> seq_len, at::Device device,
+                                            at::ScalarType dt) {
   c.validate();
+  POSENC_CHECK_ARG(dt == at::kFloat || dt == at::kDouble, detail::kRopeScalingOp, "dtype",
+                   "must be torch.float32 (reference precision) or torch.float64 (exact)", dt);
   if (seq_len.has_value()) {
     POSENC_CHECK_ARG(*seq_len >= 0, detail::kRopeScalingOp, "seq_len", "must be >= 0 (or None)",
                      *seq_len);
@@ -218,14 +226,14 @@ std::tuple<at::Tensor, double> compute_impl(const RopeScalingConfig& c,
   out.attention_factor = c.attention_factor.value_or(1.0);  // rule 1
   switch (c.type) {
     case RopeType::Default:
-      out.inv_freq = default_inv_freq(c.rope_theta, dim);
+      out.inv_freq = default_inv_freq(c.rope_theta, dim, dt);
       break;
     case RopeType::Linear:
-      out.inv_freq = default_inv_freq(c.rope_theta, dim);
+      out.inv_freq = default_inv_freq(c.rope_theta, dim, dt);
       out.inv_freq.div_(*c.factor);
       break;
     case RopeType::NTK:
-      out.inv_freq = default_inv_freq(ntk_base(c.rope_theta, *c.factor, dim), dim);
+      out.inv_freq = default_inv_freq(ntk_base(c.rope_theta, *c.factor, dim), dim, dt);
       break;
     case RopeType::Dynamic: {
       const int64_t max_len = *c.max_position_embeddings;
@@ -234,20 +242,20 @@ std::tuple<at::Tensor, double> compute_impl(const RopeScalingConfig& c,
       // (s * L / L_max) - (s - 1), evaluated left to right as Python does.
       const double scale = factor * static_cast<double>(total) / static_cast<double>(max_len) -
                            (factor - 1.0);
-      out.inv_freq = default_inv_freq(ntk_base(c.rope_theta, scale, dim), dim);
+      out.inv_freq = default_inv_freq(ntk_base(c.rope_theta, scale, dim), dim, dt);
       break;
     }
     case RopeType::YaRN:
-      std::tie(out.inv_freq, out.attention_factor) = yarn(c, dim);
+      std::tie(out.inv_freq, out.attention_factor) = yarn(c, dim, dt);
       break;
     case RopeType::Llama3:
-      out.inv_freq = llama3(c, dim);
+      out.inv_freq = llama3(c, dim, dt);
       break;
     case RopeType::LongRoPE:
-      std::tie(out.inv_freq, out.attention_factor) = longrope(c, dim, seq_len);
+      std::tie(out.inv_freq, out.attention_factor) = longrope(c, dim, seq_len, dt);
       break;
     case RopeType::XPos:
-      out.inv_freq = default_inv_freq(c.rope_theta, dim);  // zeta: xpos_zeta
+      out.inv_freq = default_inv_freq(c.rope_theta, dim, dt);  // zeta: xpos_zeta
       break;
   }
   return {out.inv_freq.contiguous().to(device), out.attention_factor};
@@ -262,7 +270,8 @@ std::tuple<at::Tensor, double> rope_scaling_inv_freq_impl(
     std::optional<double> mscale_all_dim, bool truncate, std::optional<double> low_freq_factor,
     std::optional<double> high_freq_factor, std::optional<c10::ArrayRef<double>> short_factor,
     std::optional<c10::ArrayRef<double>> long_factor, double xpos_gamma, double xpos_scale_base,
-    std::optional<int64_t> seq_len, std::optional<at::Device> device) {
+    std::optional<int64_t> seq_len, std::optional<at::Device> device,
+    std::optional<at::ScalarType> dtype) {
   RopeScalingConfig c;
   c.type = parse_rope_type(std::string(rope_type));
   c.rope_theta = rope_theta;
@@ -283,7 +292,7 @@ std::tuple<at::Tensor, double> rope_scaling_inv_freq_impl(
   if (long_factor.has_value()) c.long_factor = long_factor->vec();
   c.xpos_gamma = xpos_gamma;
   c.xpos_scale_base = xpos_scale_base;
-  return compute_impl(c, seq_len, device.value_or(at::kCPU));
+  return compute_impl(c, seq_len, device.value_or(at::kCPU), dtype.value_or(at::kFloat));
 }
 
 at::Tensor xpos_zeta_impl(int64_t rotary_dim, double gamma, std::optional<at::Device> device) {
@@ -319,7 +328,8 @@ at::Tensor xpos_scale_impl(const at::Tensor& positions, const at::Tensor& zeta, 
 }  // namespace
 
 RopeParameters compute_rope_parameters(const RopeScalingConfig& config,
-                                       std::optional<int64_t> seq_len, at::Device device) {
+                                       std::optional<int64_t> seq_len, at::Device device,
+                                       at::ScalarType dtype) {
   const std::optional<c10::ArrayRef<double>> short_factor =
       config.short_factor.empty() ? std::nullopt
                                   : std::optional<c10::ArrayRef<double>>(config.short_factor);
@@ -332,7 +342,7 @@ RopeParameters compute_rope_parameters(const RopeScalingConfig& config,
       config.original_max_position_embeddings, config.attention_factor, config.beta_fast,
       config.beta_slow, config.mscale, config.mscale_all_dim, config.truncate,
       config.low_freq_factor, config.high_freq_factor, short_factor, long_factor,
-      config.xpos_gamma, config.xpos_scale_base, seq_len, device);
+      config.xpos_gamma, config.xpos_scale_base, seq_len, device, dtype);
   RopeParameters out;
   out.inv_freq = inv_freq;
   out.attention_factor = attention_factor;
@@ -354,7 +364,7 @@ std::tuple<at::Tensor, double> rope_scaling_inv_freq(
     std::optional<double> mscale_all_dim, bool truncate, std::optional<double> low_freq_factor,
     std::optional<double> high_freq_factor, std::optional<std::vector<double>> short_factor,
     std::optional<std::vector<double>> long_factor, double xpos_gamma, double xpos_scale_base,
-    std::optional<int64_t> seq_len, at::Device device) {
+    std::optional<int64_t> seq_len, at::Device device, at::ScalarType dtype) {
   std::optional<c10::ArrayRef<double>> s, l;
   if (short_factor.has_value()) s = c10::ArrayRef<double>(*short_factor);
   if (long_factor.has_value()) l = c10::ArrayRef<double>(*long_factor);
@@ -362,7 +372,7 @@ std::tuple<at::Tensor, double> rope_scaling_inv_freq(
       rope_type, rope_theta, head_dim, partial_rotary_factor, factor, max_position_embeddings,
       original_max_position_embeddings, attention_factor, beta_fast, beta_slow, mscale,
       mscale_all_dim, truncate, low_freq_factor, high_freq_factor, s, l, xpos_gamma,
-      xpos_scale_base, seq_len, device);
+      xpos_scale_base, seq_len, device, dtype);
 }
 
 at::Tensor xpos_zeta(int64_t rotary_dim, double gamma, at::Device device) {
@@ -386,7 +396,7 @@ TORCH_LIBRARY_FRAGMENT(posenc, m) {
       "float? mscale_all_dim=None, bool truncate=True, float? low_freq_factor=None, "
       "float? high_freq_factor=None, float[]? short_factor=None, float[]? long_factor=None, "
       "float xpos_gamma=0.4, float xpos_scale_base=512.0, int? seq_len=None, "
-      "Device? device=None) -> (Tensor inv_freq, float attention_factor)");
+      "Device? device=None, ScalarType? dtype=None) -> (Tensor inv_freq, float attention_factor)");
   m.def("xpos_zeta(int rotary_dim, float gamma=0.4, *, Device? device=None) -> Tensor");
   m.def(
       "xpos_scale(Tensor positions, Tensor zeta, float scale_base=512.0, int centre=0, "

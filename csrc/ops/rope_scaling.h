@@ -27,7 +27,8 @@ inline auto& rope_scaling_inv_freq_op() {
               std::optional<double>, std::optional<double>, std::optional<double>,
               std::optional<double>, bool, std::optional<double>, std::optional<double>,
               std::optional<c10::ArrayRef<double>>, std::optional<c10::ArrayRef<double>>, double,
-              double, std::optional<int64_t>, std::optional<at::Device>)>();
+              double, std::optional<int64_t>, std::optional<at::Device>,
+              std::optional<at::ScalarType>)>();
   return op;
 }
 

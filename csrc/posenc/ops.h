@@ -96,8 +96,11 @@ at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_
                           std::optional<int64_t> max_distance = std::nullopt);
 
 /// RoPE inverse frequencies base^(-2i/dim), i < dim/2 (Su et al. 2021, eq. 15), computed in
-/// fp64, returned as float32 (dim/2,). dim is the rotary dimension and must be even.
-at::Tensor rope_inv_freq(int64_t dim, double base = 10000.0, at::Device device = at::kCPU);
+/// fp64, returned as (dim/2,) in dtype: at::kFloat (reference precision, the default) or
+/// at::kDouble (exact precision: rope then computes the angles in fp64). dim is the rotary
+/// dimension and must be even; base finite and > 1.
+at::Tensor rope_inv_freq(int64_t dim, double base = 10000.0, at::Device device = at::kCPU,
+                         at::ScalarType dtype = at::kFloat);
 
 /// Rotary position embedding (Su et al. 2021, eq. 34). x (B,H,S,D) for layout "bhsd",
 /// (B,S,H,D) for "bshd", or packed (T,H,D) for "thd", any strides; positions int64 (S,) or

@@ -146,7 +146,8 @@ struct RopeScalingConfig {
 
 /// Result of compute_rope_parameters.
 struct RopeParameters {
-  /// float32 (ceil(d/2),) on the requested device.
+  /// (ceil(d/2),) on the requested device: float32 (reference precision, bit-identical to
+  /// transformers) or float64 (exact precision; pass it to posenc::ops::rope for fp64 angles).
   at::Tensor inv_freq;
   /// Multiplies cos and sin (q.k scales by its square); 1 for most types.
   double attention_factor = 1.0;
@@ -156,17 +157,20 @@ struct RopeParameters {
 
 /// Turns a configuration into inv_freq and the attention factor. seq_len is the current total
 /// length (dynamic: rule 6; longrope: rule 7); other types ignore it; it must be >= 0.
-/// Calls the dispatcher op posenc::rope_scaling_inv_freq. Throws c10::Error for an invalid
-/// configuration (RopeScalingConfig::validate).
+/// Calls the dispatcher op posenc::rope_scaling_inv_freq. dtype: at::kFloat (reference
+/// precision: transformers' float32 tables) or at::kDouble (exact precision: the same formulas
+/// in double). Throws c10::Error for an invalid configuration (RopeScalingConfig::validate) or
+/// another dtype.
 RopeParameters compute_rope_parameters(const RopeScalingConfig& config,
                                        std::optional<int64_t> seq_len = std::nullopt,
-                                       at::Device device = at::kCPU);
+                                       at::Device device = at::kCPU,
+                                       at::ScalarType dtype = at::kFloat);
 
 namespace ops {
 
 /// The dispatcher op behind compute_rope_parameters, taking the fields of RopeScalingConfig
 /// with the type as its name (parse_rope_type): the C++ twin of posenc.hf.rope_from_config's
-/// fields. Returns (inv_freq float32 (ceil(d/2),), attention_factor).
+/// fields. Returns (inv_freq (ceil(d/2),) in dtype (float32 or float64), attention_factor).
 std::tuple<at::Tensor, double> rope_scaling_inv_freq(
     const std::string& rope_type, double rope_theta, int64_t head_dim,
     double partial_rotary_factor = 1.0, std::optional<double> factor = std::nullopt,
@@ -180,7 +184,7 @@ std::tuple<at::Tensor, double> rope_scaling_inv_freq(
     std::optional<std::vector<double>> short_factor = std::nullopt,
     std::optional<std::vector<double>> long_factor = std::nullopt, double xpos_gamma = 0.4,
     double xpos_scale_base = 512.0, std::optional<int64_t> seq_len = std::nullopt,
-    at::Device device = at::kCPU);
+    at::Device device = at::kCPU, at::ScalarType dtype = at::kFloat);
 
 /// xPos per-pair scale zeta_i = (2i/d + gamma) / (1 + gamma), i < ceil(d/2) (Sun et al. 2022,
 /// §3.2, with the reference implementation's gamma = 0.4), d = rotary_dim (> 0), gamma > 0.

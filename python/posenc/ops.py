@@ -200,15 +200,20 @@ def rel_pos_scores(
 
 
 def rope_inv_freq(
-    dim: int, base: float = 10000.0, device: Optional[torch.device] = None
+    dim: int,
+    base: float = 10000.0,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
     """RoPE inverse frequencies ``base ** (-2 i / dim)``, ``i < dim / 2`` (Su et al. 2021, eq. 15).
 
-    ``dim`` is the rotary dimension (even, > 0). Computed in fp64, returned as float32
-    ``(dim / 2,)`` — never in the activations' half precision (angles at position ~2000 need
-    more bits than fp16 has).
+    ``dim`` is the rotary dimension (even, > 0); ``base`` finite and > 1. Computed in fp64,
+    returned as ``(dim / 2,)`` in ``dtype``: ``torch.float32`` (default, reference precision)
+    or ``torch.float64`` (exact precision: :func:`rope` then computes the angles in fp64) —
+    never in the activations' half precision (angles at position ~2000 need more bits than
+    fp16 has). Raises ``RuntimeError`` ("posenc.rope_inv_freq: argument ...") otherwise.
     """
-    return torch.ops.posenc.rope_inv_freq(dim, base, device=device)
+    return torch.ops.posenc.rope_inv_freq(dim, base, device=device, dtype=dtype)
 
 
 def rope(
@@ -231,11 +236,24 @@ def rope(
     ``x``: ``(B, H, S, D)`` for ``layout="bhsd"``, ``(B, S, H, D)`` for ``"bshd"`` or packed
     ``(T, H, D)`` for ``"thd"``, any strides (views into a packed qkv buffer work without a
     copy). ``positions``: int64 ``(S,)`` or ``(B, S)``, or ``None`` for ``arange(S)``;
-    ``offset`` is added in both cases (KV-cache decoding). ``inv_freq``: float32 ``(R/2,)``,
-    ``R = rotary_dim`` (default ``2 * len(inv_freq)``, must be even and <= D); dims ``>= R``
-    pass through unchanged. Half-split pairs ``(i, i + R/2)`` (GPT-NeoX, Llama); interleaved
-    pairs ``(2i, 2i+1)`` (GPT-J, RoFormer). The angle is the float32 product
-    ``float(pos) * inv_freq[i]`` (as Hugging Face computes it), whatever ``x``'s dtype; its
+    ``offset`` is added in both cases (KV-cache decoding). ``inv_freq``: float32 or float64
+    ``(R/2,)``, ``R = rotary_dim`` (default ``2 * len(inv_freq)``, must be even and <= D);
+    dims ``>= R`` pass through unchanged. Half-split pairs ``(i, i + R/2)`` (GPT-NeoX,
+    Llama); interleaved pairs ``(2i, 2i+1)`` (GPT-J, RoFormer).
+
+    Precision, chosen by ``inv_freq``'s dtype (whatever ``x``'s dtype):
+
+    * float32 ``inv_freq`` — *reference* precision (the default everywhere in posenc): the
+      angle is the float32 product ``float(pos) * inv_freq[i]``, rounded exactly where
+      Hugging Face rounds it, so outputs match transformers (and the checkpoints trained with
+      it). Its error grows with the position: at ``pos = 1e6`` the angle is off by up to
+      ``~0.03`` rad (float32 ``pos * inv_freq`` keeps 24 bits).
+    * float64 ``inv_freq`` (``rope_inv_freq(..., dtype=torch.float64)``,
+      ``RopeConfig.compute(dtype=torch.float64)``) — *exact* precision: the angle is the
+      fp64 product (positions exact up to 2**53), reduced modulo ``2 pi`` in fp64 before the
+      fp32 cos/sin, so a float32 output stays within ``~1e-6`` relative of an fp64 reference
+      at any position (tested up to ``1e6`` with head_dim 128, base 1e6).
+
     cos/sin and the rotation are in fp32 for fp16/bf16/fp32 ``x`` and in fp64 for fp64 ``x``.
     Output: a new contiguous tensor of ``x``'s dtype and shape. Gradient flows to ``x`` (the
     same magnitude times the rotation by the negative angle, op ``rope_backward``);
@@ -271,7 +289,8 @@ def rope(
     ``(S,)``/``(B, S)``, on another device, or given with ``"thd"``; ``cu_seqlens`` missing
     with ``"thd"``, given with another layout, not int64 1-D non-empty, on another device, or
     (CPU) not starting at 0, decreasing, or not ending at ``T``; ``inv_freq`` not float32 1-D
-    or on another device; ``rotary_dim`` odd, ``!= 2 * len(inv_freq)`` or ``> D``;
+    or float64 1-D, on another device or (CPU) not finite; ``rotary_dim`` odd,
+    ``!= 2 * len(inv_freq)`` or ``> D``;
     ``attention_factor`` not finite; ``xpos_zeta`` not float32 ``(R/2,)``, on another device
     or (CPU) not > 0; ``xpos_scale_base`` not > 0 (with ``xpos_zeta``).
     """

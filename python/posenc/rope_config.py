@@ -95,11 +95,14 @@ def rope_scaling_inv_freq(
     xpos_scale_base: float = 512.0,
     seq_len: Optional[int] = None,
     device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
 ) -> Tuple[Tensor, float]:
     """Inverse frequencies and attention factor of a RoPE type (see the module docstring).
 
-    Returns ``(inv_freq, attention_factor)``: ``inv_freq`` float32 ``(ceil(d / 2),)`` on
-    ``device`` (default CPU), ``d = int(head_dim * partial_rotary_factor)``; pass
+    Returns ``(inv_freq, attention_factor)``: ``inv_freq`` ``(ceil(d / 2),)`` on ``device``
+    (default CPU) in ``dtype``: ``torch.float32`` (default; *reference* precision, transformers'
+    float32 table bit for bit) or ``torch.float64`` (*exact* precision: the same formulas in
+    fp64, for :func:`posenc.ops.rope`'s fp64 angles), ``d = int(head_dim * partial_rotary_factor)``; pass
     ``rotary_dim=2 * len(inv_freq)`` to :func:`posenc.ops.rope`. ``attention_factor`` multiplies
     cos and sin (:func:`posenc.ops.apply_rotary_pos_emb`), i.e. the rotated q and k.
     ``seq_len`` (>= 0) is the current total length, read by "dynamic" and "longrope".
@@ -137,6 +140,7 @@ def rope_scaling_inv_freq(
         xpos_scale_base=xpos_scale_base,
         seq_len=seq_len,
         device=device,
+        dtype=dtype,
     )
 
 
@@ -222,9 +226,16 @@ class RopeConfig:
         return (self.rotary_dim + 1) // 2
 
     def compute(
-        self, seq_len: Optional[int] = None, device: Optional[torch.device] = None
+        self,
+        seq_len: Optional[int] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> Tuple[Tensor, float]:
-        """``(inv_freq, attention_factor)`` for the current total length ``seq_len``."""
+        """``(inv_freq, attention_factor)`` for the current total length ``seq_len``.
+
+        ``dtype``: ``torch.float32`` (default, reference precision) or ``torch.float64``
+        (exact precision); see :func:`rope_scaling_inv_freq`.
+        """
 
         def floats(v: Optional[List[float]]) -> Optional[List[float]]:
             return None if v is None else [float(x) for x in v]
@@ -251,6 +262,7 @@ class RopeConfig:
             xpos_scale_base=float(self.xpos_scale_base),
             seq_len=seq_len,
             device=device,
+            dtype=dtype,
         )
 
     def xpos_zeta(self, device: Optional[torch.device] = None) -> Tensor:

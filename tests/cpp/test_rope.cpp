@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -226,8 +227,9 @@ TEST(Rope, Errors) {
                "posenc.rope: argument 'positions' must have shape (3,) or (1, 3)");
   expect_error([&] { rope(x, torch::arange(3).to(torch::kInt), inv); },
                "argument 'positions' must have dtype Long, but got dtype Int");
-  expect_error([&] { rope(x, std::nullopt, inv.to(torch::kDouble)); },
-               "argument 'inv_freq' must have dtype Float, but got dtype Double");
+  expect_error([&] { rope(x, std::nullopt, inv.to(torch::kInt)); },
+               "argument 'inv_freq' must have dtype float32 (reference precision) or float64 "
+               "(exact precision), but got dtype Int");
   expect_error([&] { rope(x.to(torch::kLong), std::nullopt, inv); },
                "argument 'x' must have dtype float16, bfloat16, float32 or float64");
   expect_error([&] { rope_inv_freq(3); },
@@ -333,6 +335,46 @@ TEST(Rope, PackedAndMagnitudeErrors) {
                "argument 'xpos_scale_base' must be finite and > 0, but got 0");
   expect_error([&] { rope(x, std::nullopt, inv, 0, std::nullopt, false, "thd", cu, NAN); },
                "argument 'attention_factor' must be finite, but got nan");
+}
+
+}  // namespace
+
+namespace {
+
+// Exact precision: float64 inv_freq gives fp64 angles; fp32 output within 1e-6 (relative to
+// the largest magnitude) of the fp64 reference at positions up to 1e6, head_dim 128, base 1e6.
+// Reference precision (float32 inv_freq, Hugging Face's float32 angle) is far outside that.
+TEST(Rope, ExactPrecisionAtMillionPositions) {
+  const int64_t B = 2, H = 2, S = 48, D = 128;
+  const double base = 1e6;
+  torch::manual_seed(3);
+  auto pos = torch::randint(0, 1000001, {B, S}, torch::kLong);
+  pos.index_put_({0, 0}, 1000000);
+  auto x = torch::randn({B, H, S, D});
+  auto ref = ref_rotate(x.to(torch::kFloat64), ref_angles(pos, D, base), D, false);
+  const double scale = ref.abs().max().item<double>();
+
+  auto inv64 = rope_inv_freq(D, base, torch::kCPU, torch::kFloat64);
+  ASSERT_EQ(inv64.scalar_type(), torch::kFloat64);
+  auto exact = rope(x, pos, inv64);
+  ASSERT_EQ(exact.scalar_type(), torch::kFloat32);
+  EXPECT_LE((exact.to(torch::kFloat64) - ref).abs().max().item<double>() / scale, 1e-6);
+
+  auto reference = rope(x, pos, rope_inv_freq(D, base));
+  EXPECT_GT((reference.to(torch::kFloat64) - ref).abs().max().item<double>() / scale, 1e-3);
+}
+
+TEST(Rope, PrecisionErrors) {
+  auto x = torch::randn({1, 1, 3, 8});
+  auto inv = rope_inv_freq(8);
+  expect_error([&] { rope(x, std::nullopt, inv.to(torch::kHalf)); }, "posenc.rope: argument 'inv_freq' must have dtype float32 (reference precision) or float64");
+  auto bad = inv.clone();
+  bad.index_put_({2}, std::numeric_limits<float>::infinity());
+  expect_error([&] { rope(x, std::nullopt, bad); }, "posenc.rope: argument 'inv_freq' must be finite, but got inv_freq[2] = inf");
+  expect_error([&] { rope_inv_freq(8, 10000.0, torch::kCPU, torch::kHalf); },
+               "posenc.rope_inv_freq: argument 'dtype' must be torch.float32");
+  expect_error([&] { rope_inv_freq(8, std::numeric_limits<double>::infinity()); },
+               "posenc.rope_inv_freq: argument 'base' must be finite and > 1");
 }
 
 }  // namespace

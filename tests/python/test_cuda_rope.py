@@ -306,7 +306,7 @@ def test_deterministic_table_gradients():
         (lambda X, I: ops.rope(X[0], None, I), r"posenc\.rope: argument 'x' must be a 4-D tensor"),
         (lambda X, I: ops.rope(X, torch.arange(6, device=X.device), I), r"argument 'positions' must have shape \(5,\) or \(2, 5\)"),
         (lambda X, I: ops.rope(X, None, I, 0, 7), r"argument 'rotary_dim' must be even and >= 0, but got 7"),
-        (lambda X, I: ops.rope(X, None, I.double()), r"argument 'inv_freq' must have dtype Float, but got dtype Double"),
+        (lambda X, I: ops.rope(X, None, I.half()), r"argument 'inv_freq' must have dtype float32 \(reference precision\) or float64 \(exact precision\), but got dtype Half"),
         (lambda X, I: ops.rope(X, None, torch.ones(5, device=X.device)), r"argument 'inv_freq' must have at most head_dim / 2 elements"),
         (lambda X, I: ops.apply_rotary_pos_emb(X, torch.randn(5, 7, device=X.device), torch.randn(5, 7, device=X.device)),
          r"argument 'cos' must have an even last dim \(rotary_dim\), but got shape \[5, 7\]"),
@@ -531,3 +531,24 @@ def test_opcheck_rope_magnitudes_thd(args):
 @pytest.mark.parametrize("args", magnitude_samples())
 def test_opcheck_rope_backward_magnitudes_thd(args):
     torch.library.opcheck(torch.ops.posenc.rope_backward.default, to_device(args))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_exact_precision_matches_cpu_and_fp64_at_1e6(dtype, layout):
+    # Exact precision (float64 inv_freq): fp64 angle reduced mod 2 pi before the cos/sin.
+    from test_rope_precision import BASE, HEAD_DIM, far_positions, ref_exact, rel_err
+
+    B, H, S = 2, 3, 64
+    pos = far_positions(S, B)
+    x = make_x(B, H, S, HEAD_DIM, layout, dtype)
+    inv64 = ops.rope_inv_freq(HEAD_DIM, BASE, dtype=F64)
+    out = ops.rope(x.to(DEV), pos.to(DEV), inv64.to(DEV), layout=layout)
+    cpu = ops.rope(x, pos, inv64, layout=layout)
+    bound = {torch.float32: 1e-6, torch.float64: 1e-10, torch.bfloat16: 1.6e-2}[dtype]
+    assert rel_err(out.cpu(), ref_exact(x, pos, HEAD_DIM, BASE, False, layout)) <= bound
+    torch.testing.assert_close(out.cpu(), cpu, **tol(dtype))
+    g = torch.randn_like(x)
+    back = torch.ops.posenc.rope_backward(g.to(DEV), pos.to(DEV), inv64.to(DEV), 0, None, False, layout)
+    back_cpu = torch.ops.posenc.rope_backward(g, pos, inv64, 0, None, False, layout)
+    torch.testing.assert_close(back.cpu(), back_cpu, **tol(dtype))

@@ -29,7 +29,7 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
       detail::check_rope(op, arg, x, a.positions, a.inv_freq, a.rotary_dim, a.layout,
                          a.cu_seqlens, a.attention_factor, a.xpos_zeta, a.xpos_scale_base);
   const bool packed = lay == detail::RopeLayout::kThd;
-  detail::check_rope_values(op, a.cu_seqlens, packed ? x.size(0) : 0, a.xpos_zeta);
+  detail::check_rope_values(op, a.cu_seqlens, packed ? x.size(0) : 0, a.inv_freq, a.xpos_zeta);
   auto out = at::empty(x.sizes(), x.options());
   if (out.numel() == 0) return out;
 
@@ -60,7 +60,9 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
-    const float* freq = inv_freq.const_data_ptr<float>();
+    const bool exact = inv_freq.scalar_type() == at::kDouble;
+    const float* freq32 = exact ? nullptr : inv_freq.const_data_ptr<float>();
+    const double* freq64 = exact ? inv_freq.const_data_ptr<double>() : nullptr;
     const int64_t xd = xg.stride[3], od = og.stride[3];
     const bool interleaved = a.interleaved;
     const auto factor = static_cast<opmath_t>(a.attention_factor);
@@ -73,16 +75,15 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
         const int64_t p =
             (has_pos ? pos[b * pos_sb + s * pos_ss]
                      : (packed ? s - detail::rope_seq_start(cup, n_cu, s) : s)) + offset;
-        // The angle is a float32 product, as Hugging Face computes it; only its cos/sin is
-        // taken in opmath (double for fp64 inputs). The magnitude scales cos and sin, as HF's
-        // attention_scaling does, so only the rotary dims are scaled.
-        const float pf = static_cast<float>(p);
+        // The magnitude scales cos and sin, as HF's attention_scaling does, so only the
+        // rotary dims are scaled.
         for (int64_t k = 0; k < half; ++k) {
-          const float angle = pf * freq[k];
+          opmath_t c, sv;
+          detail::rope_cos_sin<opmath_t>(p, freq32, freq64, k, c, sv);
           const opmath_t m = detail::rope_magnitude<opmath_t>(factor, zp, k, p, a.xpos_centre,
                                                               scale_base, a.xpos_inverse);
-          cs[k] = m * std::cos(static_cast<opmath_t>(angle));
-          const opmath_t sv = m * std::sin(static_cast<opmath_t>(angle));
+          cs[k] = m * c;
+          sv *= m;
           sn[k] = conjugate ? -sv : sv;
         }
         for (int64_t h = 0; h < H; ++h) {

@@ -88,7 +88,8 @@ template <typename scalar_t>
 __global__ void rope_kernel(const scalar_t* __restrict__ x, Bhsd xg, scalar_t* __restrict__ out,
                             Bhsd og, const int64_t* __restrict__ pos, int64_t pos_sb,
                             int64_t pos_ss, const int64_t* __restrict__ cu, int64_t n_cu,
-                            int64_t offset, const float* __restrict__ freq, int64_t half,
+                            int64_t offset, const float* __restrict__ freq32,
+                            const double* __restrict__ freq64, int64_t half,
                             Magnitude<at::opmath_type<scalar_t>> mag, bool interleaved,
                             bool conjugate, int64_t units, int64_t head_chunks,
                             int64_t heads_per_thread) {
@@ -101,12 +102,10 @@ __global__ void rope_kernel(const scalar_t* __restrict__ x, Bhsd xg, scalar_t* _
                        : cu != nullptr ? w.s - detail::rope_seq_start(cu, n_cu, w.s)
                                        : w.s) +
                       offset;
-    // float32 angle as on CPU (and in Hugging Face); cos/sin and magnitude in opmath.
-    const float pf = static_cast<float>(p);
+    // Angle as on CPU (detail::rope_cos_sin); cos/sin and magnitude in opmath.
     for (int64_t k = threadIdx.x; k < half; k += blockDim.x) {
-      const float angle = pf * freq[k];
       opmath_t sn, cs;
-      cuda::sin_cos(static_cast<opmath_t>(angle), &sn, &cs);
+      detail::rope_cos_sin<opmath_t>(p, freq32, freq64, k, cs, sn);
       const opmath_t m = detail::rope_magnitude<opmath_t>(mag.factor, mag.zeta, k, p, mag.centre,
                                                           mag.scale_base, mag.inverse);
       cs *= m;
@@ -261,6 +260,7 @@ at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const
 
   const auto inv_freq = a.inv_freq.contiguous();  // (R/2,): tiny
   const int64_t half = inv_freq.size(0);
+  const bool exact = inv_freq.scalar_type() == at::kDouble;
   const bool bshd = lay == detail::RopeLayout::kBshd;
   const Bhsd xg = packed ? thd(x) : bhsd(x, bshd);
   const Bhsd og = packed ? thd(out) : bhsd(out, bshd);
@@ -289,7 +289,8 @@ at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const
     rope_kernel<scalar_t><<<cuda::num_blocks(l.units), l.block, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), xg, out.mutable_data_ptr<scalar_t>(), og, pos, pos_sb,
         pos_ss, packed ? cu.const_data_ptr<int64_t>() : nullptr, packed ? cu.size(0) : 0,
-        a.offset, inv_freq.const_data_ptr<float>(), half, mag, a.interleaved, conjugate,
+        a.offset, exact ? nullptr : inv_freq.const_data_ptr<float>(),
+        exact ? inv_freq.const_data_ptr<double>() : nullptr, half, mag, a.interleaved, conjugate,
         l.units, l.head_chunks, l.heads_per_thread);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
