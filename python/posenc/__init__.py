@@ -2,7 +2,8 @@
 
 Importing posenc loads ``libposenc`` (which registers ``torch.ops.posenc.*``) and the
 pybind11 module of C++ modules (``posenc.cpp``). See ``posenc.ops`` for the functions and
-``posenc.nn`` for scriptable modules.
+``posenc.nn`` for scriptable modules, ``posenc.context_parallel`` for sharding a sequence
+across context-parallel ranks with the right global positions.
 """
 from pathlib import Path as _Path
 
@@ -37,6 +38,7 @@ from . import nn  # noqa: E402
 from . import cpp  # noqa: E402
 from . import rope_config  # noqa: E402
 from . import hf  # noqa: E402
+from . import context_parallel  # noqa: E402
 
 __version__: str = _torch.ops.posenc.version()
-__all__ = ["ops", "nn", "cpp", "rope_config", "hf", "__version__"]
+__all__ = ["ops", "nn", "cpp", "rope_config", "hf", "context_parallel", "__version__"]
