@@ -1,6 +1,7 @@
-// Umbrella header: ops, C++ modules and version.
+// Umbrella header: ops, C++ modules, context-parallel helpers and version.
 #pragma once
 
+#include "posenc/context_parallel.h"
 #include "posenc/nn.h"
 #include "posenc/ops.h"
 #include "posenc/rope_scaling.h"

@@ -2,7 +2,10 @@
 
 Importing posenc loads ``libposenc`` (which registers ``torch.ops.posenc.*``) and the
 pybind11 module of C++ modules (``posenc.cpp``). See ``posenc.ops`` for the functions and
-``posenc.nn`` for scriptable modules.
+``posenc.nn`` for scriptable modules, ``posenc.rope_config`` / ``posenc.hf`` for RoPE scalings
+and Hugging Face configs, ``posenc.kv_cache`` for a KV cache that stays exact when RoPE
+frequencies change with the length, and ``posenc.context_parallel`` for sharding a sequence
+across context-parallel ranks with the right global positions.
 """
 from pathlib import Path as _Path
 
@@ -38,7 +41,18 @@ from . import cpp  # noqa: E402
 from . import rope_config  # noqa: E402
 from . import hf  # noqa: E402
 from . import kv_cache  # noqa: E402
+from . import context_parallel  # noqa: E402
 from .kv_cache import RopeKVCache  # noqa: E402
 
 __version__: str = _torch.ops.posenc.version()
-__all__ = ["ops", "nn", "cpp", "rope_config", "hf", "kv_cache", "RopeKVCache", "__version__"]
+__all__ = [
+    "ops",
+    "nn",
+    "cpp",
+    "rope_config",
+    "hf",
+    "kv_cache",
+    "context_parallel",
+    "RopeKVCache",
+    "__version__",
+]
