@@ -1,6 +1,7 @@
-// Umbrella header: ops, C++ modules and version.
+// Umbrella header: ops, C++ modules, RoPE scaling and its config.json reader, version.
 #pragma once
 
+#include "posenc/hf_config.h"
 #include "posenc/nn.h"
 #include "posenc/ops.h"
 #include "posenc/rope_scaling.h"
