@@ -34,14 +34,21 @@ models' default RoPE) bit for bit:
 Any other ``rope_type`` (misspelled, other case, or a transformers type posenc does not
 implement such as ``"proportional"``) raises ``ValueError`` listing the supported types; it is
 never silently treated as ``"default"``.
+
+``rope_config_from_json(text)`` / ``rope_config_from_file(path)`` read a ``config.json`` with
+the C++ reader (``posenc::rope_config_from_json``, csrc/posenc/hf_config.h), which applies the
+same rules with the same warnings and errors (named ``posenc.rope_config_from_json``); it is
+stricter about JSON types (a number given as a string is an error there).
 """
 import difflib
+import os
 import warnings
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Union
 
+from . import _C
 from .rope_config import ROPE_TYPES, RopeConfig
 
-__all__ = ["rope_from_config", "ROPE_TYPE_KEYS"]
+__all__ = ["rope_from_config", "rope_config_from_json", "rope_config_from_file", "ROPE_TYPE_KEYS"]
 
 #: RoPE dict keys each type reads (besides rope_type/type, rope_theta, partial_rotary_factor).
 ROPE_TYPE_KEYS: Dict[str, tuple] = {
@@ -215,3 +222,26 @@ def rope_from_config(config: Any, layer_type: Optional[str] = None) -> RopeConfi
         xpos_gamma=float(params.get("xpos_gamma", 0.4)),
         xpos_scale_base=float(params.get("xpos_scale_base", 512.0)),
     )
+
+
+def rope_config_from_json(config_json: str, layer_type: Optional[str] = None) -> RopeConfig:
+    """RoPE configuration of a transformers ``config.json`` text, read by the C++ reader
+    ``posenc::rope_config_from_json`` (the rules of :func:`rope_from_config`).
+
+    Raises ``ValueError`` for text that is not a JSON object, and for everything
+    :func:`rope_from_config` raises ``ValueError`` for (same text after the
+    ``posenc.rope_config_from_json:`` prefix) or a value of the wrong JSON type;
+    ``RuntimeError`` (from the op) for missing or out-of-range fields. Warns (``UserWarning``)
+    about ignored keys as :func:`rope_from_config` does.
+    """
+    return RopeConfig(**_C.rope_config_from_json(config_json, layer_type))
+
+
+def rope_config_from_file(
+    path: Union[str, "os.PathLike[str]"], layer_type: Optional[str] = None
+) -> RopeConfig:
+    """:func:`rope_config_from_json` on the file ``path`` (C++ ``posenc::rope_config_from_file``).
+
+    A file that cannot be read raises ``RuntimeError`` naming the path and the reason.
+    """
+    return RopeConfig(**_C.rope_config_from_file(os.fspath(path), layer_type))
