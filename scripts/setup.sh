@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything posenc needs on a fresh Debian machine and builds it:
-# Debian packages (compiler, Ninja, ccache, GoogleTest), a virtual environment in .venv with
+# Debian packages (compiler, Ninja, ccache, GoogleTest, nlohmann/json), a virtual environment in .venv with
 # CMake >= 3.30 (Debian's 3.25 knows no C++20 dialect for nvcc), torch (default: the CUDA 13
 # build torch==2.14.1, so that nvcc compiles and links the CUDA kernels even on a machine
 # without a GPU), the Python test/run dependencies, and posenc itself (editable, via its CMake
@@ -16,7 +16,7 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
-  g++ make cmake ninja-build ccache libgtest-dev >/dev/null
+  g++ make cmake ninja-build ccache libgtest-dev nlohmann-json3-dev >/dev/null
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -1,7 +1,9 @@
-// Umbrella header: ops, C++ modules, context-parallel helpers and version.
+// Umbrella header: ops, C++ modules, RoPE scaling and its config.json reader,
+// context-parallel helpers and version.
 #pragma once
 
 #include "posenc/context_parallel.h"
+#include "posenc/hf_config.h"
 #include "posenc/nn.h"
 #include "posenc/ops.h"
 #include "posenc/rope_scaling.h"

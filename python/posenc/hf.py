@@ -46,10 +46,16 @@ GPT-NeoX, ... whose attention calls the modeling module's ``apply_rotary_pos_emb
   fused op :func:`posenc.ops.apply_rotary_pos_emb`, or :func:`posenc.ops.rope` with angles
   computed in the kernel for ``fused=True``);
 * :func:`use_posenc_rope` swaps both into a model (and restores them).
+
+``rope_config_from_json(text)`` / ``rope_config_from_file(path)`` read a ``config.json`` with
+the C++ reader (``posenc::rope_config_from_json``, csrc/posenc/hf_config.h), which applies the
+same rules with the same warnings and errors (named ``posenc.rope_config_from_json``); it is
+stricter about JSON types (a number given as a string is an error there).
 """
 import copy
 import difflib
 import inspect
+import os
 import sys
 import threading
 import warnings
@@ -58,11 +64,13 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from . import ops
+from . import _C, ops
 from .rope_config import ROPE_TYPES, RopeConfig
 
 __all__ = [
     "rope_from_config",
+    "rope_config_from_json",
+    "rope_config_from_file",
     "ROPE_TYPE_KEYS",
     "RotaryEmbedding",
     "RopeAngles",
@@ -243,6 +251,29 @@ def rope_from_config(config: Any, layer_type: Optional[str] = None) -> RopeConfi
         xpos_gamma=float(params.get("xpos_gamma", 0.4)),
         xpos_scale_base=float(params.get("xpos_scale_base", 512.0)),
     )
+
+
+def rope_config_from_json(config_json: str, layer_type: Optional[str] = None) -> RopeConfig:
+    """RoPE configuration of a transformers ``config.json`` text, read by the C++ reader
+    ``posenc::rope_config_from_json`` (the rules of :func:`rope_from_config`).
+
+    Raises ``ValueError`` for text that is not a JSON object, and for everything
+    :func:`rope_from_config` raises ``ValueError`` for (same text after the
+    ``posenc.rope_config_from_json:`` prefix) or a value of the wrong JSON type;
+    ``RuntimeError`` (from the op) for missing or out-of-range fields. Warns (``UserWarning``)
+    about ignored keys as :func:`rope_from_config` does.
+    """
+    return RopeConfig(**_C.rope_config_from_json(config_json, layer_type))
+
+
+def rope_config_from_file(
+    path: Union[str, "os.PathLike[str]"], layer_type: Optional[str] = None
+) -> RopeConfig:
+    """:func:`rope_config_from_json` on the file ``path`` (C++ ``posenc::rope_config_from_file``).
+
+    A file that cannot be read raises ``RuntimeError`` naming the path and the reason.
+    """
+    return RopeConfig(**_C.rope_config_from_file(os.fspath(path), layer_type))
 
 
 # ---- drop-in replacements for transformers' rotary embedding and apply_rotary_pos_emb -------
