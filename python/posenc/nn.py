@@ -169,7 +169,8 @@ class RotaryEmbedding(nn.Module):
       ``offset + positions.max() + 1`` with them, ``offset +`` the longest packed sequence with
       ``"thd"``. Inferring from ``positions`` or ``cu_seqlens`` reads a tensor value: a host
       sync on CUDA and a graph break under ``torch.compile``, so pass ``seq_len`` explicitly in
-      compiled or decode loops.
+      compiled or decode loops (with it, ``torch.compile(fullgraph=True)`` works for these
+      types too, recompiling when the table changes; static types never read it).
 
     Frequencies. Without ``scaling``: ``base ** (-2 i / rotary_dim)`` (eq. 15) from
     :func:`posenc.ops.rope_inv_freq`. With ``scaling``: :meth:`RopeConfig.compute

@@ -393,6 +393,18 @@ def test_compile_fullgraph_static_type(rope_type):
     assert cnt.frame_count == 1
 
 
+@pytest.mark.parametrize("rope_type", ["longrope", "dynamic"])
+def test_compile_fullgraph_length_dependent_with_explicit_seq_len(rope_type):
+    # With seq_len passed there is no tensor read, so the graph stays whole (it may recompile
+    # when the table changes).
+    m = posenc.nn.RotaryEmbedding(HEAD_DIM, scaling=config(rope_type))
+    f = torch.compile(m, backend="eager", fullgraph=True)
+    for n in (20, 40, 60):
+        q = torch.randn(1, 2, 4, HEAD_DIM)
+        a, b = f(q, q, offset=n - 4, seq_len=n), m(q, q, offset=n - 4, seq_len=n)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
 # ---- from_config, repr, devices -------------------------------------------------------------
 
 
