@@ -34,6 +34,52 @@ void bind_forward(Class& cls, Fn fn, const Args&... args) {
   cls.def("__call__", fn, args...);
 }
 
+// The Python posenc.rope_config.RopeConfig (or None) as a C++ RopeScalingConfig, field by
+// field (the names are the same). Anything else is a TypeError naming the option.
+std::optional<RopeScalingConfig> rope_config_from_py(const py::object& obj) {
+  if (obj.is_none()) return std::nullopt;
+  py::object rc = py::module_::import("posenc.rope_config").attr("RopeConfig");
+  if (!py::isinstance(obj, rc)) {
+    throw py::type_error(c10::str(
+        "posenc.RotaryEmbedding: option 'scaling' must be a posenc.rope_config.RopeConfig or "
+        "None (use posenc.cpp.RotaryEmbedding.from_config for a transformers config), but got ",
+        py::str(py::type::of(obj)).cast<std::string>()));
+  }
+  auto opt_double = [&](const char* name) -> std::optional<double> {
+    py::object v = obj.attr(name);
+    return v.is_none() ? std::nullopt : std::optional<double>(v.cast<double>());
+  };
+  auto opt_int = [&](const char* name) -> std::optional<int64_t> {
+    py::object v = obj.attr(name);
+    return v.is_none() ? std::nullopt : std::optional<int64_t>(v.cast<int64_t>());
+  };
+  auto list = [&](const char* name) {
+    py::object v = obj.attr(name);
+    return v.is_none() ? std::vector<double>() : v.cast<std::vector<double>>();
+  };
+  RopeScalingConfig c;
+  c.type = parse_rope_type(obj.attr("rope_type").cast<std::string>());
+  c.rope_theta = obj.attr("rope_theta").cast<double>();
+  c.head_dim = obj.attr("head_dim").cast<int64_t>();
+  c.partial_rotary_factor = obj.attr("partial_rotary_factor").cast<double>();
+  c.factor = opt_double("factor");
+  c.max_position_embeddings = opt_int("max_position_embeddings");
+  c.original_max_position_embeddings = opt_int("original_max_position_embeddings");
+  c.attention_factor = opt_double("attention_factor");
+  c.beta_fast = opt_double("beta_fast");
+  c.beta_slow = opt_double("beta_slow");
+  c.mscale = opt_double("mscale");
+  c.mscale_all_dim = opt_double("mscale_all_dim");
+  c.truncate = obj.attr("truncate").cast<bool>();
+  c.low_freq_factor = opt_double("low_freq_factor");
+  c.high_freq_factor = opt_double("high_freq_factor");
+  c.short_factor = list("short_factor");
+  c.long_factor = list("long_factor");
+  c.xpos_gamma = obj.attr("xpos_gamma").cast<double>();
+  c.xpos_scale_base = obj.attr("xpos_scale_base").cast<double>();
+  return c;
+}
+
 }  // namespace
 
 void init_nn(py::module& m) {
@@ -69,17 +115,26 @@ void init_nn(py::module& m) {
     using Impl = RotaryEmbeddingImpl;
     auto cls = torch::python::bind_module<Impl, true>(m, "RotaryEmbedding");
     cls.def(py::init([](int64_t dim, std::optional<int64_t> rotary_dim, double base,
-                        bool interleaved, std::string layout) {
+                        bool interleaved, std::string layout, const py::object& scaling,
+                        std::string precision, int64_t xpos_centre) {
               return std::make_shared<Impl>(RotaryEmbeddingOptions(dim)
                                                 .rotary_dim(rotary_dim)
                                                 .base(base)
                                                 .interleaved(interleaved)
-                                                .layout(std::move(layout)));
+                                                .layout(std::move(layout))
+                                                .scaling(rope_config_from_py(scaling))
+                                                .precision(std::move(precision))
+                                                .xpos_centre(xpos_centre));
             }),
             py::arg("dim"), py::arg("rotary_dim") = py::none(), py::arg("base") = 10000.0,
-            py::arg("interleaved") = false, py::arg("layout") = "bhsd");
+            py::arg("interleaved") = false, py::arg("layout") = "bhsd",
+            py::arg("scaling") = py::none(), py::arg("precision") = "reference",
+            py::arg("xpos_centre") = 0);
     bind_forward(cls, &Impl::forward, py::arg("q"), py::arg("k"),
-                 py::arg("positions") = py::none(), py::arg("offset") = 0);
+                 py::arg("positions") = py::none(), py::arg("offset") = 0,
+                 py::arg("cu_seqlens") = py::none(), py::arg("seq_len") = py::none());
+    cls.def("frequencies", &Impl::frequencies, py::arg("seq_len") = py::none());
+    cls.def_property_readonly("attention_factor", &Impl::attention_factor);
     with_repr<Impl>(cls);
   }
   {

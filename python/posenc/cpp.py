@@ -29,6 +29,23 @@ T5RelativeBias = _C.T5RelativeBias
 KERPLEBias = _C.KERPLEBias
 TransformerXLRelativeScore = _C.TransformerXLRelativeScore
 
+
+def _rotary_from_config(cls: Any, config: Any, **kwargs: Any) -> Any:
+    """A C++ RotaryEmbedding for a :class:`~posenc.rope_config.RopeConfig` or a transformers
+    config (read by :func:`posenc.hf.rope_from_config`), as
+    :meth:`posenc.nn.RotaryEmbedding.from_config`: ``dim = head_dim``, ``scaling`` the config,
+    ``base = rope_theta``; ``kwargs`` are the other constructor options."""
+    from .rope_config import RopeConfig
+
+    if not isinstance(config, RopeConfig):
+        from .hf import rope_from_config
+
+        config = rope_from_config(config)
+    return cls(config.head_dim, scaling=config, base=float(config.rope_theta), **kwargs)
+
+
+RotaryEmbedding.from_config = classmethod(_rotary_from_config)
+
 __all__ = [
     "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding",

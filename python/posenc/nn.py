@@ -11,13 +11,14 @@ Bad constructor arguments raise ``ValueError`` (``c10::ValueError`` in C++), bad
 arguments ``RuntimeError``; messages read ``posenc.<Module>: option '<name>' <expected>, but
 got <given>`` (``argument`` in forward).
 """
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
+from .rope_config import RopeConfig
 
 __all__ = [
     "SinusoidalPositionalEncoding",
@@ -28,6 +29,11 @@ __all__ = [
     "KERPLEBias",
     "TransformerXLRelativeScore",
 ]
+
+
+def _fmt(v: float) -> str:
+    # As C++ prints doubles (ostream, 6 significant digits), so messages read the same.
+    return f"{v:g}"
 
 
 def _check_option(cond: bool, module: str, option: str, expected: str, given) -> None:
@@ -144,39 +150,103 @@ class LearnedPositionalEmbedding(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (Su et al. 2021, RoFormer, eq. 34) for queries and keys.
+    """Rotary position embedding (Su et al. 2021, RoFormer, eq. 34) for queries and keys, with
+    every RoPE scaling of :class:`posenc.rope_config.RopeConfig`, xPos and packed sequences.
 
-    ``forward(q, k, positions=None, offset=0) -> (q_rot, k_rot)`` via :func:`posenc.ops.rope`.
-    ``q``/``k``: ``(B, H, S, D)`` (``layout="bhsd"``) or ``(B, S, H, D)`` (``"bshd"``), any
-    float dtype and strides, with ``D == dim`` (head counts may differ, as in GQA).
-    ``positions``: int64 ``(S,)`` or ``(B, S)``, or ``None`` for ``arange(S)``; ``offset`` is
-    added in both cases (KV-cache decoding).
+    ``forward(q, k, positions=None, offset=0, cu_seqlens=None, seq_len=None) -> (q_rot, k_rot)``
+    via :func:`posenc.ops.rope`:
 
-    The inverse frequencies ``base ** (-2 i / rotary_dim)`` (eq. 15) come from
-    :func:`posenc.ops.rope_inv_freq` and are kept as a plain fp32 tensor attribute
-    ``inv_freq``, not a parameter or buffer: the state_dict is empty, and
-    ``module.to(torch.bfloat16)`` keeps them fp32 (case C01) while ``module.to(device)``
-    moves them; inputs on another device use a copy.
+    * ``q``/``k``: ``(B, H, S, D)`` (``layout="bhsd"``), ``(B, S, H, D)`` (``"bshd"``) or packed
+      ``(T, H, D)`` (``"thd"``), any float dtype and strides, with ``D == dim`` (head counts may
+      differ, as in GQA). Outputs have the inputs' shapes and dtypes.
+    * ``positions``: int64 ``(S,)`` or ``(B, S)``, or ``None`` for ``arange(S)`` (must be
+      ``None`` with ``"thd"``); ``offset`` is added in every case (KV-cache decoding).
+    * ``cu_seqlens``: int64 ``(num_seqs + 1,)`` cumulative sequence starts, required with
+      ``"thd"`` and only then; positions restart at ``offset`` in every packed sequence.
+    * ``seq_len``: the current total length, read by the length-dependent types ``"dynamic"``
+      and ``"longrope"`` (ignored otherwise). ``None`` infers it as transformers does (max
+      position + 1): ``offset + S`` without ``positions`` (``S`` the longer of q's and k's),
+      ``offset + positions.max() + 1`` with them, ``offset +`` the longest packed sequence with
+      ``"thd"``. Inferring from ``positions`` or ``cu_seqlens`` reads a tensor value: a host
+      sync on CUDA and a graph break under ``torch.compile``, so pass ``seq_len`` explicitly in
+      compiled or decode loops (with it, ``torch.compile(fullgraph=True)`` works for these
+      types too, recompiling when the table changes; static types never read it).
+
+    Frequencies. Without ``scaling``: ``base ** (-2 i / rotary_dim)`` (eq. 15) from
+    :func:`posenc.ops.rope_inv_freq`. With ``scaling``: :meth:`RopeConfig.compute
+    <posenc.rope_config.RopeConfig.compute>` (bit-identical to transformers'
+    ``ROPE_INIT_FUNCTIONS`` in reference precision), which also gives the attention factor
+    (YaRN / LongRoPE ``attention_scaling``; it multiplies the rotary dims of both q and k, as
+    transformers multiplies cos and sin) and, for ``"xpos"``, the per-pair ``zeta`` (Sun et al.
+    2022, sec. 3.2): q is scaled by ``zeta ** ((p - xpos_centre) / xpos_scale_base)``, k by the
+    inverse, so ``q . k`` depends on ``p_q - p_k`` only. Static types compute their table once
+    at construction; ``"longrope"`` computes its short and long tables once and picks the long
+    one when ``seq_len > original_max_position_embeddings``; ``"dynamic"`` recomputes (through
+    ``torch.ops.posenc.rope_scaling_inv_freq``) only when the effective length
+    ``max(seq_len, max_position_embeddings)`` changes and keeps the last table. Unlike
+    transformers, whose dynamic NTK keeps a grown table until the length falls below
+    ``max_position_embeddings``, the table here is a function of ``seq_len`` only.
+
+    The tables (``inv_freq``, ``long_inv_freq``, ``xpos_zeta``) are plain tensor attributes, not
+    parameters or buffers: the state_dict is empty, ``module.to(torch.bfloat16)`` keeps them
+    float32 (float64 in exact precision; case C01) while ``module.to(device)`` moves them;
+    inputs on another device use a copy.
+
+    Precision. ``"reference"`` (default): float32 ``inv_freq`` and float32 angles
+    ``pos * inv_freq``, rounded exactly where transformers rounds them, so outputs match
+    transformers and the checkpoints trained with its rounding (a model trained with those
+    angles expects them). ``"exact"``: float64 ``inv_freq``, fp64 angles reduced mod ``2 pi``, so
+    a float32 output stays within ~1e-6 relative of an fp64 reference at any position; the
+    float32 angle is off by up to ~0.03 rad at position 1e6. Use it for long-context work and
+    training from scratch at positions where fp32 angles drift.
 
     Args:
         dim: head dimension D, > 0.
-        rotary_dim: rotated leading dims (even, <= dim); ``None`` means ``dim``.
-        base: frequency base, > 1.
+        rotary_dim: rotated leading dims (even, <= dim); ``None`` means ``dim``, or
+            ``2 * scaling.num_frequencies`` with ``scaling`` (which it must equal if given).
+        base: frequency base, > 1. With ``scaling`` the base is ``scaling.rope_theta``;
+            ``base`` must then be left at 10000 or equal it.
         interleaved: ``False`` pairs ``(i, i + R/2)`` (GPT-NeoX, Llama), ``True`` pairs
             ``(2i, 2i+1)`` (GPT-J, RoFormer).
-        layout: ``"bhsd"`` or ``"bshd"``.
+        layout: ``"bhsd"``, ``"bshd"`` or ``"thd"``.
+        scaling: a :class:`posenc.rope_config.RopeConfig` with ``head_dim == dim``, or ``None``.
+            See :meth:`from_config` for a transformers config.
+        precision: ``"reference"`` or ``"exact"`` (above).
+        xpos_centre: xPos only: the absolute position where the factors are 1, shared by all
+            calls (keep it near the middle of the context: the factors over/underflow float32
+            tens of thousands of positions away from it).
 
     Raises:
         ValueError at construction (case C05): odd/non-positive ``rotary_dim``, ``rotary_dim``
-        > ``dim``, ``base`` <= 1, unknown ``layout``. RuntimeError in forward: last dim of
-        ``q`` or ``k`` is not ``dim`` (and the op's own checks).
+        > ``dim``, ``base`` <= 1, unknown ``layout`` or ``precision``, ``scaling.head_dim !=
+        dim``, ``rotary_dim != 2 * scaling.num_frequencies``, ``base`` neither 10000 nor
+        ``scaling.rope_theta``. TypeError: ``scaling`` not a RopeConfig. RuntimeError: an
+        invalid RopeConfig (``posenc.rope_scaling_inv_freq: ...``). RuntimeError in forward:
+        last dim of ``q`` or ``k`` is not ``dim``, ``cu_seqlens`` missing with ``"thd"`` or
+        given otherwise, ``seq_len < 0`` (and the op's own checks).
     """
+
+    __jit_ignored_attributes__ = ["scaling"]
 
     dim: int
     rotary_dim: int
     base: float
     interleaved: bool
     layout: str
+    precision: str
+    xpos_centre: int
+    rope_type: str
+    attention_factor: float
+    xpos_scale_base: float
+    xpos_zeta: Optional[Tensor]
+    long_inv_freq: Optional[Tensor]
+    _length_dependent: bool
+    _partial_rotary_factor: float
+    _factor: Optional[float]
+    _max_position_embeddings: int
+    _original_max_position_embeddings: int
+    _explicit_attention_factor: Optional[float]
+    _cached_length: int
 
     def __init__(
         self,
@@ -185,11 +255,39 @@ class RotaryEmbedding(nn.Module):
         base: float = 10000.0,
         interleaved: bool = False,
         layout: str = "bhsd",
+        scaling: Optional[RopeConfig] = None,
+        precision: str = "reference",
+        xpos_centre: int = 0,
     ) -> None:
         super().__init__()
         name = "RotaryEmbedding"
         _check_option(dim > 0, name, "dim", "must be > 0", dim)
-        rd = dim if rotary_dim is None else rotary_dim
+        if scaling is not None:
+            if not isinstance(scaling, RopeConfig):
+                raise TypeError(
+                    f"posenc.{name}: option 'scaling' must be a posenc.rope_config.RopeConfig or "
+                    f"None (use posenc.nn.RotaryEmbedding.from_config for a transformers config), "
+                    f"but got {type(scaling)}"
+                )
+            scaling.compute()  # validates the fields (RuntimeError naming the field)
+            _check_option(
+                scaling.head_dim == dim, name, "scaling", f"must have head_dim == dim ({dim})",
+                f"head_dim {scaling.head_dim}",
+            )
+            want = 2 * scaling.num_frequencies
+            _check_option(
+                rotary_dim is None or rotary_dim == want, name, "rotary_dim",
+                f"must equal 2 * scaling's number of frequencies ({want}) when scaling is given "
+                "(or be unset)", rotary_dim,
+            )
+            _check_option(
+                base == 10000.0 or base == scaling.rope_theta, name, "base",
+                f"must be left at 10000 or equal scaling.rope_theta ({_fmt(scaling.rope_theta)}) "
+                "when scaling is given", _fmt(base),
+            )
+            rd = want
+        else:
+            rd = dim if rotary_dim is None else rotary_dim
         _check_option(
             rd > 0 and rd % 2 == 0, name, "rotary_dim",
             "must be even and > 0 (dims are rotated in pairs)", rd,
@@ -197,26 +295,164 @@ class RotaryEmbedding(nn.Module):
         _check_option(rd <= dim, name, "rotary_dim", f"must be <= dim ({dim})", rd)
         _check_option(base > 1, name, "base", "must be > 1", base)
         _check_option(
-            layout in ("bhsd", "bshd"), name, "layout", 'must be "bhsd" or "bshd"', f'"{layout}"'
+            layout in ("bhsd", "bshd", "thd"), name, "layout", 'must be "bhsd", "bshd" or "thd"',
+            f'"{layout}"',
+        )
+        _check_option(
+            precision in ("reference", "exact"), name, "precision",
+            'must be "reference" or "exact"', f'"{precision}"',
         )
         self.dim = dim
         self.rotary_dim = rd
-        self.base = base
         self.interleaved = interleaved
         self.layout = layout
-        # Deliberately not a buffer: dtype casts of the module must not round it.
-        self.inv_freq: Tensor = ops.rope_inv_freq(rd, base)
+        self.precision = precision
+        self.xpos_centre = xpos_centre
+        self.scaling = scaling
+        self.xpos_zeta = None
+        self.long_inv_freq = None
+        self.attention_factor = 1.0
+        self.xpos_scale_base = 512.0
+        self._length_dependent = False
+        self._partial_rotary_factor = 1.0
+        self._factor = None
+        self._max_position_embeddings = 0
+        self._original_max_position_embeddings = 0
+        self._explicit_attention_factor = None
+        self._cached_length = -1
+        if scaling is None:
+            self.rope_type = "default"
+            self.base = float(base)
+        else:
+            self.rope_type = "longrope" if scaling.rope_type == "su" else scaling.rope_type
+            self.base = float(scaling.rope_theta)
+            self.xpos_scale_base = float(scaling.xpos_scale_base)
+            if self.rope_type == "longrope":
+                self._length_dependent = True
+                self._original_max_position_embeddings = int(scaling.original_max_position_embeddings)
+            elif self.rope_type == "dynamic":
+                # Typed copies of the fields the dynamic table reads, for the scripted forward.
+                self._length_dependent = True
+                self._partial_rotary_factor = float(scaling.partial_rotary_factor)
+                self._factor = float(scaling.factor)
+                self._max_position_embeddings = int(scaling.max_position_embeddings)
+                af = scaling.attention_factor
+                self._explicit_attention_factor = None if af is None else float(af)
+        self.inv_freq: Tensor = torch.empty(0)
+        self._compute_tables(torch.device("cpu"))
+
+    @torch.jit.unused
+    def _compute_tables(self, device: torch.device) -> None:
+        # Deliberately not buffers: dtype casts of the module must not round the tables. They
+        # are recomputed (not copied) on a device move, so a module built on the meta device
+        # can be materialised.
+        dtype = torch.float64 if self.precision == "exact" else torch.float32
+        scaling = self.scaling
+        if scaling is None:
+            self.inv_freq = ops.rope_inv_freq(self.rotary_dim, self.base, device=device, dtype=dtype)
+            return
+        self.inv_freq, self.attention_factor = scaling.compute(device=device, dtype=dtype)
+        if self.rope_type == "xpos":
+            self.xpos_zeta = scaling.xpos_zeta(device)
+        if self.rope_type == "longrope":
+            # Only two tables exist: compute the long one once (as transformers does).
+            orig = self._original_max_position_embeddings
+            self.long_inv_freq = scaling.compute(seq_len=orig + 1, device=device, dtype=dtype)[0]
+        elif self.rope_type == "dynamic":
+            self._cached_length = self._max_position_embeddings
+
+    @classmethod
+    def from_config(cls, config: Any, **kwargs: Any) -> "RotaryEmbedding":
+        """A module for a :class:`~posenc.rope_config.RopeConfig` or a transformers config
+        (read by :func:`posenc.hf.rope_from_config`): ``dim = head_dim``, ``scaling`` the config,
+        ``base = rope_theta``; ``kwargs`` are the other constructor options (``interleaved``,
+        ``layout``, ``precision``, ``xpos_centre``)."""
+        if not isinstance(config, RopeConfig):
+            from .hf import rope_from_config
+
+            config = rope_from_config(config)
+        return cls(config.head_dim, scaling=config, base=float(config.rope_theta), **kwargs)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
-        # Follow device moves only; frequencies are recomputed in fp32 on the new device.
+        # Follow device moves only; the tables keep their dtype (fp32, or fp64 when exact).
         super()._apply(fn, recurse)
-        device = fn(torch.empty(0, device=self.inv_freq.device)).device
+        try:
+            device = fn(torch.empty(0, device=self.inv_freq.device)).device
+        except NotImplementedError:  # .to() off the meta device: probe from the CPU instead
+            device = fn(torch.empty(0)).device
         if device != self.inv_freq.device:
-            self.inv_freq = ops.rope_inv_freq(self.rotary_dim, self.base, device=device)
+            self._compute_tables(device)
         return self
 
+    @torch.jit.export
+    def frequencies(self, seq_len: Optional[int] = None) -> Tensor:
+        """The inverse frequencies forward uses at total length ``seq_len`` (``None``: the table
+        of a static type, the short table of longrope, the default table of dynamic):
+        ``(R/2,)`` float32 (float64 when exact) on the module's device."""
+        if seq_len is not None and seq_len < 0:
+            raise RuntimeError(
+                f"posenc.RotaryEmbedding: argument 'seq_len' must be >= 0 (or None), but got {seq_len}"
+            )
+        if self.rope_type == "longrope":
+            long_inv_freq = self.long_inv_freq
+            if (
+                seq_len is not None
+                and seq_len > self._original_max_position_embeddings
+                and long_inv_freq is not None
+            ):
+                return long_inv_freq
+            return self.inv_freq
+        if self.rope_type == "dynamic":
+            max_len = self._max_position_embeddings
+            total = max_len if seq_len is None else max(seq_len, max_len)
+            if total != self._cached_length:
+                inv, _ = torch.ops.posenc.rope_scaling_inv_freq(
+                    "dynamic",
+                    self.base,
+                    self.dim,
+                    self._partial_rotary_factor,
+                    factor=self._factor,
+                    max_position_embeddings=max_len,
+                    attention_factor=self._explicit_attention_factor,
+                    seq_len=total,
+                    device=self.inv_freq.device,
+                    dtype=self.inv_freq.dtype,
+                )
+                self.inv_freq = inv
+                self._cached_length = total
+            return self.inv_freq
+        return self.inv_freq
+
+    def _infer_seq_len(
+        self, q: Tensor, k: Tensor, positions: Optional[Tensor], offset: int, cu_seqlens: Optional[Tensor]
+    ) -> int:
+        # Ill-typed tensors are left to the op, which raises right after with its own message.
+        if self.layout == "thd":
+            if cu_seqlens is None or cu_seqlens.dim() != 1 or cu_seqlens.dtype != torch.int64:
+                return offset
+            if cu_seqlens.numel() < 2:
+                return offset
+            return offset + int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        if positions is not None:
+            if positions.dtype != torch.int64 or positions.numel() == 0:
+                return offset
+            return offset + int(positions.max()) + 1
+        sdim = 2 if self.layout == "bhsd" else 1
+        s = 0
+        if q.dim() == 4:
+            s = max(s, q.size(sdim))
+        if k.dim() == 4:
+            s = max(s, k.size(sdim))
+        return offset + s
+
     def forward(
-        self, q: Tensor, k: Tensor, positions: Optional[Tensor] = None, offset: int = 0
+        self,
+        q: Tensor,
+        k: Tensor,
+        positions: Optional[Tensor] = None,
+        offset: int = 0,
+        cu_seqlens: Optional[Tensor] = None,
+        seq_len: Optional[int] = None,
     ) -> Tuple[Tensor, Tensor]:
         if q.dim() < 1 or q.size(-1) != self.dim:
             raise RuntimeError(
@@ -228,18 +464,54 @@ class RotaryEmbedding(nn.Module):
                 f"posenc.RotaryEmbedding: argument 'k' must have last dimension dim "
                 f"({self.dim}), but got shape {list(k.shape)}"
             )
-        inv_freq = self.inv_freq
+        if self.layout == "thd":
+            if cu_seqlens is None:
+                raise RuntimeError(
+                    "posenc.RotaryEmbedding: argument 'cu_seqlens' must be given with layout "
+                    '"thd", but got None'
+                )
+        elif cu_seqlens is not None:
+            raise RuntimeError(
+                f"posenc.RotaryEmbedding: argument 'cu_seqlens' must be None with layout "
+                f'"{self.layout}", but got a tensor'
+            )
+        if seq_len is not None and seq_len < 0:
+            raise RuntimeError(
+                f"posenc.RotaryEmbedding: argument 'seq_len' must be >= 0 (or None), but got {seq_len}"
+            )
+        if self._length_dependent:
+            n = seq_len if seq_len is not None else self._infer_seq_len(q, k, positions, offset, cu_seqlens)
+            inv_freq = self.frequencies(n)
+        else:
+            inv_freq = self.inv_freq
         if inv_freq.device != q.device:
             inv_freq = inv_freq.to(q.device)
-        q_rot = ops.rope(q, positions, inv_freq, offset, self.rotary_dim, self.interleaved, self.layout)
-        k_rot = ops.rope(k, positions, inv_freq, offset, self.rotary_dim, self.interleaved, self.layout)
+        zeta = self.xpos_zeta
+        if zeta is not None and zeta.device != q.device:
+            zeta = zeta.to(q.device)
+        r = self.rotary_dim
+        q_rot = ops.rope(
+            q, positions, inv_freq, offset, r, self.interleaved, self.layout, cu_seqlens,
+            self.attention_factor, zeta, self.xpos_scale_base, False, self.xpos_centre,
+        )
+        k_rot = ops.rope(
+            k, positions, inv_freq, offset, r, self.interleaved, self.layout, cu_seqlens,
+            self.attention_factor, zeta, self.xpos_scale_base, True, self.xpos_centre,
+        )
         return q_rot, k_rot
 
     def extra_repr(self) -> str:
-        return (
+        s = (
             f"dim={self.dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
             f"interleaved={self.interleaved}, layout={self.layout}"
         )
+        if self.scaling is not None:
+            s += f", scaling={self.rope_type}"
+        if self.precision != "reference":
+            s += f", precision={self.precision}"
+        if self.xpos_centre != 0:
+            s += f", xpos_centre={self.xpos_centre}"
+        return s
 
 
 class ALiBi(nn.Module):

@@ -239,7 +239,7 @@ def test_C05_rotary_odd_rotary_dim_fails_at_construction(impl):
         cls(4, rotary_dim=3)
     with pytest.raises(ValueError, match=r"option 'rotary_dim' must be <= dim \(4\), but got 6"):
         cls(4, rotary_dim=6)
-    with pytest.raises(ValueError, match=r"option 'layout' must be \"bhsd\" or \"bshd\", but got \"sbhd\""):
+    with pytest.raises(ValueError, match=r"option 'layout' must be \"bhsd\", \"bshd\" or \"thd\", but got \"sbhd\""):
         cls(4, layout="sbhd")
     # head_dim 65, rotary_dim 64: works, element 64 untouched.
     m = cls(65, rotary_dim=64)
