@@ -552,3 +552,40 @@ def test_exact_precision_matches_cpu_and_fp64_at_1e6(dtype, layout):
     back = torch.ops.posenc.rope_backward(g.to(DEV), pos.to(DEV), inv64.to(DEV), 0, None, False, layout)
     back_cpu = torch.ops.posenc.rope_backward(g, pos, inv64, 0, None, False, layout)
     torch.testing.assert_close(back.cpu(), back_cpu, **tol(dtype))
+
+
+def _rotary_configs():
+    from posenc.rope_config import RopeConfig
+
+    f = [1.0 + 0.05 * i for i in range(16)]
+    return [
+        RopeConfig(32, "yarn", 1e4, factor=8.0, original_max_position_embeddings=16),
+        RopeConfig(32, "dynamic", 1e4, factor=2.0, max_position_embeddings=16),
+        RopeConfig(32, "longrope", 1e4, factor=4.0, original_max_position_embeddings=16,
+                   short_factor=f, long_factor=[2 * v for v in f]),
+        RopeConfig(32, "xpos", 1e4),
+    ]
+
+
+@pytest.mark.parametrize("precision", ["reference", "exact"])
+@pytest.mark.parametrize("cfg", _rotary_configs(), ids=lambda c: c.rope_type)
+def test_rotary_module_scalings_on_device_match_cpu(cfg, precision):
+    # The module's device path: tables recomputed on the device after .to(), seq_len inferred
+    # from device positions (a host sync) or given, packed thd with device cu_seqlens.
+    from posenc import nn as pnn
+
+    cpu = pnn.RotaryEmbedding(32, scaling=cfg, precision=precision, xpos_centre=8)
+    mod = pnn.RotaryEmbedding(32, scaling=cfg, precision=precision, xpos_centre=8).to(DEV)
+    q, k = torch.randn(2, 4, 24, 32), torch.randn(2, 2, 24, 32)
+    pos = torch.arange(24).expand(2, 24)
+    for kw in ({}, {"seq_len": 40}):
+        got = mod(q.to(DEV), k.to(DEV), pos.to(DEV), **kw)
+        want = cpu(q, k, pos, **kw)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.cpu(), w, rtol=1e-5, atol=1e-5)
+    thd = pnn.RotaryEmbedding(32, scaling=cfg, precision=precision, layout="thd").to(DEV)
+    thd_cpu = pnn.RotaryEmbedding(32, scaling=cfg, precision=precision, layout="thd")
+    x, cu = torch.randn(30, 2, 32), torch.tensor([0, 10, 30])
+    got = thd(x.to(DEV), x.to(DEV), cu_seqlens=cu.to(DEV))
+    want = thd_cpu(x, x, cu_seqlens=cu)
+    torch.testing.assert_close(got[0].cpu(), want[0], rtol=1e-5, atol=1e-5)
