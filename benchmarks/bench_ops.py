@@ -48,6 +48,15 @@ def eager_rope(x, inv_freq, offset=0):
     return x * cos + rotate_half(x) * sin
 
 
+def eager_rope_exact(x, inv_freq64):
+    # The eager way to get exact angles: fp64 positions x fp64 inv_freq, fp64 cos/sin tables.
+    pos = torch.arange(x.shape[-2], device=x.device, dtype=torch.float64)
+    freqs = torch.outer(pos, inv_freq64)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
 def eager_apply_rotary(x, cos, sin):
     return x * cos + rotate_half(x) * sin
 
@@ -126,6 +135,14 @@ def case_rope(dev, dtype, B, H, L, D):
     return (lambda: ops.rope(x, None, inv_freq), lambda: eager_rope(x, inv_freq), [x], 2 * n, 2 * n)
 
 
+def case_rope_exact(dev, dtype, B, H, L, D):
+    # Exact precision (float64 inv_freq): fp64 angle reduced mod 2 pi, same memory traffic.
+    x = torch.randn(B, H, L, D, device=dev, dtype=dtype, requires_grad=True)
+    inv_freq = ops.rope_inv_freq(D, device=dev, dtype=torch.float64)
+    n = x.numel() * esize(dtype)
+    return (lambda: ops.rope(x, None, inv_freq), lambda: eager_rope_exact(x, inv_freq), [x], 2 * n, 2 * n)
+
+
 def case_apply_rotary(dev, dtype, B, H, L, D):
     x = torch.randn(B, H, L, D, device=dev, dtype=dtype, requires_grad=True)
     ang = torch.outer(torch.arange(L, device=dev, dtype=torch.float32), ops.rope_inv_freq(D, device=dev))
@@ -175,6 +192,7 @@ def case_sinusoidal(dev, dtype, N, dim):
 
 CASES = {
     "rope": case_rope,
+    "rope_exact": case_rope_exact,
     "apply_rotary_pos_emb": case_apply_rotary,
     "rel_pos_scores": case_rel_pos,
     "t5_bias": case_t5,
@@ -185,6 +203,7 @@ CASES = {
 
 SIZES = {  # realistic (GPU) sizes
     "rope": [dict(B=8, H=16, L=2048, D=128), dict(B=1, H=32, L=8192, D=128)],
+    "rope_exact": [dict(B=8, H=16, L=2048, D=128)],
     "apply_rotary_pos_emb": [dict(B=8, H=16, L=2048, D=128)],
     "rel_pos_scores": [dict(B=8, H=16, L=2048, D=128), dict(B=2, H=16, L=1024, D=64)],
     "t5_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
@@ -194,6 +213,7 @@ SIZES = {  # realistic (GPU) sizes
 }
 QUICK_SIZES = {  # small sizes (CPU, or a smoke run)
     "rope": [dict(B=1, H=4, L=256, D=64)],
+    "rope_exact": [dict(B=1, H=4, L=256, D=64)],
     "apply_rotary_pos_emb": [dict(B=1, H=4, L=256, D=64)],
     "rel_pos_scores": [dict(B=1, H=2, L=128, D=32)],
     "t5_bias": [dict(H=4, Lq=256, Lk=256)],
@@ -203,6 +223,7 @@ QUICK_SIZES = {  # small sizes (CPU, or a smoke run)
 }
 CHECK_SIZES = {  # the eager == op check (fp32)
     "rope": dict(B=2, H=3, L=17, D=8),
+    "rope_exact": dict(B=2, H=3, L=17, D=8),
     "apply_rotary_pos_emb": dict(B=2, H=3, L=17, D=8),
     "rel_pos_scores": dict(B=2, H=3, L=9, D=4),
     "t5_bias": dict(H=3, Lq=150, Lk=170),
