@@ -488,3 +488,18 @@ def test_invalid_config_raises_the_config_error():
     for impl in IMPLS:
         with pytest.raises(RuntimeError, match=r"posenc.rope_scaling_inv_freq: argument 'factor'"):
             make(impl, HEAD_DIM, scaling=cfg)
+
+
+def test_cpp_to_returns_the_module_and_takes_nn_module_arguments():
+    # torch.nn.Module.to semantics: chaining, strings, keywords; frequencies keep their dtype.
+    m = posenc.cpp.RotaryEmbedding(HEAD_DIM, precision="exact")
+    assert m.to(torch.bfloat16) is m
+    assert m.frequencies().dtype == F64
+    assert m.to("meta") is m and m.frequencies().device.type == "meta"
+    assert m.to(device="cpu", dtype=torch.float16) is m and m.frequencies().device.type == "cpu"
+    q = torch.randn(1, 1, 3, HEAD_DIM)
+    assert torch.equal(m(q, q)[0], posenc.nn.RotaryEmbedding(HEAD_DIM, precision="exact")(q, q)[0])
+    t = posenc.cpp.T5RelativeBias(4).to(torch.float64)
+    assert posenc.cpp.state_dict(t)["weight"].dtype == F64
+    with pytest.raises(TypeError, match="only accepts floating point or complex dtypes"):
+        t.to(torch.int64)
