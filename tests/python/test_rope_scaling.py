@@ -904,6 +904,30 @@ def test_xpos_bad_inputs():
         xpos_zeta(8, -0.1)
 
 
+def test_degenerate_derived_attention_factor_is_an_error():
+    # yarn: 0.1 * mscale_all_dim * ln(s) + 1 == 0 divides by zero; longrope:
+    # original_max_position_embeddings == 1 divides by ln 1 = 0; a negative yarn ratio would
+    # scale q and k by a negative number. All used to come back as inf / negative factors.
+    s = 4.0
+    zero_den = -1.0 / (0.1 * math.log(s))
+    bad = [
+        dict(rope_type="yarn", factor=s, original_max_position_embeddings=8, mscale=1.0, mscale_all_dim=zero_den),
+        dict(rope_type="yarn", factor=s, original_max_position_embeddings=8, mscale=1.0, mscale_all_dim=-100.0),
+        dict(rope_type="longrope", factor=s, original_max_position_embeddings=1, max_position_embeddings=4,
+             short_factor=[1.0] * 4, long_factor=[2.0] * 4),
+    ]
+    for kw in bad:
+        t = kw.pop("rope_type")
+        with pytest.raises(RuntimeError, match=rf"posenc.rope_scaling_inv_freq: argument 'attention_factor' derived for rope_type \"{t}\" must be finite and > 0.*, but got"):
+            rope_scaling_inv_freq(t, 1e4, 8, **kw)
+        with pytest.raises(RuntimeError, match=r"argument 'attention_factor' derived"):
+            RopeConfig(8, t, **kw)
+    # An explicit attention_factor wins (rule 1), so the same fields are then fine.
+    _, af = rope_scaling_inv_freq("longrope", 1e4, 8, factor=s, original_max_position_embeddings=1,
+                                  attention_factor=1.5, short_factor=[1.0] * 4, long_factor=[2.0] * 4)
+    assert af == 1.5
+
+
 def test_config_fields_of_the_wrong_type_name_the_field():
     name = r"posenc.rope_scaling_inv_freq: argument"
     cases = [
