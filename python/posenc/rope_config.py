@@ -118,7 +118,9 @@ def rope_scaling_inv_freq(
     ``low_freq_factor``, ``high_freq_factor``, ``xpos_gamma``, ``xpos_scale_base`` not finite
     and > 0; ``high_freq_factor <= low_freq_factor``; ``beta_fast < beta_slow``; lengths
     ``<= 0``; ``short_factor``/``long_factor`` not ``ceil(d / 2)`` positive values;
-    ``seq_len < 0``.
+    ``seq_len < 0``; a derived attention factor (yarn's mscale ratio, longrope's
+    ``sqrt(1 + ln s / ln L)``) that is not finite and > 0. :class:`RopeConfig` also raises it
+    for a field of the wrong type (``argument '<field>' must be a number, but got ...``).
     """
     return torch.ops.posenc.rope_scaling_inv_freq(
         rope_type,
