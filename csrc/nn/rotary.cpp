@@ -172,20 +172,27 @@ int64_t RotaryEmbeddingImpl::infer_seq_len(const torch::Tensor& q, const torch::
                                            int64_t offset,
                                            const std::optional<torch::Tensor>& cu_seqlens) const {
   // Ill-typed tensors are left to the op, which raises right after with its own message.
+  // Negative offsets/positions are valid for the op; they hold no length, so clamp at 0
+  // (else frequencies() would reject a 'seq_len' the caller never passed).
   if (options.layout() == "thd") {
     const auto& cu = *cu_seqlens;
-    if (cu.dim() != 1 || cu.scalar_type() != torch::kLong || cu.numel() < 2) return offset;
-    return offset + (cu.slice(0, 1) - cu.slice(0, 0, -1)).max().item<int64_t>();
+    if (cu.dim() != 1 || cu.scalar_type() != torch::kLong || cu.numel() < 2) {
+      return std::max<int64_t>(offset, 0);
+    }
+    return std::max<int64_t>(
+        offset + (cu.slice(0, 1) - cu.slice(0, 0, -1)).max().item<int64_t>(), 0);
   }
   if (positions.has_value() && positions->defined()) {
-    if (positions->scalar_type() != torch::kLong || positions->numel() == 0) return offset;
-    return offset + positions->max().item<int64_t>() + 1;
+    if (positions->scalar_type() != torch::kLong || positions->numel() == 0) {
+      return std::max<int64_t>(offset, 0);
+    }
+    return std::max<int64_t>(offset + positions->max().item<int64_t>() + 1, 0);
   }
   const int64_t sdim = options.layout() == "bhsd" ? 2 : 1;
   int64_t s = 0;
   if (q.dim() == 4) s = std::max(s, q.size(sdim));
   if (k.dim() == 4) s = std::max(s, k.size(sdim));
-  return offset + s;
+  return std::max<int64_t>(offset + s, 0);
 }
 
 std::tuple<torch::Tensor, torch::Tensor> RotaryEmbeddingImpl::forward(

@@ -258,6 +258,15 @@ std::tuple<at::Tensor, double> compute_impl(const RopeScalingConfig& c,
       out.inv_freq = default_inv_freq(c.rope_theta, dim, dt);  // zeta: xpos_zeta
       break;
   }
+  // A derived factor (yarn's mscale ratio, longrope's sqrt(1 + ln s / ln L)) is inf, 0 or
+  // negative for degenerate fields (0.1 mscale_all_dim ln s = -1, L = 1): refuse it here
+  // rather than scale q and k by it.
+  POSENC_CHECK_ARG(std::isfinite(out.attention_factor) && out.attention_factor > 0.0,
+                   detail::kRopeScalingOp, "attention_factor",
+                   c10::str("derived ", detail::for_type(c.type),
+                            " must be finite and > 0 (check mscale / mscale_all_dim for yarn, "
+                            "original_max_position_embeddings > 1 for longrope)"),
+                   out.attention_factor);
   return {out.inv_freq.contiguous().to(device), out.attention_factor};
 }
 

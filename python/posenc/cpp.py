@@ -13,6 +13,7 @@ A state_dict moves between the two languages with :func:`state_dict` and
     posenc.cpp.load_state_dict(cc, py.state_dict())   # Python -> C++
     py.load_state_dict(posenc.cpp.state_dict(cc))     # C++ -> Python
 """
+import types
 from collections import OrderedDict
 from typing import Any, Dict
 
@@ -45,6 +46,43 @@ def _rotary_from_config(cls: Any, config: Any, **kwargs: Any) -> Any:
 
 
 RotaryEmbedding.from_config = classmethod(_rotary_from_config)
+
+
+def _module_to(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """``torch.nn.Module.to`` for a C++ module: the same arguments (a device, a dtype, a
+    string, a tensor, ``device=``/``dtype=`` keywords), applied by the C++ ``to`` (which keeps
+    RotaryEmbedding's frequencies in their precision); returns the module."""
+    device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+    if dtype is not None and not (dtype.is_floating_point or dtype.is_complex):
+        raise TypeError(
+            f"nn.Module.to only accepts floating point or complex dtypes, but got desired dtype={dtype}"
+        )
+    if device is not None or dtype is not None:
+        self.cpp_module.to(device, dtype, non_blocking)
+    return self
+
+
+def _with_module_to(cls: Any) -> None:
+    # torch.nn.cpp.ModuleWrapper copies the bound C++ `to` into each instance; that one
+    # returns None (so `m = X(...).to(dtype)` gave None) and rejects "cpu" and keywords.
+    init = cls.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.__dict__["to"] = types.MethodType(_module_to, self)
+
+    cls.__init__ = __init__
+
+for _cls in (
+    SinusoidalPositionalEncoding,
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    ALiBi,
+    T5RelativeBias,
+    KERPLEBias,
+    TransformerXLRelativeScore,
+):
+    _with_module_to(_cls)
 
 __all__ = [
     "SinusoidalPositionalEncoding",

@@ -390,7 +390,9 @@ class RopeKVCache(nn.Module):
         self._check_like_cache(q_new, "q_new", "cached keys'", self.k_rot)
         hd = self.head_dim_index
         kv_heads = self.k_rot.size(hd)
-        if q_new.size(hd) % kv_heads != 0:
+        # With 0 key heads only 0 query heads are a multiple (and `% 0` raises ZeroDivisionError).
+        q_heads = q_new.size(hd)
+        if (q_heads % kv_heads != 0) if kv_heads > 0 else (q_heads != 0):
             raise RuntimeError(
                 f"posenc.RopeKVCache: argument 'q_new' must have a multiple of the key heads "
                 f"({kv_heads}) as heads, but got shape {list(q_new.shape)}"

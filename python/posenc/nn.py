@@ -427,23 +427,25 @@ class RotaryEmbedding(nn.Module):
         self, q: Tensor, k: Tensor, positions: Optional[Tensor], offset: int, cu_seqlens: Optional[Tensor]
     ) -> int:
         # Ill-typed tensors are left to the op, which raises right after with its own message.
+        # Negative offsets/positions are valid for the op; they hold no length, so clamp at 0
+        # (else frequencies() would reject a 'seq_len' the caller never passed).
         if self.layout == "thd":
             if cu_seqlens is None or cu_seqlens.dim() != 1 or cu_seqlens.dtype != torch.int64:
-                return offset
+                return max(offset, 0)
             if cu_seqlens.numel() < 2:
-                return offset
-            return offset + int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+                return max(offset, 0)
+            return max(offset + int((cu_seqlens[1:] - cu_seqlens[:-1]).max()), 0)
         if positions is not None:
             if positions.dtype != torch.int64 or positions.numel() == 0:
-                return offset
-            return offset + int(positions.max()) + 1
+                return max(offset, 0)
+            return max(offset + int(positions.max()) + 1, 0)
         sdim = 2 if self.layout == "bhsd" else 1
         s = 0
         if q.dim() == 4:
             s = max(s, q.size(sdim))
         if k.dim() == 4:
             s = max(s, k.size(sdim))
-        return offset + s
+        return max(offset + s, 0)
 
     def forward(
         self,

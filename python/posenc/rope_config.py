@@ -46,6 +46,8 @@ The numbers equal transformers' ``ROPE_INIT_FUNCTIONS`` (and the models'
 ``compute_default_rope_parameters``) bit for bit: the same float32 operations in the same
 order, scalars in double. They are computed on the CPU and copied to ``device``.
 """
+import math
+import numbers
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -116,7 +118,9 @@ def rope_scaling_inv_freq(
     ``low_freq_factor``, ``high_freq_factor``, ``xpos_gamma``, ``xpos_scale_base`` not finite
     and > 0; ``high_freq_factor <= low_freq_factor``; ``beta_fast < beta_slow``; lengths
     ``<= 0``; ``short_factor``/``long_factor`` not ``ceil(d / 2)`` positive values;
-    ``seq_len < 0``.
+    ``seq_len < 0``; a derived attention factor (yarn's mscale ratio, longrope's
+    ``sqrt(1 + ln s / ln L)``) that is not finite and > 0. :class:`RopeConfig` also raises it
+    for a field of the wrong type (``argument '<field>' must be a number, but got ...``).
     """
     return torch.ops.posenc.rope_scaling_inv_freq(
         rope_type,
@@ -181,6 +185,56 @@ def xpos_scale(
     return torch.ops.posenc.xpos_scale(positions, zeta, scale_base, centre, inverse)
 
 
+# RopeConfig fields -> the op's argument types. Numbers given as strings (a config.json edited
+# by hand) are accepted as float() reads them; anything else gets the op's message format
+# naming the field, instead of a bare TypeError from float() or the schema.
+def _type_error(name: str, expected: str, value: object) -> RuntimeError:
+    return RuntimeError(
+        f"posenc.rope_scaling_inv_freq: argument '{name}' must be {expected}, but got "
+        f"{type(value).__name__} {value!r}"
+    )
+
+
+def _float(name: str, value: object) -> float:
+    if isinstance(value, (list, tuple, dict)) or value is None:
+        raise _type_error(name, "a number", value)
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise _type_error(name, "a number", value) from None
+
+
+def _opt_float(name: str, value: object) -> Optional[float]:
+    return None if value is None else _float(name, value)
+
+
+def _int(name: str, value: object) -> int:
+    # transformers reads these lengths with Python arithmetic, so 4096.0 works there
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
+        raise _type_error(name, "an integer", value)
+    out = int(value)
+    if not -(2**63) <= out < 2**63:
+        raise _type_error(name, "an integer that fits in int64", value)
+    return out
+
+
+def _opt_int(name: str, value: object) -> Optional[int]:
+    return None if value is None else _int(name, value)
+
+
+def _floats(name: str, value: object) -> Optional[List[float]]:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise _type_error(name, "a list of numbers", value)
+    return [_float(f"{name}[{i}]", x) for i, x in enumerate(value)]  # type: ignore[union-attr]
+
+
 @dataclass
 class RopeConfig:
     """Every RoPE scaling field, as C++ ``posenc::RopeScalingConfig`` (same names, defaults).
@@ -213,6 +267,13 @@ class RopeConfig:
     xpos_scale_base: float = 512.0
 
     def __post_init__(self) -> None:
+        # Integral lengths given as floats (4096.0) become ints, so that every reader of the
+        # fields (RotaryEmbedding, RopeKVCache) can pass them to the op's int arguments.
+        self.head_dim = _int("head_dim", self.head_dim)
+        self.max_position_embeddings = _opt_int("max_position_embeddings", self.max_position_embeddings)
+        self.original_max_position_embeddings = _opt_int(
+            "original_max_position_embeddings", self.original_max_position_embeddings
+        )
         self.compute()  # validates (a handful of float32 numbers on the CPU)
 
     @property
@@ -237,29 +298,28 @@ class RopeConfig:
         (exact precision); see :func:`rope_scaling_inv_freq`.
         """
 
-        def floats(v: Optional[List[float]]) -> Optional[List[float]]:
-            return None if v is None else [float(x) for x in v]
-
         return rope_scaling_inv_freq(
             self.rope_type,
-            float(self.rope_theta),
-            int(self.head_dim),
-            float(self.partial_rotary_factor),
-            factor=None if self.factor is None else float(self.factor),
-            max_position_embeddings=self.max_position_embeddings,
-            original_max_position_embeddings=self.original_max_position_embeddings,
-            attention_factor=None if self.attention_factor is None else float(self.attention_factor),
-            beta_fast=None if self.beta_fast is None else float(self.beta_fast),
-            beta_slow=None if self.beta_slow is None else float(self.beta_slow),
-            mscale=None if self.mscale is None else float(self.mscale),
-            mscale_all_dim=None if self.mscale_all_dim is None else float(self.mscale_all_dim),
+            _float("rope_theta", self.rope_theta),
+            _int("head_dim", self.head_dim),
+            _float("partial_rotary_factor", self.partial_rotary_factor),
+            factor=_opt_float("factor", self.factor),
+            max_position_embeddings=_opt_int("max_position_embeddings", self.max_position_embeddings),
+            original_max_position_embeddings=_opt_int(
+                "original_max_position_embeddings", self.original_max_position_embeddings
+            ),
+            attention_factor=_opt_float("attention_factor", self.attention_factor),
+            beta_fast=_opt_float("beta_fast", self.beta_fast),
+            beta_slow=_opt_float("beta_slow", self.beta_slow),
+            mscale=_opt_float("mscale", self.mscale),
+            mscale_all_dim=_opt_float("mscale_all_dim", self.mscale_all_dim),
             truncate=bool(self.truncate),
-            low_freq_factor=None if self.low_freq_factor is None else float(self.low_freq_factor),
-            high_freq_factor=None if self.high_freq_factor is None else float(self.high_freq_factor),
-            short_factor=floats(self.short_factor),
-            long_factor=floats(self.long_factor),
-            xpos_gamma=float(self.xpos_gamma),
-            xpos_scale_base=float(self.xpos_scale_base),
+            low_freq_factor=_opt_float("low_freq_factor", self.low_freq_factor),
+            high_freq_factor=_opt_float("high_freq_factor", self.high_freq_factor),
+            short_factor=_floats("short_factor", self.short_factor),
+            long_factor=_floats("long_factor", self.long_factor),
+            xpos_gamma=_float("xpos_gamma", self.xpos_gamma),
+            xpos_scale_base=_float("xpos_scale_base", self.xpos_scale_base),
             seq_len=seq_len,
             device=device,
             dtype=dtype,

@@ -469,3 +469,18 @@ def test_bad_inputs_bshd():
         cache.update(torch.randn(2, 1, 3, HEAD_DIM), torch.randn(2, 1, 3, HEAD_DIM))
     q = cache.rotate_queries(torch.randn(2, 1, 4, HEAD_DIM))
     assert q.shape == (2, 1, 4, HEAD_DIM)
+
+
+def test_zero_key_heads():
+    # 0 key heads: only 0 query heads are a multiple; more is the usual error, not a
+    # ZeroDivisionError from `% 0`.
+    cache = RopeKVCache(make_config("default"))
+    empty = torch.randn(1, 0, 3, HEAD_DIM)
+    q, k, v = cache(empty, empty, empty)
+    assert q.shape == k.shape == v.shape == (1, 0, 3, HEAD_DIM)
+    with pytest.raises(RuntimeError, match=_msg("q_new", r"must have a multiple of the key heads \(0\) as heads", r"shape \[1, 2, 1, 16\]")):
+        cache.rotate_queries(torch.randn(1, 2, 1, HEAD_DIM))
+    scripted = torch.jit.script(RopeKVCache(make_config("default")))
+    scripted.update(empty, empty)
+    with pytest.raises(torch.jit.Error, match=r"must have a multiple of the key heads \(0\)"):
+        scripted.rotate_queries(torch.randn(1, 2, 1, HEAD_DIM))

@@ -18,6 +18,7 @@ from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb 
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as hf_apply_llama
 
+import posenc
 from posenc import ops
 from posenc.hf import rope_from_config
 from posenc.rope_config import (
@@ -901,3 +902,58 @@ def test_xpos_bad_inputs():
         xpos_zeta(0)
     with pytest.raises(RuntimeError, match=r"posenc.xpos_zeta: argument 'gamma' must be finite and > 0, but got -0.1"):
         xpos_zeta(8, -0.1)
+
+
+def test_degenerate_derived_attention_factor_is_an_error():
+    # yarn: 0.1 * mscale_all_dim * ln(s) + 1 == 0 divides by zero; longrope:
+    # original_max_position_embeddings == 1 divides by ln 1 = 0; a negative yarn ratio would
+    # scale q and k by a negative number. All used to come back as inf / negative factors.
+    s = 4.0
+    zero_den = -1.0 / (0.1 * math.log(s))
+    bad = [
+        dict(rope_type="yarn", factor=s, original_max_position_embeddings=8, mscale=1.0, mscale_all_dim=zero_den),
+        dict(rope_type="yarn", factor=s, original_max_position_embeddings=8, mscale=1.0, mscale_all_dim=-100.0),
+        dict(rope_type="longrope", factor=s, original_max_position_embeddings=1, max_position_embeddings=4,
+             short_factor=[1.0] * 4, long_factor=[2.0] * 4),
+    ]
+    for kw in bad:
+        t = kw.pop("rope_type")
+        with pytest.raises(RuntimeError, match=rf"posenc.rope_scaling_inv_freq: argument 'attention_factor' derived for rope_type \"{t}\" must be finite and > 0.*, but got"):
+            rope_scaling_inv_freq(t, 1e4, 8, **kw)
+        with pytest.raises(RuntimeError, match=r"argument 'attention_factor' derived"):
+            RopeConfig(8, t, **kw)
+    # An explicit attention_factor wins (rule 1), so the same fields are then fine.
+    _, af = rope_scaling_inv_freq("longrope", 1e4, 8, factor=s, original_max_position_embeddings=1,
+                                  attention_factor=1.5, short_factor=[1.0] * 4, long_factor=[2.0] * 4)
+    assert af == 1.5
+
+
+def test_config_fields_of_the_wrong_type_name_the_field():
+    name = r"posenc.rope_scaling_inv_freq: argument"
+    cases = [
+        (dict(rope_type="linear", factor=[2.0]), r"'factor' must be a number, but got list \[2.0\]"),
+        (dict(rope_type="yarn", factor=2.0, original_max_position_embeddings=8, beta_fast={}),
+         r"'beta_fast' must be a number, but got dict \{\}"),
+        (dict(rope_type="longrope", factor=2.0, original_max_position_embeddings=8,
+              short_factor="1.0", long_factor=[1.0] * 8), r"'short_factor' must be a list of numbers, but got str '1.0'"),
+        (dict(rope_type="longrope", factor=2.0, original_max_position_embeddings=8,
+              short_factor=[1.0] * 8, long_factor=[[1.0]] * 8), r"'long_factor\[0\]' must be a number, but got list \[1.0\]"),
+        (dict(rope_type="dynamic", factor=2.0, max_position_embeddings=4096.5),
+         r"'max_position_embeddings' must be an integer, but got float 4096.5"),
+        (dict(rope_type="dynamic", factor=2.0, max_position_embeddings=2**70),
+         r"'max_position_embeddings' must be an integer that fits in int64, but got int"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(RuntimeError, match=name + " " + msg):
+            RopeConfig(16, **kw)
+    with pytest.raises(RuntimeError, match=name + r" 'head_dim' must be an integer, but got str '16'"):
+        RopeConfig("16")
+    # transformers reads lengths with Python arithmetic: integral floats work there and here,
+    # stored as ints so that every reader (RotaryEmbedding, RopeKVCache) can use them.
+    cfg = rope_from_config({"head_dim": 16, "max_position_embeddings": 64.0,
+                            "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}})
+    assert cfg.max_position_embeddings == 64 and type(cfg.max_position_embeddings) is int
+    ref = RopeConfig(16, "dynamic", factor=2.0, max_position_embeddings=64)
+    assert torch.equal(cfg.compute(seq_len=100)[0], ref.compute(seq_len=100)[0])
+    k = torch.randn(1, 1, 70, 16)
+    assert torch.equal(posenc.RopeKVCache(cfg)(k, k, k)[1], posenc.RopeKVCache(ref)(k, k, k)[1])

@@ -488,3 +488,44 @@ def test_invalid_config_raises_the_config_error():
     for impl in IMPLS:
         with pytest.raises(RuntimeError, match=r"posenc.rope_scaling_inv_freq: argument 'factor'"):
             make(impl, HEAD_DIM, scaling=cfg)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("rope_type", ["dynamic", "longrope"])
+def test_negative_offset_or_positions_infer_length_zero(rope_type, impl):
+    # Negative offsets / positions are valid for the op; the inferred total length must not
+    # become a negative 'seq_len' the caller never passed (it is clamped at 0: the default /
+    # short table), for the scripted twin too.
+    m = make(impl, HEAD_DIM, scaling=config(rope_type))
+    mods = [m] + ([torch.jit.script(m)] if impl == "nn" else [])
+    q = torch.randn(1, 2, 3, HEAD_DIM, dtype=F64)
+    inv = freqs(m, 0).double()
+    af = m.attention_factor
+    for mod in mods:
+        for kw in [dict(offset=-10), dict(positions=torch.tensor([-5, -4, -3])),
+                   dict(positions=torch.tensor([-5, -4, -3]), offset=-1)]:
+            pos = kw.get("positions", torch.arange(3)) + kw.get("offset", 0)
+            got = mod(q, q, **kw)[0]
+            want = ref_rope(q, pos, inv, 2 * inv.numel(), attention_factor=af)
+            assert torch.allclose(got, want, atol=1e-12)
+    thd = make(impl, HEAD_DIM, scaling=config(rope_type), layout="thd")
+    x = torch.randn(4, 2, HEAD_DIM, dtype=F64)
+    got = thd(x, x, offset=-7, cu_seqlens=torch.tensor([0, 1, 4]))[0]
+    want = ref_rope(x.permute(1, 0, 2)[None], torch.tensor([-7, -7, -6, -5]), inv, 2 * inv.numel(),
+                    attention_factor=af)[0].permute(1, 0, 2)
+    assert torch.allclose(got, want, atol=1e-12)
+
+
+def test_cpp_to_returns_the_module_and_takes_nn_module_arguments():
+    # torch.nn.Module.to semantics: chaining, strings, keywords; frequencies keep their dtype.
+    m = posenc.cpp.RotaryEmbedding(HEAD_DIM, precision="exact")
+    assert m.to(torch.bfloat16) is m
+    assert m.frequencies().dtype == F64
+    assert m.to("meta") is m and m.frequencies().device.type == "meta"
+    assert m.to(device="cpu", dtype=torch.float16) is m and m.frequencies().device.type == "cpu"
+    q = torch.randn(1, 1, 3, HEAD_DIM)
+    assert torch.equal(m(q, q)[0], posenc.nn.RotaryEmbedding(HEAD_DIM, precision="exact")(q, q)[0])
+    t = posenc.cpp.T5RelativeBias(4).to(torch.float64)
+    assert posenc.cpp.state_dict(t)["weight"].dtype == F64
+    with pytest.raises(TypeError, match="only accepts floating point or complex dtypes"):
+        t.to(torch.int64)
