@@ -20,6 +20,10 @@ void KERPLEBiasImpl::reset() {
   POSENC_CHECK_OPTION(options.kind() == "log" || options.kind() == "power", kName, "kind",
                       "must be \"log\" or \"power\"", "\"", options.kind(), "\"");
   POSENC_CHECK_OPTION(options.eps() > 0, kName, "eps", "must be > 0", options.eps());
+  // forward clamps r2 of the power kernel to [eps, 2]: eps > 2 leaves no valid value.
+  POSENC_CHECK_OPTION(options.kind() != "power" || options.eps() <= 2, kName, "eps",
+                      "must be <= 2 for kind \"power\" (r2 is clamped to [eps, 2])",
+                      options.eps());
   // The paper's code: r1 ~ U(0, 2], r2 ~ U(0, 1]. 1 - U[0, 1) keeps zero out of the range.
   torch::NoGradGuard no_grad;
   r1 = register_parameter("r1", (1 - torch::rand({h})) * 2);

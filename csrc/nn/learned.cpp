@@ -3,6 +3,9 @@
 #include <torch/nn/functional/dropout.h>
 #include <torch/nn/init.h>
 
+#include <algorithm>
+#include <limits>
+
 #include "nn/check.h"
 
 namespace posenc {
@@ -39,9 +42,13 @@ torch::Tensor LearnedPositionalEmbeddingImpl::forward(const torch::Tensor& x, in
   POSENC_CHECK_INPUT(offset >= 0, kName, "offset", "must be >= 0", offset);
   const int64_t seq = x.size(1);
   // A learned table cannot extrapolate: say which position fell off, before any work (C15).
-  TORCH_CHECK(offset + seq <= options.max_len(), "posenc.", kName, ": position ",
-              offset + seq - 1, " is past the table of ", options.max_len(),
-              " positions (max_len)");
+  // Compared as offset > max_len - seq (both >= 0): offset + seq may overflow for huge offsets,
+  // and so may the last position, which is then printed as a sum.
+  TORCH_CHECK(offset <= options.max_len() - seq, "posenc.", kName, ": position ",
+              offset <= std::numeric_limits<int64_t>::max() - std::max<int64_t>(seq - 1, 0)
+                  ? c10::str(offset + seq - 1)
+                  : c10::str(offset, " + ", seq - 1),
+              " is past the table of ", options.max_len(), " positions (max_len)");
   return torch::nn::functional::detail::dropout(x + weight.narrow(0, offset, seq),
                                                 options.dropout(), is_training(),
                                                 /*inplace=*/false);

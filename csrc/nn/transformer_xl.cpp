@@ -47,6 +47,12 @@ static void check_q(const torch::Tensor& q, const TransformerXLRelativeScoreOpti
       q.defined() && q.dim() == 4 && q.size(1) == o.num_heads() && q.size(3) == o.head_dim(),
       kName, "q", c10::str("must be a 4-D tensor (batch, ", o.num_heads(), ", q_len, ", o.head_dim(), ")"),
       q.defined() ? c10::str("shape ", q.sizes()) : std::string("an undefined tensor"));
+  // An integer q would be promoted by q + v and give float scores without complaint.
+  const auto t = q.scalar_type();
+  POSENC_CHECK_INPUT(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble,
+                     kName, "q",
+                     "must have a floating dtype (float16, bfloat16, float32 or float64)",
+                     "dtype ", q.scalar_type());
 }
 
 torch::Tensor TransformerXLRelativeScoreImpl::forward(const torch::Tensor& q, int64_t mem_len) {

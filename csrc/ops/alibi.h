@@ -32,6 +32,7 @@ void check_alibi_bias(const char* op, const at::Tensor& slopes, const Int& q_len
   check_floating(op, "slopes", slopes);
   check_length(op, "q_len", q_len);
   check_length(op, "k_len", k_len);
+  check_bias_size(op, slopes.sym_size(0), q_len, k_len, slopes.scalar_type());
 }
 
 template <typename Int>

@@ -3,9 +3,14 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -91,6 +96,49 @@ inline void check_length(const char* op, const char* arg, const T& v) {
   if (auto c = concrete(v)) {
     check_nonnegative(op, arg, *c);
   }
+}
+
+// Outputs whose size in bytes overflows int64 get a posenc error here instead of torch's
+// "Storage size calculation overflowed" from the allocation. Sizes of 0 count as 1: the
+// strides of an empty tensor must fit too. An output that fits in int64 but not in memory is
+// left to the allocator (a catchable error). Symbolic sizes are checked by the real kernel.
+inline void check_output_size(const char* op, const char* arg, c10::SymIntArrayRef sizes,
+                              at::ScalarType dtype) {
+  uint64_t bytes = at::elementSize(dtype);
+  bool overflow = false;
+  for (const auto& s : sizes) {
+    const auto v = concrete(s);
+    if (!v || *v < 0) return;  // symbolic, or a negative length the caller reports
+    overflow |= c10::mul_overflows(bytes, static_cast<uint64_t>(std::max<int64_t>(*v, 1)), &bytes);
+  }
+  overflow |= bytes > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+  POSENC_CHECK_ARG(!overflow, op, arg,
+                   "is too large: the output's size in bytes must fit in int64",
+                   "an output of shape ", sizes, " and dtype ", dtype);
+}
+
+// The (num_heads, q_len, k_len) bias ops name the longer of their two lengths.
+template <typename Int>
+inline void check_bias_size(const char* op, const c10::SymInt& heads, const Int& q_len,
+                            const Int& k_len, at::ScalarType dtype) {
+  const auto q = concrete(q_len), k = concrete(k_len);
+  const char* arg = (q && k && *q > *k) ? "q_len" : "k_len";
+  check_output_size(op, arg, {heads, c10::SymInt(q_len), c10::SymInt(k_len)}, dtype);
+}
+
+// Parameter values (a (H,) vector on the host) must be finite: a NaN or inf slope would fill
+// the bias with NaN/inf that surfaces far away, in the softmax. Device tensors are not read
+// here (that would synchronise the stream); see the ops' docs.
+inline void check_finite(const char* op, const char* arg, const at::Tensor& t) {
+  if (!t.device().is_cpu()) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "posenc_check_finite", [&] {
+    const scalar_t* v = t.const_data_ptr<scalar_t>();
+    const int64_t stride = t.stride(0);
+    for (int64_t i = 0; i < t.size(0); ++i) {
+      const double x = static_cast<double>(v[i * stride]);
+      POSENC_CHECK_ARG(std::isfinite(x), op, arg, "must be finite", arg, "[", i, "] = ", x);
+    }
+  });
 }
 
 // Grain for at::parallel_for over rows of `row_len` elements: about 32K elements a chunk.

@@ -56,7 +56,9 @@ KerpleKind check_kerple_bias(const char* op, const at::Tensor& r1, const at::Ten
                    r2.sym_size(0));
   check_length(op, "q_len", q_len);
   check_length(op, "k_len", k_len);
-  return parse_kerple_kind(op, kind);
+  const auto k = parse_kerple_kind(op, kind);
+  check_bias_size(op, r1.sym_size(0), q_len, k_len, r1.scalar_type());
+  return k;
 }
 
 template <typename Int>
@@ -77,7 +79,8 @@ KerpleKind check_kerple_bias_backward(const char* op, const at::Tensor& grad, co
 }
 
 // Values are only readable on the host: r2 < 0 makes 1 + r2 * d negative for some d, and the
-// log kernel's value NaN. `r2` must be a CPU tensor.
+// log kernel's value NaN. `r2` must be a CPU tensor. The finiteness test comes first so that a
+// NaN r2 reads the same here as in check_kerple_values.
 inline void check_kerple_r2_values(const char* op, const at::Tensor& r2, KerpleKind kind) {
   if (kind != KerpleKind::Log) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r2.scalar_type(), "kerple_check_r2", [&] {
@@ -85,11 +88,20 @@ inline void check_kerple_r2_values(const char* op, const at::Tensor& r2, KerpleK
     const int64_t stride = r2.stride(0);
     for (int64_t h = 0; h < r2.size(0); ++h) {
       const double x = static_cast<double>(v[h * stride]);
+      POSENC_CHECK_ARG(std::isfinite(x), op, "r2", "must be finite", "r2[", h, "] = ", x);
       POSENC_CHECK_ARG(x >= 0, op, "r2",
                        "must be >= 0 for kind \"log\" (1 + r2 * d must stay positive)", "r2[",
                        h, "] = ", x);
     }
   });
+}
+
+// Every value check of CPU parameters: r1 and r2 finite, then r2's sign for kind "log".
+inline void check_kerple_values(const char* op, const at::Tensor& r1, const at::Tensor& r2,
+                                KerpleKind kind) {
+  check_finite(op, "r1", r1);
+  check_finite(op, "r2", r2);
+  check_kerple_r2_values(op, r2, kind);
 }
 
 // The kernel's distance on diagonal t = j - i + q_len - 1 of the (q_len, k_len) grid:

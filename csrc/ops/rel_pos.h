@@ -53,6 +53,8 @@ void check_rel_pos_scores(const char* op, const at::Tensor& q, const at::Tensor&
                    "must have an odd number of rows R = 2c + 1 (distances -c..c) in dim 1",
                    "shape ", shape_str(rel_emb));
   check_length(op, "k_len", k_len);
+  check_output_size(op, "k_len", {q.sym_size(0), q.sym_size(1), q.sym_size(2), c10::SymInt(k_len)},
+                    q.scalar_type());
   if (max_distance.has_value()) {
     const c10::SymInt c = (rows - 1) / 2;
     POSENC_CHECK_ARG(*max_distance >= 0 && *max_distance <= c, op, "max_distance",

@@ -15,6 +15,9 @@ at::Tensor sinusoidal_table_at(const at::Tensor& positions, int64_t dim, double 
 at::Tensor sinusoidal_table(int64_t num_positions, int64_t dim, double base, int64_t offset,
                             bool interleaved, at::ScalarType dtype, at::Device device) {
   detail::check_nonnegative("sinusoidal_table", "num_positions", num_positions);
+  // Before the positions are allocated; the op checks again from the positions it gets.
+  detail::check_output_size("sinusoidal_table", num_positions >= dim ? "num_positions" : "dim",
+                            {c10::SymInt(num_positions), c10::SymInt(dim)}, dtype);
   auto positions = at::arange(offset, offset + num_positions,
                               at::TensorOptions().dtype(at::kLong).device(device));
   return sinusoidal_table_at(positions, dim, base, interleaved, dtype);

@@ -36,6 +36,8 @@ inline void check_sinusoidal_table(const char* op, const at::Tensor& positions, 
   POSENC_CHECK_ARG(std::isfinite(base) && base > 0, op, "base", "must be finite and > 0", base);
   POSENC_CHECK_ARG(is_float_dtype(sinusoidal_dtype(dtype)), op, "dtype",
                    "must be float16, bfloat16, float32 or float64", sinusoidal_dtype(dtype));
+  // The positions exist, so a table too large to describe comes from dim.
+  check_output_size(op, "dim", {positions.sym_size(0), c10::SymInt(dim)}, sinusoidal_dtype(dtype));
 }
 
 // The dim / 2 frequencies in fp64, computed on the host by every kernel (CPU and CUDA) so that

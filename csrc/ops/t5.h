@@ -115,6 +115,7 @@ void check_t5_bias(const char* op, const at::Tensor& table, const Int& q_len, co
   check_length(op, "k_len", k_len);
   // the table's rows are the buckets
   check_t5_buckets(op, "table", true, table.sym_size(0), bidirectional, max_distance);
+  check_bias_size(op, table.sym_size(1), q_len, k_len, table.scalar_type());
 }
 
 template <typename Int>

@@ -26,7 +26,9 @@ namespace ops {
 ///                     h = dim/2 (tensor2tensor's get_timing_signal_1d, used by fairseq and TXL ports).
 /// Values are computed in fp64 and rounded once to `dtype` (float16/bfloat16/float32/float64).
 /// Not differentiable (positions are integers). Errors: dim must be even and > 0;
-/// num_positions >= 0; base finite and > 0; dtype floating.
+/// num_positions >= 0; base finite and > 0; dtype floating; a table whose size in bytes
+/// overflows int64 ("argument 'num_positions' is too large: ...", checked before the
+/// positions are allocated).
 at::Tensor sinusoidal_table(int64_t num_positions, int64_t dim, double base = 10000.0,
                             int64_t offset = 0, bool interleaved = true,
                             at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
@@ -44,7 +46,11 @@ at::Tensor alibi_slopes(int64_t num_heads, at::ScalarType dtype = at::kFloat,
                         at::Device device = at::kCPU);
 
 /// ALiBi bias (H, q_len, k_len) from slopes (H,): causal -slope*(q_pos - k_pos),
-/// bidirectional -slope*|q_pos - k_pos|. Differentiable in slopes.
+/// bidirectional -slope*|q_pos - k_pos|. Differentiable in slopes. Errors: slopes 1-D
+/// floating; q_len, k_len >= 0; an output whose size in bytes overflows int64; slopes not
+/// finite ("argument 'slopes' must be finite, but got slopes[i] = nan"), checked on CPU
+/// tensors only: on CUDA that would need a stream sync per call, and NaN/inf slopes give a
+/// NaN/inf bias there.
 at::Tensor alibi_bias(const at::Tensor& slopes, int64_t q_len, int64_t k_len,
                       int64_t q_offset = 0, int64_t k_offset = 0, bool causal = true);
 
@@ -64,7 +70,7 @@ at::Tensor t5_relative_bucket(const at::Tensor& relative_position, bool bidirect
 /// out[h,i,j] = table[bucket(k_pos - q_pos), h], buckets computed in the kernel (no bucket
 /// tensor). Differentiable in table (deterministic fp64 reduction per head and bucket).
 /// Errors: table 2-D floating whose rows satisfy the num_buckets rules above; max_distance >
-/// max_exact; q_len, k_len >= 0.
+/// max_exact; q_len, k_len >= 0; an output whose size in bytes overflows int64.
 at::Tensor t5_bias(const at::Tensor& table, int64_t q_len, int64_t k_len, int64_t q_offset = 0,
                    int64_t k_offset = 0, bool bidirectional = true, int64_t max_distance = 128);
 
@@ -75,9 +81,12 @@ at::Tensor t5_bias(const at::Tensor& table, int64_t q_len, int64_t k_len, int64_
 /// d = |q_pos - k_pos| (bidirectional) or max(q_pos - k_pos, 0) (causal: future keys, which
 /// the causal mask removes anyway, get 0). Differentiable in r1 and r2 (deterministic fp64
 /// reduction per head). Errors: r1, r2 1-D of equal length; kind "log" or "power";
-/// q_len, k_len >= 0; r2 >= 0 for "log" (checked on the values; the Meta kernel cannot see
-/// them; on CUDA the check copies r2 to the host, a stream sync, and is skipped during CUDA
-/// graph capture, where a negative r2 gives NaN where 1 + r2 * d < 0).
+/// q_len, k_len >= 0; an output whose size in bytes overflows int64; r1, r2 finite
+/// ("argument 'r1' must be finite, but got r1[i] = nan") and r2 >= 0 for "log". Value checks
+/// read the values: the Meta kernel cannot see them; on CUDA only r2 of kind "log" is checked
+/// (finite and >= 0: the check copies r2 to the host, a stream sync, and is skipped during
+/// CUDA graph capture, where a negative r2 gives NaN where 1 + r2 * d < 0); r1, and r2 of
+/// kind "power", are not read on CUDA, where non-finite values give a non-finite bias.
 at::Tensor kerple_bias(const at::Tensor& r1, const at::Tensor& r2, int64_t q_len, int64_t k_len,
                        int64_t q_offset = 0, int64_t k_offset = 0, const std::string& kind = "log",
                        bool causal = true);
@@ -90,7 +99,8 @@ at::Tensor kerple_bias(const at::Tensor& r1, const at::Tensor& r2, int64_t q_len
 /// product, no shift. q and rel_emb share dtype (fp32, fp64, fp16/bf16 with fp32 math) and
 /// device, any strides; the result is contiguous in q's dtype. Differentiable in q and
 /// rel_emb (deterministic). Throws c10::Error naming the argument for wrong rank/dtype/device,
-/// mismatched heads or head_dim, even R, max_distance outside [0, c], or k_len < 0.
+/// mismatched heads or head_dim, even R, max_distance outside [0, c], k_len < 0, or an
+/// output whose size in bytes overflows int64.
 at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_t q_offset = 0,
                           int64_t k_offset = 0, std::optional<int64_t> k_len = std::nullopt,
                           std::optional<int64_t> max_distance = std::nullopt);

@@ -138,9 +138,15 @@ class LearnedPositionalEmbedding(nn.Module):
                 f"posenc.LearnedPositionalEmbedding: argument 'offset' must be >= 0, but got {offset}"
             )
         seq = x.size(1)
-        if offset + seq > self.max_len:
+        # offset > max_len - seq: offset + seq wraps in TorchScript's int64 for huge offsets,
+        # and so may the last position, which is then printed as a sum (as the C++ module).
+        if offset > self.max_len - seq:
+            if offset <= 9223372036854775807 - max(seq - 1, 0):
+                position = str(offset + seq - 1)
+            else:
+                position = f"{offset} + {seq - 1}"
             raise RuntimeError(
-                f"posenc.LearnedPositionalEmbedding: position {offset + seq - 1} is past the "
+                f"posenc.LearnedPositionalEmbedding: position {position} is past the "
                 f"table of {self.max_len} positions (max_len)"
             )
         return F.dropout(x + self.weight[offset : offset + seq], self.dropout, self.training)
@@ -620,8 +626,9 @@ class KERPLEBias(nn.Module):
     ``(H,)`` initialised uniformly in (0, 2] and (0, 1] (the paper's code).
 
     Raises:
-        ValueError: ``num_heads`` <= 0, unknown ``kind``, ``eps`` <= 0. RuntimeError: negative
-        lengths.
+        ValueError: ``num_heads`` <= 0, unknown ``kind``, ``eps`` <= 0, ``eps`` > 2 with
+        ``kind="power"``. RuntimeError: negative lengths; non-finite ``r1``/``r2`` on CPU
+        (see :func:`posenc.ops.kerple_bias`).
     """
 
     num_heads: int
@@ -637,6 +644,11 @@ class KERPLEBias(nn.Module):
         _check_option(num_heads > 0, name, "num_heads", "must be > 0", num_heads)
         _check_option(kind in ("log", "power"), name, "kind", 'must be "log" or "power"', f'"{kind}"')
         _check_option(eps > 0, name, "eps", "must be > 0", eps)
+        # forward clamps r2 of the power kernel to [eps, 2]: eps > 2 leaves no valid value.
+        _check_option(
+            kind != "power" or eps <= 2, name, "eps",
+            'must be <= 2 for kind "power" (r2 is clamped to [eps, 2])', eps,
+        )
         self.num_heads = num_heads
         self.kind = kind
         self.causal = causal
@@ -674,7 +686,7 @@ class TransformerXLRelativeScore(nn.Module):
 
     Raises:
         ValueError: ``d_model`` odd or <= 0, ``num_heads``/``head_dim`` <= 0, ``base`` <= 0.
-        RuntimeError: ``q`` not ``(B, H, Lq, head_dim)``, ``mem_len`` < 0.
+        RuntimeError: ``q`` not ``(B, H, Lq, head_dim)`` or not floating, ``mem_len`` < 0.
     """
 
     d_model: int
@@ -707,6 +719,12 @@ class TransformerXLRelativeScore(nn.Module):
             raise RuntimeError(
                 f"posenc.TransformerXLRelativeScore: argument 'q' must be a 4-D tensor "
                 f"(batch, {self.num_heads}, q_len, {self.head_dim}), but got shape {list(q.shape)}"
+            )
+        # An integer q would be promoted by q + v and give float scores without complaint.
+        if q.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise RuntimeError(
+                f"posenc.TransformerXLRelativeScore: argument 'q' must have a floating dtype "
+                f"(float16, bfloat16, float32 or float64), but got dtype {q.dtype}"
             )
 
     def forward(self, q: Tensor, mem_len: int = 0) -> Tensor:

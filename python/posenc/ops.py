@@ -53,12 +53,27 @@ def sinusoidal_table(
     dtype)`` takes explicit int64 positions ``(N,)``.
 
     Errors: ``dim`` must be even and > 0, ``num_positions`` >= 0, ``base`` finite and > 0,
-    ``dtype`` floating.
+    ``dtype`` floating; a table whose size in bytes overflows int64 (checked before the
+    positions are allocated; a table that merely does not fit in memory gets the allocator's
+    error).
     """
     if num_positions < 0:
         raise RuntimeError(
             f"posenc.sinusoidal_table: argument 'num_positions' must be >= 0, but got {num_positions}"
         )
+    # As the C++ check: sizes (0 counted as 1) times the element size must fit in int64. The
+    # element size (at most 8 for the float dtypes) is only looked up for huge tables.
+    int64_max = 9223372036854775807
+    if dim >= 0 and max(num_positions, 1) > int64_max // 8 // max(dim, 1):
+        out_dtype = torch.float32 if dtype is None else dtype
+        max_elems = int64_max // torch.empty(0, dtype=out_dtype).element_size()
+        if max(num_positions, 1) > max_elems // max(dim, 1):
+            arg = "num_positions" if num_positions >= dim else "dim"
+            raise RuntimeError(
+                f"posenc.sinusoidal_table: argument '{arg}' is too large: the output's size in "
+                f"bytes must fit in int64, but got an output of shape [{num_positions}, {dim}] "
+                f"and dtype {out_dtype}"
+            )
     positions = torch.arange(offset, offset + num_positions, dtype=torch.long, device=device)
     return torch.ops.posenc.sinusoidal_table(positions, dim, base, interleaved, dtype)
 
@@ -89,6 +104,12 @@ def alibi_bias(
     causal ``-slope * d`` (keys after the query get positive values; the causal mask removes
     them), bidirectional ``-slope * |d|``. Output dtype is the slopes' dtype; gradient flows to
     ``slopes``. Add to ``q @ k^T`` or pass (unsqueezed) as ``attn_mask`` to SDPA.
+
+    Errors: ``slopes`` 1-D floating; lengths >= 0; an output whose size in bytes overflows
+    int64 (``"argument 'k_len' is too large: ..."``); non-finite slopes
+    (``"argument 'slopes' must be finite, but got slopes[i] = nan"``), checked for CPU
+    tensors only: on CUDA the check would need a stream sync on every call, and NaN/inf
+    slopes give a NaN/inf bias there.
     """
     return torch.ops.posenc.alibi_bias(slopes, q_len, k_len, q_offset, k_offset, causal)
 
@@ -134,7 +155,8 @@ def t5_bias(
     float64). Gradient flows to ``table`` (deterministic fp64 reduction per head and bucket).
 
     Errors: ``table`` 2-D floating, its row count obeying the ``num_buckets`` rules of
-    :func:`t5_relative_bucket`; ``max_distance`` > ``max_exact``; lengths >= 0.
+    :func:`t5_relative_bucket`; ``max_distance`` > ``max_exact``; lengths >= 0; an output
+    whose size in bytes overflows int64.
     """
     return torch.ops.posenc.t5_bias(
         table, q_len, k_len, q_offset, k_offset, bidirectional, max_distance
@@ -162,9 +184,13 @@ def kerple_bias(
     reduction per head).
 
     Errors: ``r1``/``r2`` 1-D of equal length, same dtype and device; ``kind`` one of
-    ``"log"``, ``"power"``; lengths >= 0; ``r2 >= 0`` for ``"log"`` (else ``1 + r2 * d``
-    turns negative and the log NaN). On CUDA that value check copies ``r2`` to the host (a
-    stream sync); during CUDA graph capture it is skipped and a negative ``r2`` gives NaN.
+    ``"log"``, ``"power"``; lengths >= 0; an output whose size in bytes overflows int64;
+    ``r1``, ``r2`` finite (``"argument 'r1' must be finite, but got r1[i] = nan"``) and
+    ``r2 >= 0`` for ``"log"`` (else ``1 + r2 * d`` turns negative and the log NaN). On CUDA
+    only ``r2`` of ``"log"`` is value-checked (finite and >= 0): that check copies ``r2`` to
+    the host (a stream sync) and is skipped during CUDA graph capture, where a negative
+    ``r2`` gives NaN; ``r1``, and ``r2`` of ``"power"``, are not read on the host there (no
+    sync), so non-finite values give a non-finite bias.
     """
     return torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal)
 
@@ -191,7 +217,7 @@ def rel_pos_scores(
     Returns a fresh contiguous tensor of ``q``'s dtype. Gradients flow to ``q`` and
     ``rel_emb`` (deterministic). Raises ``RuntimeError`` naming the argument for a wrong
     rank, dtype or device, mismatched heads or head_dim, even ``R``, ``max_distance``
-    outside ``[0, c]``, or ``k_len < 0``.
+    outside ``[0, c]``, ``k_len < 0``, or an output whose size in bytes overflows int64.
     """
     if k_len is None:
         # a q of the wrong rank gets the op's own error, not an IndexError here

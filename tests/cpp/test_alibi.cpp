@@ -3,9 +3,11 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "posenc/ops.h"
+#include "test_util.h"
 
 namespace {
 
@@ -115,4 +117,34 @@ TEST(Alibi, BadInputsNameOpAndArgument) {
   EXPECT_THROW(posenc::ops::alibi_bias(torch::rand({2}), -1, 3), c10::Error);
   EXPECT_THROW(posenc::ops::alibi_bias(torch::arange(3), 3, 3), c10::Error);
   EXPECT_THROW(posenc::ops::alibi_slopes(0), c10::Error);
+}
+
+TEST(Alibi, NonFiniteSlopesRaise) {
+  using posenc_test::expect_error;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  for (auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+    auto s = at::tensor({0.5, 0.25, nan, 0.125}, at::kDouble).to(dtype);
+    expect_error([&] { posenc::ops::alibi_bias(s, 3, 4); },
+                 "posenc.alibi_bias: argument 'slopes' must be finite, but got slopes[2] = nan");
+    s = at::tensor({-inf, 0.25}, at::kDouble).to(dtype);
+    expect_error([&] { posenc::ops::alibi_bias(s, 3, 4, 0, 0, false); },
+                 "posenc.alibi_bias: argument 'slopes' must be finite, but got slopes[0] = -inf");
+  }
+}
+
+TEST(Alibi, OutputTooLargeForInt64) {
+  const int64_t n = int64_t{1} << 40;
+  posenc_test::expect_error(
+      [&] { posenc::ops::alibi_bias(torch::ones({8}), n, n); },
+      "posenc.alibi_bias: argument 'k_len' is too large: the output's size in bytes must fit in "
+      "int64, but got an output of shape [8, 1099511627776, 1099511627776] and dtype Float");
+  posenc_test::expect_error([&] { posenc::ops::alibi_bias(torch::ones({8}), n * 4, 1 << 22); },
+                            "argument 'q_len' is too large");
+  // the Meta kernel raises the same
+  posenc_test::expect_error(
+      [&] { posenc::ops::alibi_bias(torch::ones({8}, torch::kMeta), n, n); },
+      "posenc.alibi_bias: argument 'k_len' is too large");
+  // empty outputs with a long length are fine (0 counts as 1)
+  EXPECT_EQ(posenc::ops::alibi_bias(torch::ones({8}), 0, n).sizes(), torch::IntArrayRef({8, 0, n}));
 }

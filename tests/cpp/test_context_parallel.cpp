@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "posenc/posenc.h"
+#include "test_util.h"
 
 namespace cp = posenc::context_parallel;
 using cp::Chunk;
@@ -22,15 +23,7 @@ torch::Tensor split_reference(int64_t seq_len, int64_t world_size, int64_t rank,
   return torch::cat({pieces[rank], pieces[2 * world_size - 1 - rank]});
 }
 
-template <typename F>
-void expect_value_error(F&& f, const std::string& text) {
-  try {
-    f();
-    FAIL() << "expected c10::ValueError: " << text;
-  } catch (const c10::ValueError& e) {
-    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
-  }
-}
+using posenc_test::expect_error;
 
 }  // namespace
 
@@ -185,24 +178,24 @@ TEST(ContextParallel, BiasBlocks) {
 }
 
 TEST(ContextParallel, BadArgumentsNameFunctionAndArgument) {
-  expect_value_error([] { cp::chunks(-1, 2, 0); },
-                     "posenc.chunks: argument 'seq_len' must be >= 0, but got -1");
-  expect_value_error([] { cp::chunks(8, 0, 0); },
-                     "posenc.chunks: argument 'world_size' must be > 0, but got 0");
-  expect_value_error([] { cp::positions(8, 2, 2); },
-                     "posenc.positions: argument 'rank' must be in [0, world_size) = [0, 2), but got 2");
-  expect_value_error([] { cp::shard(torch::zeros({4, 8}), 2, 2, 0); },
-                     "posenc.shard: argument 'dim' must be in [-2, 2) for a 2-D tensor, but got 2");
-  expect_value_error([] { cp::unshard({}, 0); },
-                     "posenc.unshard: argument 'parts' must hold one tensor per rank, but got an empty list");
-  expect_value_error(
+  expect_error<c10::ValueError>([] { cp::chunks(-1, 2, 0); },
+                              "posenc.chunks: argument 'seq_len' must be >= 0, but got -1");
+  expect_error<c10::ValueError>([] { cp::chunks(8, 0, 0); },
+                              "posenc.chunks: argument 'world_size' must be > 0, but got 0");
+  expect_error<c10::ValueError>([] { cp::positions(8, 2, 2); },
+                              "posenc.positions: argument 'rank' must be in [0, world_size) = [0, 2), but got 2");
+  expect_error<c10::ValueError>([] { cp::shard(torch::zeros({4, 8}), 2, 2, 0); },
+                              "posenc.shard: argument 'dim' must be in [-2, 2) for a 2-D tensor, but got 2");
+  expect_error<c10::ValueError>([] { cp::unshard({}, 0); },
+                              "posenc.unshard: argument 'parts' must hold one tensor per rank, but got an empty list");
+  expect_error<c10::ValueError>(
       [] { cp::unshard({torch::zeros({3}), torch::zeros({5})}, 0); },
       "posenc.unshard: argument 'parts' must have rank 0's local length 4 along dim 0 (global "
       "length 8, world_size 2), but got 3");
-  expect_value_error([] { cp::bias_blocks(8, 2, 0, false, 2); },
-                     "posenc.bias_blocks: argument 'k_rank' must be in [0, world_size) = [0, 2) "
-                     "(or omitted for all keys), but got 2");
-  expect_value_error(
+  expect_error<c10::ValueError>([] { cp::bias_blocks(8, 2, 0, false, 2); },
+                              "posenc.bias_blocks: argument 'k_rank' must be in [0, world_size) = [0, 2) "
+                              "(or omitted for all keys), but got 2");
+  expect_error<c10::ValueError>(
       [] { cp::local_rel_pos_scores(torch::zeros({1, 1, 3, 2}), torch::zeros({1, 5, 2}), 8, 2, 1); },
       "posenc.local_rel_pos_scores: argument 'q' must be a 4-D tensor (B, H, 4, D) holding rank "
       "1's local queries, but got shape [1, 1, 3, 2]");

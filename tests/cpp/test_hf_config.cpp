@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "posenc/posenc.h"
+#include "test_util.h"
 
 namespace {
 
@@ -33,17 +34,7 @@ class Warnings : public c10::WarningHandler {
   c10::WarningUtils::WarningHandlerGuard guard_;
 };
 
-template <typename Error = c10::Error>
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an error containing: " << needle;
-  } catch (const c10::Error& e) {
-    const std::string msg = e.what_without_backtrace();
-    EXPECT_NE(dynamic_cast<const Error*>(&e), nullptr) << "wrong error type for: " << msg;
-    EXPECT_NE(msg.find(needle), std::string::npos) << "message: " << msg << "\nexpected: " << needle;
-  }
-}
+using posenc_test::expect_error;
 
 std::string floats_json(const std::vector<double>& v) {
   std::string s = "[";

@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "posenc/ops.h"
+#include "test_util.h"
 
 namespace {
 
@@ -29,16 +31,7 @@ at::Tensor ref_bias(const at::Tensor& r1, const at::Tensor& r2, int64_t q_len, i
   return at::where(d > 0, -a * at::pow(safe_d, b), at::zeros_like(d * a));
 }
 
-template <typename F>
-void expect_error(F&& f, const std::string& what) {
-  EXPECT_THROW(f(), c10::Error);
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what_without_backtrace()).find(what), std::string::npos)
-        << e.what_without_backtrace();
-  }
-}
+using posenc_test::expect_error;
 
 struct Shape { int64_t h, q, k, qo, ko; };
 const std::vector<Shape> kShapes{{4, 7, 9, 0, 0}, {3, 5, 11, 6, 0}, {2, 1, 33, 32, 0}, {5, 8, 4, 3, 7}, {1, 64, 64, 0, 0}};
@@ -163,4 +156,38 @@ TEST(Kerple, Errors) {
   auto m = at::empty({3}, at::kMeta);
   expect_error([&] { posenc::ops::kerple_bias(m, m, 3, 3, 0, 0, "linear"); },
                "posenc.kerple_bias: argument 'kind' must be one of \"log\", \"power\", but got \"linear\"");
+}
+
+// NaN/inf parameters used to give NaN/inf biases silently.
+TEST(Kerple, NonFiniteParametersRaise) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  static auto bwd = c10::Dispatcher::singleton()
+                        .findSchemaOrThrow("posenc::kerple_bias_backward", "")
+                        .typed<std::tuple<at::Tensor, at::Tensor>(
+                            const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt, c10::SymInt,
+                            c10::SymInt, c10::SymInt, c10::string_view, bool)>();
+  for (auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+    for (const char* kind : {"log", "power"}) {
+      auto ok = at::full({3}, 0.5, dtype);
+      auto r1 = at::tensor({1.0, nan, 1.0}, at::kDouble).to(dtype);
+      auto r2 = at::tensor({0.5, 0.5, inf}, at::kDouble).to(dtype);
+      expect_error([&] { posenc::ops::kerple_bias(r1, ok, 3, 4, 0, 0, kind); },
+                   "posenc.kerple_bias: argument 'r1' must be finite, but got r1[1] = nan");
+      expect_error([&] { posenc::ops::kerple_bias(ok, r2, 3, 4, 0, 0, kind); },
+                   "posenc.kerple_bias: argument 'r2' must be finite, but got r2[2] = inf");
+      expect_error([&] { bwd.call(at::ones({3, 3, 4}, dtype), ok, -r2, 3, 4, 0, 0, kind, true); },
+                   "posenc.kerple_bias_backward: argument 'r2' must be finite, but got r2[2] = -inf");
+    }
+  }
+}
+
+TEST(Kerple, OutputTooLargeForInt64) {
+  const int64_t n = int64_t{1} << 40;
+  auto r = at::ones({4}, at::kDouble);
+  expect_error([&] { posenc::ops::kerple_bias(r, r, n, n); },
+               "posenc.kerple_bias: argument 'k_len' is too large: the output's size in bytes must "
+               "fit in int64, but got an output of shape [4, 1099511627776, 1099511627776] and dtype Double");
+  auto m = at::empty({4}, at::kMeta);
+  expect_error([&] { posenc::ops::kerple_bias(m, m, n, n); }, "posenc.kerple_bias: argument 'k_len' is too large");
 }

@@ -5,11 +5,13 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "posenc/posenc.h"
+#include "test_util.h"
 
 namespace pn = posenc::nn;
 namespace po = posenc::ops;
@@ -30,21 +32,7 @@ std::string printed(const M& m) {
   return os.str();
 }
 
-// Runs fn, expects a c10::Error of type E whose message contains every needle.
-template <typename E = c10::Error, typename Fn>
-void expect_error(Fn fn, std::initializer_list<const char*> needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const E& e) {
-    const std::string msg = e.what_without_backtrace();
-    for (const char* n : needles) {
-      EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-    }
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+using posenc_test::expect_error;
 
 void expect_equal(const torch::Tensor& a, const torch::Tensor& b) {
   ASSERT_EQ(a.sizes(), b.sizes());
@@ -153,6 +141,15 @@ TEST(LearnedPositionalEmbeddingModule, Errors) {
   pn::LearnedPositionalEmbedding m(16, 4);
   expect_error([&] { m(torch::randn({1, 2, 4}), -1); }, {"argument 'offset'", "-1"});
   expect_error([&] { m(torch::randn({2, 4})); }, {"argument 'x'"});
+  // offset + S overflowed int64: narrow raised its own IndexError
+  const int64_t big = std::numeric_limits<int64_t>::max();
+  expect_error([&] { m(torch::randn({1, 3, 4}), big); },
+               {"posenc.LearnedPositionalEmbedding: position 9223372036854775807 + 2 is past the "
+                "table of 16 positions (max_len)"});
+  expect_error([&] { m(torch::randn({1, 1, 4}), big); },
+               {"position 9223372036854775807 is past the table of 16 positions"});
+  expect_error([&] { m(torch::randn({1, 2, 4}), int64_t{1} << 62); },
+               {"position 4611686018427387905 is past the table of 16 positions"});
 }
 
 // ---------------------------------------------------------------- RotaryEmbedding
@@ -360,6 +357,15 @@ TEST(KERPLEBiasModule, ErrorsAndPrint) {
   expect_error<c10::ValueError>([] { pn::KERPLEBias(pn::KERPLEBiasOptions(2).eps(0)); },
                                 {"option 'eps'"});
   expect_error<c10::ValueError>([] { pn::KERPLEBias(-2); }, {"option 'num_heads'", "-2"});
+  // the power kernel clamps r2 to [eps, 2]: eps > 2 is contradictory
+  expect_error<c10::ValueError>(
+      [] { pn::KERPLEBias(pn::KERPLEBiasOptions(2).kind("power").eps(2.5)); },
+      {"posenc.KERPLEBias: option 'eps' must be <= 2 for kind \"power\" (r2 is clamped to "
+       "[eps, 2]), but got 2.5"});
+  EXPECT_EQ(pn::KERPLEBias(pn::KERPLEBiasOptions(2).kind("power").eps(2.0))(2, 3).sizes(),
+            (std::vector<int64_t>{2, 2, 3}));
+  EXPECT_EQ(pn::KERPLEBias(pn::KERPLEBiasOptions(2).eps(2.5))(2, 3).sizes(),
+            (std::vector<int64_t>{2, 2, 3}));
   pn::KERPLEBias m(8);
   EXPECT_EQ(printed(m), "posenc::nn::KERPLEBias(num_heads=8, kind=log, causal=true, eps=0.01)");
 }
@@ -440,6 +446,15 @@ TEST(TransformerXLRelativeScoreModule, Errors) {
                {"posenc.TransformerXLRelativeScore: argument 'q'", "[1, 3, 3, 4]"});
   expect_error([&] { m(torch::randn({1, 2, 3, 4}), -1); }, {"argument 'mem_len'", "-1"});
   expect_error([&] { m->content_query(torch::randn({2, 4})); }, {"argument 'q'"});
+  // an integer q used to be promoted by q + v into float scores
+  for (auto dtype : {torch::kLong, torch::kInt, torch::kBool}) {
+    const auto q = torch::ones({1, 2, 3, 4}, dtype);
+    const char* msg =
+        "posenc.TransformerXLRelativeScore: argument 'q' must have a floating dtype (float16, "
+        "bfloat16, float32 or float64), but got dtype ";
+    expect_error([&] { m(q); }, {msg});
+    expect_error([&] { m->content_query(q); }, {msg});
+  }
 }
 
 // ---------------------------------------------------------------- generic

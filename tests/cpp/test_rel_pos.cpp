@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "posenc/ops.h"
+#include "test_util.h"
 
 namespace {
 
@@ -116,15 +117,7 @@ TEST(RelPos, EmptyInputs) {
   EXPECT_EQ(none.sizes(), (std::vector<int64_t>{1, 2, 3, 0}));
 }
 
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error, expected: " << needle;
-  } catch (const c10::Error& err) {
-    const std::string msg = err.what();
-    EXPECT_NE(msg.find(needle), std::string::npos) << msg;
-  }
-}
+using posenc_test::expect_error;
 
 TEST(RelPos, BadInputsNameOpAndArgument) {
   auto q = torch::randn({1, 2, 3, 4});
@@ -146,6 +139,13 @@ TEST(RelPos, BadInputsNameOpAndArgument) {
                "argument 'rel_emb' must have the dtype of 'q' (Float), but got dtype Double");
   expect_error([&] { rel_pos_scores(q, e, 0, 0, -1); },
                "posenc.rel_pos_scores: argument 'k_len' must be >= 0, but got -1");
+  // an output whose size in bytes overflows int64: a posenc error, on CPU and Meta
+  const int64_t huge = int64_t{1} << 62;
+  expect_error([&] { rel_pos_scores(q, e, 0, 0, huge); },
+               "posenc.rel_pos_scores: argument 'k_len' is too large: the output's size in bytes "
+               "must fit in int64, but got an output of shape [1, 2, 3, 4611686018427387904] and dtype Float");
+  expect_error([&] { rel_pos_scores(q.to(torch::kMeta), e.to(torch::kMeta), 0, 0, huge); },
+               "posenc.rel_pos_scores: argument 'k_len' is too large");
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "posenc/ops.h"
+#include "test_util.h"
 
 namespace {
 
@@ -201,14 +202,7 @@ TEST(ApplyRotaryPosEmb, AutogradMatchesReference) {
   }
 }
 
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no error, expected: " << needle;
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using posenc_test::expect_error;
 
 TEST(Rope, Errors) {
   auto x = torch::randn({1, 2, 3, 8});

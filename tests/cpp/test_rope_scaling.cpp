@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "posenc/posenc.h"
+#include "test_util.h"
 
 namespace {
 
@@ -38,15 +39,7 @@ void expect_close(const at::Tensor& got, const std::vector<double>& ref, double 
   }
 }
 
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an error containing: " << needle;
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message: " << e.what() << "\nexpected to contain: " << needle;
-  }
-}
+using posenc_test::expect_error;
 
 struct Grid {
   int64_t head_dim;

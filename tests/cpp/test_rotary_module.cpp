@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "posenc/posenc.h"
+#include "test_util.h"
 
 namespace pn = posenc::nn;
 namespace po = posenc::ops;
@@ -23,20 +24,7 @@ namespace {
 constexpr int64_t kHeadDim = 16;
 constexpr int64_t kOrig = 32;
 
-template <typename E = c10::Error, typename Fn>
-void expect_error(Fn fn, std::initializer_list<const char*> needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const E& e) {
-    const std::string msg = e.what_without_backtrace();
-    for (const char* n : needles) {
-      EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-    }
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+using posenc_test::expect_error;
 
 void expect_equal(const torch::Tensor& a, const torch::Tensor& b) {
   ASSERT_EQ(a.sizes(), b.sizes());

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "posenc/ops.h"
+#include "test_util.h"
 
 namespace {
 
@@ -27,16 +28,7 @@ at::Tensor ref_table(const at::Tensor& positions, int64_t dim, double base, bool
   return at::cat({angle.sin(), angle.cos()}, 1);
 }
 
-template <typename F>
-void expect_error(F&& f, const std::string& what) {
-  EXPECT_THROW(f(), c10::Error);
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what_without_backtrace()).find(what), std::string::npos)
-        << e.what_without_backtrace();
-  }
-}
+using posenc_test::expect_error;
 
 }  // namespace
 
@@ -121,4 +113,19 @@ TEST(Sinusoidal, Errors) {
   expect_error([] {
     posenc::ops::sinusoidal_table_at(at::empty({3}, at::TensorOptions().dtype(at::kLong).device(at::kMeta)), 3);
   }, "argument 'dim' must be even and > 0, but got 3");
+}
+
+// Tables whose size in bytes overflows int64: a posenc error, before the positions are made.
+TEST(Sinusoidal, OutputTooLargeForInt64) {
+  const int64_t n = int64_t{1} << 62;
+  expect_error([&] { posenc::ops::sinusoidal_table(n, 64); },
+               "posenc.sinusoidal_table: argument 'num_positions' is too large: the output's size in "
+               "bytes must fit in int64, but got an output of shape [4611686018427387904, 64] and dtype Float");
+  expect_error([&] { posenc::ops::sinusoidal_table(3, n); }, "argument 'dim' is too large");
+  expect_error([&] { posenc::ops::sinusoidal_table_at(at::arange(3, at::kLong), n, 1e4, true, at::kHalf); },
+               "posenc.sinusoidal_table: argument 'dim' is too large: the output's size in bytes must "
+               "fit in int64, but got an output of shape [3, 4611686018427387904] and dtype Half");
+  expect_error([&] {
+    posenc::ops::sinusoidal_table_at(at::empty({3}, at::TensorOptions().dtype(at::kLong).device(at::kMeta)), n);
+  }, "argument 'dim' is too large");
 }

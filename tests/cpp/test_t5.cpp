@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "posenc/ops.h"
+#include "test_util.h"
 
 namespace {
 
@@ -40,16 +41,7 @@ at::Tensor ref_bias(const at::Tensor& table, int64_t q_len, int64_t k_len, int64
   return table.index_select(0, b.flatten()).view({q_len, k_len, table.size(1)}).permute({2, 0, 1});
 }
 
-template <typename F>
-void expect_error(F&& f, const std::string& what) {
-  EXPECT_THROW(f(), c10::Error);
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what_without_backtrace()).find(what), std::string::npos)
-        << e.what_without_backtrace();
-  }
-}
+using posenc_test::expect_error;
 
 }  // namespace
 
@@ -174,4 +166,13 @@ TEST(T5, Errors) {
   // the Meta kernel raises the same errors
   expect_error([&] { posenc::ops::t5_bias(at::empty({7, 2}, at::kMeta), 3, 3); },
                "posenc.t5_bias: argument 'table' must have a number of rows");
+}
+
+TEST(T5, OutputTooLargeForInt64) {
+  const int64_t n = int64_t{1} << 62;
+  expect_error([&] { posenc::ops::t5_bias(at::ones({32, 8}), n, 3); },
+               "posenc.t5_bias: argument 'q_len' is too large: the output's size in bytes must fit "
+               "in int64, but got an output of shape [8, 4611686018427387904, 3] and dtype Float");
+  expect_error([&] { posenc::ops::t5_bias(at::ones({32, 8}, at::kMeta), 3, n); },
+               "posenc.t5_bias: argument 'k_len' is too large");
 }

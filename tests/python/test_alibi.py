@@ -186,3 +186,19 @@ def test_script():
 def test_bad_inputs(call, match):
     with pytest.raises(RuntimeError, match=match):
         call()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_slopes_raise(bad, dtype):
+    # A NaN/inf slope would fill its head's bias with NaN/inf, found much later in the softmax.
+    slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625], dtype=dtype)
+    slopes[2] = bad
+    msg = rf"posenc\.alibi_bias: argument 'slopes' must be finite, but got slopes\[1\] = {bad}"
+    with pytest.raises(RuntimeError, match=msg):
+        ops.alibi_bias(slopes[::2], 3, 4)  # strided: index 1 of the view
+    with pytest.raises(RuntimeError, match=msg.replace(r"\[1\]", r"\[2\]")):
+        ops.alibi_bias(slopes, 3, 4, causal=False)
+    # empty outputs do not read the slopes' effect, but the parameters are still checked
+    with pytest.raises(RuntimeError, match=r"argument 'slopes' must be finite"):
+        ops.alibi_bias(slopes, 0, 4)

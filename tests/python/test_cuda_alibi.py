@@ -154,6 +154,7 @@ def test_deterministic_gradient():
     [
         (lambda s: ops.alibi_bias(s[None], 3, 3), r"posenc\.alibi_bias: argument 'slopes' must be a 1-D tensor"),
         (lambda s: ops.alibi_bias(s, -1, 3), r"argument 'q_len' must be >= 0, but got -1"),
+        (lambda s: ops.alibi_bias(s, 2**40, 2**40), r"posenc\.alibi_bias: argument 'k_len' is too large: the output's size in bytes must fit in int64, but got an output of shape \[2, 1099511627776, 1099511627776\] and dtype Float"),
         (lambda s: ops.alibi_bias(s.long(), 3, 3), r"argument 'slopes' must have dtype float.*Long"),
         (lambda s: torch.ops.posenc.alibi_bias_backward(torch.ones(2, 3, 4, device=s.device), s, 3, 5, 0, 0, True),
          r"posenc\.alibi_bias_backward: argument 'grad' must have shape \(num_heads, q_len, k_len\) = \[2, 3, 5\], but got shape \[2, 3, 4\]"),
@@ -185,3 +186,16 @@ def test_opcheck(args):
 def test_opcheck_backward():
     s = torch.rand(3, device=DEV, dtype=F64)
     torch.library.opcheck(torch.ops.posenc.alibi_bias_backward.default, (torch.randn(3, 4, 6, device=DEV, dtype=F64), s, 4, 6, 2, 1, False))
+
+
+def test_non_finite_slopes_checked_on_cpu_only():
+    # Documented: the slopes are not read on the host on CUDA (that would sync every call), so
+    # a NaN slope gives a NaN bias there; the CPU kernel rejects it.
+    s = torch.tensor([0.5, float("nan")], device=DEV)
+    if DEV == "cpu":
+        with pytest.raises(RuntimeError, match=r"argument 'slopes' must be finite, but got slopes\[1\] = nan"):
+            ops.alibi_bias(s, 2, 3)
+    else:
+        out = ops.alibi_bias(s, 2, 3).cpu()
+        assert torch.isnan(out[1]).all() and not torch.isnan(out[0]).any()
+

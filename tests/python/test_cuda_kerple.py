@@ -218,7 +218,8 @@ R = lambda *s: torch.rand(*s, device=DEV)  # noqa: E731
         (lambda: ops.kerple_bias(R(3), R(3), -1, 3), r"posenc\.kerple_bias: argument 'q_len' must be >= 0, but got -1"),
         # the value check reads r2 on the host (a sync), as on the CPU: no silent NaN
         (lambda: ops.kerple_bias(R(3), torch.tensor([0.5, -0.25, 1.0], device=DEV), 3, 3, kind="log"), r"posenc\.kerple_bias: argument 'r2' must be >= 0 for kind \"log\" .*, but got r2\[1\] = -0\.25"),
-        (lambda: ops.kerple_bias(R(3), torch.tensor([0.5, float("nan"), 1.0], device=DEV), 3, 3, kind="log"), r"argument 'r2' must be >= 0 for kind \"log\" .*, but got r2\[1\] = nan"),
+        (lambda: ops.kerple_bias(R(3), torch.tensor([0.5, float("nan"), 1.0], device=DEV), 3, 3, kind="log"), r"argument 'r2' must be finite, but got r2\[1\] = nan"),
+        (lambda: ops.kerple_bias(R(4), R(4), 2**40, 2**40), r"posenc\.kerple_bias: argument 'k_len' is too large: the output's size in bytes must fit in int64, but got an output of shape \[4, 1099511627776, 1099511627776\] and dtype Float"),
         (lambda: torch.ops.posenc.kerple_bias_backward(torch.randn(3, 2, 5, device=DEV), R(3), torch.tensor([0.5, 1.0, -2.0], device=DEV), 2, 5, 0, 0, "log", True), r"posenc\.kerple_bias_backward: argument 'r2' must be >= 0 for kind \"log\" .*, but got r2\[2\] = -2"),
         (lambda: torch.ops.posenc.kerple_bias_backward(torch.randn(3, 2, 2, device=DEV), R(3), R(3), 2, 5, 0, 0, "log", True), r"posenc\.kerple_bias_backward: argument 'grad' must have shape \(num_heads, q_len, k_len\) = \[3, 2, 5\], but got shape \[3, 2, 2\]"),
         (lambda: ops.kerple_bias(R(3), torch.rand(3), 3, 3), r"posenc\.kerple_bias: argument 'r2' must be on the device of 'r1' \(cuda:0\), but got device cpu"),
@@ -257,3 +258,18 @@ def test_opcheck_backward():
         torch.ops.posenc.kerple_bias_backward.default,
         (torch.randn(2, 3, 4, dtype=torch.float64, device=DEV), r1, r2, 3, 4, 1, 0, "power", False),
     )
+
+
+def test_non_finite_r1_checked_on_cpu_only():
+    # Documented: r1 (and r2 of "power") is not read on the host on CUDA (no stream sync), so a
+    # NaN gives NaN biases there; the CPU kernel rejects it.
+    r1 = torch.tensor([1.0, float("nan")], device=DEV)
+    r2 = torch.tensor([0.5, 0.5], device=DEV)
+    for kind in ("log", "power"):
+        if DEV == "cpu":
+            with pytest.raises(RuntimeError, match=r"argument 'r1' must be finite, but got r1\[1\] = nan"):
+                ops.kerple_bias(r1, r2, 2, 3, kind=kind)
+        else:
+            out = ops.kerple_bias(r1, r2, 2, 3, kind=kind, causal=False).cpu()
+            assert torch.isnan(out[1]).sum() == 4 and not torch.isnan(out[0]).any()  # d > 0 only
+

@@ -192,6 +192,7 @@ E = torch.randn(2, 7, 4)
         (lambda q, e: ops.rel_pos_scores(q, e[:, :, :3]), r"argument 'rel_emb' must have q's head_dim \(4\) in dim 2"),
         (lambda q, e: ops.rel_pos_scores(q, e.double()), r"argument 'rel_emb' must have the dtype of 'q' \(Float\), but got dtype Double"),
         (lambda q, e: ops.rel_pos_scores(q, e, 0, 0, -1), r"argument 'k_len' must be >= 0, but got -1"),
+        (lambda q, e: ops.rel_pos_scores(q, e, 0, 0, 2**62), r"posenc\.rel_pos_scores: argument 'k_len' is too large: the output's size in bytes must fit in int64, but got an output of shape \[1, 2, 3, 4611686018427387904\] and dtype Float"),
         (lambda q, e: torch.ops.posenc.rel_pos_scores_backward(torch.randn(1, 2, 3, 6, device=q.device), q, e, 0, 0, 5, None),
          r"posenc\.rel_pos_scores_backward: argument 'grad' must have shape \(batch, heads, q_len, k_len\) = \[1, 2, 3, 5\]"),
     ],

@@ -230,6 +230,7 @@ def test_wide_heads():
         (lambda: ops.t5_bias(torch.randn(2, 4, device=DEV), 3, 3), r"posenc\.t5_bias: argument 'table' must have a number of rows \(num_buckets\) that is even and >= 4 .*, but got 2 rows"),
         (lambda: ops.t5_bias(torch.randn(32, 4, device=DEV), 3, 3, max_distance=4), r"argument 'max_distance' must be > max_exact = 8 .*, but got 4"),
         (lambda: ops.t5_bias(torch.randn(32, 4, device=DEV), -2, 3), r"posenc\.t5_bias: argument 'q_len' must be >= 0, but got -2"),
+        (lambda: ops.t5_bias(torch.randn(32, 4, device=DEV), 3, 2**62), r"posenc\.t5_bias: argument 'k_len' is too large: the output's size in bytes must fit in int64, but got an output of shape \[4, 3, 4611686018427387904\] and dtype Float"),
         (lambda: torch.ops.posenc.t5_bias_backward(torch.randn(4, 3, 2, device=DEV), torch.randn(32, 4, device=DEV), 3, 3, 0, 0, True, 128), r"posenc\.t5_bias_backward: argument 'grad' must have shape \(num_heads, q_len, k_len\) = \[4, 3, 3\], but got shape \[4, 3, 2\]"),
         (lambda: torch.ops.posenc.t5_bias_backward(torch.randn(4, 3, 3), torch.randn(32, 4, device=DEV), 3, 3, 0, 0, True, 128), r"posenc\.t5_bias_backward: argument 'grad' must be on the device of 'table' \(cuda:0\), but got device cpu"),
     ],

@@ -217,13 +217,38 @@ R = torch.rand(3)
         (lambda: ops.kerple_bias(R, R, -1, 3), r"posenc\.kerple_bias: argument 'q_len' must be >= 0, but got -1"),
         (lambda: ops.kerple_bias(R, R, 1, -3), r"posenc\.kerple_bias: argument 'k_len' must be >= 0, but got -3"),
         (lambda: ops.kerple_bias(R, torch.tensor([0.5, -0.25, 1.0]), 3, 3, kind="log"), r"posenc\.kerple_bias: argument 'r2' must be >= 0 for kind \"log\" .*, but got r2\[1\] = -0\.25"),
-        (lambda: ops.kerple_bias(R, torch.tensor([0.5, float("nan"), 1.0]), 3, 3, kind="log"), r"argument 'r2' must be >= 0 for kind \"log\" .*, but got r2\[1\] = nan"),
+        (lambda: ops.kerple_bias(R, torch.tensor([0.5, float("nan"), 1.0]), 3, 3, kind="log"), r"argument 'r2' must be finite, but got r2\[1\] = nan"),
         (lambda: torch.ops.posenc.kerple_bias_backward(torch.randn(3, 2, 2), R, R, 2, 5, 0, 0, "log", True), r"posenc\.kerple_bias_backward: argument 'grad' must have shape \(num_heads, q_len, k_len\) = \[3, 2, 5\], but got shape \[3, 2, 2\]"),
     ],
 )
 def test_bad_inputs(call, match):
     with pytest.raises(RuntimeError, match=match):
         call()
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("kind", ["log", "power"])
+@pytest.mark.parametrize(
+    "r1,r2,arg,index,value",
+    [
+        ([1.0, NAN, 1.0], [0.5, 0.5, 0.5], "r1", 1, "nan"),
+        ([1.0, 1.0, -INF], [0.5, 0.5, 0.5], "r1", 2, "-inf"),
+        ([1.0, 1.0, 1.0], [INF, 0.5, 0.5], "r2", 0, "inf"),
+        ([1.0, 1.0, 1.0], [0.5, NAN, 0.5], "r2", 1, "nan"),
+    ],
+)
+def test_non_finite_parameters_raise(dtype, kind, r1, r2, arg, index, value):
+    # Before: NaN/inf biases for every distance > 0, silently.
+    a, b = torch.tensor(r1, dtype=dtype), torch.tensor(r2, dtype=dtype)
+    msg = rf"posenc\.kerple_bias: argument '{arg}' must be finite, but got {arg}\[{index}\] = {value}"
+    with pytest.raises(RuntimeError, match=msg):
+        ops.kerple_bias(a, b, 3, 4, kind=kind)
+    g = torch.ones(3, 3, 4, dtype=dtype)
+    with pytest.raises(RuntimeError, match=msg.replace("kerple_bias:", "kerple_bias_backward:")):
+        torch.ops.posenc.kerple_bias_backward(g, a, b, 3, 4, 0, 0, kind, True)
 
 
 def test_power_accepts_negative_r2():

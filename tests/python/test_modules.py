@@ -391,6 +391,7 @@ def test_transformer_xl_state_and_empty_query():
         ("T5RelativeBias", dict(num_heads=2, max_distance=8), r"option 'max_distance' must be > the number of exact buckets \(8\), but got 8"),
         ("KERPLEBias", dict(num_heads=2, kind="exp"), r"posenc.KERPLEBias: option 'kind' must be \"log\" or \"power\", but got \"exp\""),
         ("KERPLEBias", dict(num_heads=2, eps=0.0), r"option 'eps' must be > 0"),
+        ("KERPLEBias", dict(num_heads=2, kind="power", eps=2.5), r"posenc.KERPLEBias: option 'eps' must be <= 2 for kind \"power\" \(r2 is clamped to \[eps, 2\]\), but got 2.5"),
         ("TransformerXLRelativeScore", dict(d_model=7, num_heads=2, head_dim=4), r"posenc.TransformerXLRelativeScore: option 'd_model'.*but got 7"),
     ],
 )
@@ -413,6 +414,49 @@ def test_forward_argument_errors(impl):
         mod.TransformerXLRelativeScore(8, 2, 4)(torch.randn(1, 2, 3, 4), -1)
     with pytest.raises(RuntimeError, match=r"posenc.LearnedPositionalEmbedding: argument 'offset' must be >= 0, but got -1"):
         mod.LearnedPositionalEmbedding(8, 4)(torch.randn(1, 2, 4), -1)
+
+
+def test_kerple_power_eps_up_to_2_is_accepted():
+    for impl in ("nn", "cpp"):
+        m = getattr(posenc, impl).KERPLEBias(2, kind="power", eps=2.0)
+        assert m(2, 3).shape == (2, 2, 3)
+        assert getattr(posenc, impl).KERPLEBias(2, kind="log", eps=3.0)(2, 3).shape == (2, 2, 3)
+
+
+@pytest.mark.parametrize("impl", ["nn", "scripted", "cpp"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_transformer_xl_rejects_non_floating_q(impl, dtype):
+    # Before: q + v promoted an integer q to float and the scores came back without complaint.
+    m = getattr(posenc, "cpp" if impl == "cpp" else "nn").TransformerXLRelativeScore(8, 2, 4)
+    if impl == "scripted":
+        m = torch.jit.script(m)
+    q = torch.ones(1, 2, 3, 4, dtype=dtype)
+    pattern = (r"posenc.TransformerXLRelativeScore: argument 'q' must have a floating dtype "
+               r"\(float16, bfloat16, float32 or float64\), but got dtype")
+    with pytest.raises((RuntimeError, torch.jit.Error), match=pattern):
+        m(q)
+    with pytest.raises((RuntimeError, torch.jit.Error), match=pattern):
+        m.content_query(q)
+
+
+@pytest.mark.parametrize("impl", ["nn", "scripted", "cpp"])
+def test_learned_huge_offset_is_past_the_table(impl):
+    # offset + S overflowed int64 (C++, TorchScript): narrow's IndexError or a broadcast error.
+    if impl == "cpp":
+        m = posenc.cpp.LearnedPositionalEmbedding(16, 4)
+    else:
+        m = posenc.nn.LearnedPositionalEmbedding(16, 4)
+        if impl == "scripted":
+            m = torch.jit.script(m)
+    err = (RuntimeError, torch.jit.Error)
+    big = 2**63 - 1
+    with pytest.raises(err, match=rf"posenc.LearnedPositionalEmbedding: position {big} \+ 2 is past the table of 16 positions"):
+        m(torch.randn(1, 3, 4), big)
+    with pytest.raises(err, match=rf"position {big} is past the table of 16 positions"):
+        m(torch.randn(1, 1, 4), big)
+    with pytest.raises(err, match=rf"position {2**62 + 1} is past the table of 16 positions"):
+        m(torch.randn(1, 2, 4), 2**62)
+    assert m(torch.zeros(1, 1, 4), 15).shape == (1, 1, 4)
 
 
 # ------------------------------------------------------------------ twins vs C++ bindings

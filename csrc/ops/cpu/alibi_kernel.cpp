@@ -13,6 +13,7 @@ at::Tensor alibi_bias_forward_kernel(const at::Tensor& slopes_in, int64_t q_len,
   detail::check_alibi_bias("alibi_bias", slopes_in, q_len, k_len);
   detail::check_offsets("alibi_bias", q_offset, k_offset);
   const auto slopes = slopes_in.contiguous();
+  detail::check_finite("alibi_bias", "slopes", slopes);
   const int64_t heads = slopes.size(0);
   auto out = at::empty({heads, q_len, k_len}, slopes.options());
   if (out.numel() == 0) return out;

@@ -43,7 +43,7 @@ at::Tensor kerple_bias_forward_kernel(const at::Tensor& r1_in, const at::Tensor&
   detail::check_offsets(op, q_offset, k_offset);
   const auto r1 = r1_in.contiguous();
   const auto r2 = r2_in.contiguous();
-  detail::check_kerple_r2_values(op, r2, kind);
+  detail::check_kerple_values(op, r1, r2, kind);
   const int64_t heads = r1.size(0);
   auto out = at::empty({heads, q_len, k_len}, r1.options());
   if (out.numel() == 0) return out;
@@ -83,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> kerple_bias_backward_kernel(
   detail::check_offsets(op, q_offset, k_offset);
   const auto r1 = r1_in.contiguous();
   const auto r2 = r2_in.contiguous();
-  detail::check_kerple_r2_values(op, r2, kind);
+  detail::check_kerple_values(op, r1, r2, kind);
   const int64_t heads = r1.size(0);
   auto grad_r1 = at::zeros({heads}, r1.options());
   auto grad_r2 = at::zeros({heads}, r1.options());

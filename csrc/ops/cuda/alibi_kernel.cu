@@ -1,4 +1,6 @@
 // ALiBi (Press et al. 2022) on CUDA: the same numbers as ../cpu/alibi_kernel.cpp.
+// The CPU kernel rejects non-finite slopes; here the slopes are not read on the host (that
+// would synchronise the stream on every call), so NaN/inf slopes give NaN/inf biases.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>

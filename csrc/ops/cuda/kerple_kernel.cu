@@ -6,6 +6,9 @@
 // value errors: the same RuntimeError as on the CPU instead of a bias full of NaN that would
 // surface far away in the softmax. The one exception is CUDA graph capture, where a sync is
 // illegal: there the check is skipped and a negative r2 gives NaN where 1 + r2 * d < 0.
+// The same host copy also rejects a non-finite r2 (as the CPU kernel does). r1, and r2 of
+// kind "power", are not copied: finiteness is checked on CPU tensors only, so that a call
+// needs no sync that it did not already have.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>

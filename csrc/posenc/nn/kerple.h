@@ -33,8 +33,8 @@ struct KERPLEBiasOptions {
 /// returns posenc::ops::kerple_bias(r1.clamp(min=eps), r2.clamp(min=eps), ...) (for "power"
 /// r2 is also clamped to <= 2, where the kernel stays valid): (H, q_len, k_len), query i at
 /// q_offset + i, key j at k_offset + j. Gradients flow to r1 and r2 (zero where clamped).
-/// Errors: num_heads <= 0, kind not "log"/"power", eps <= 0 at construction
-/// (c10::ValueError); negative lengths in forward.
+/// Errors: num_heads <= 0, kind not "log"/"power", eps <= 0, eps > 2 with kind "power" at
+/// construction (c10::ValueError); negative lengths, non-finite r1/r2 (CPU) in forward.
 class KERPLEBiasImpl : public torch::nn::Cloneable<KERPLEBiasImpl> {
  public:
   explicit KERPLEBiasImpl(int64_t num_heads) : KERPLEBiasImpl(KERPLEBiasOptions(num_heads)) {}

@@ -39,8 +39,8 @@ struct TransformerXLRelativeScoreOptions {
 /// the query of the content part (a) + (c), to multiply with the keys.
 /// Parameters: r_proj.weight (H * D, d_model) (Linear's default init), u and v (H, D)
 /// initialised N(0, 0.02). Output dtype is that of q + v.
-/// Errors: bad options at construction (c10::ValueError); q not (B, H, Lq, D) or mem_len < 0
-/// in forward (c10::Error naming the module and argument).
+/// Errors: bad options at construction (c10::ValueError); q not (B, H, Lq, D) or not
+/// floating, or mem_len < 0 in forward (c10::Error naming the module and argument).
 class TransformerXLRelativeScoreImpl
     : public torch::nn::Cloneable<TransformerXLRelativeScoreImpl> {
  public:
