@@ -189,14 +189,16 @@ def test_learned_init_is_normal_002():
     assert abs(w.std().item() - 0.02) < 1e-3
 
 
+def _learned_16x4(impl):
+    if impl == "cpp":
+        return posenc.cpp.LearnedPositionalEmbedding(16, 4)
+    m = posenc.nn.LearnedPositionalEmbedding(16, 4)
+    return torch.jit.script(m) if impl == "scripted" else m
+
+
 @pytest.mark.parametrize("impl", ["nn", "scripted", "cpp"])
 def test_C15_learned_past_table(impl):
-    if impl == "cpp":
-        m = posenc.cpp.LearnedPositionalEmbedding(16, 4)
-    else:
-        m = posenc.nn.LearnedPositionalEmbedding(16, 4)
-        if impl == "scripted":
-            m = torch.jit.script(m)
+    m = _learned_16x4(impl)
     # A scripted module raises torch.jit.Error (not a RuntimeError subclass) carrying the text.
     err = (RuntimeError, torch.jit.Error)
     msg = "posenc.LearnedPositionalEmbedding: position 16 is past the table of 16 positions (max_len)"
@@ -442,12 +444,7 @@ def test_transformer_xl_rejects_non_floating_q(impl, dtype):
 @pytest.mark.parametrize("impl", ["nn", "scripted", "cpp"])
 def test_learned_huge_offset_is_past_the_table(impl):
     # offset + S overflowed int64 (C++, TorchScript): narrow's IndexError or a broadcast error.
-    if impl == "cpp":
-        m = posenc.cpp.LearnedPositionalEmbedding(16, 4)
-    else:
-        m = posenc.nn.LearnedPositionalEmbedding(16, 4)
-        if impl == "scripted":
-            m = torch.jit.script(m)
+    m = _learned_16x4(impl)
     err = (RuntimeError, torch.jit.Error)
     big = 2**63 - 1
     with pytest.raises(err, match=rf"posenc.LearnedPositionalEmbedding: position {big} \+ 2 is past the table of 16 positions"):
