@@ -283,11 +283,13 @@ inline void check_rope_values(const char* op, const std::optional<at::Tensor>& c
                               int64_t total_tokens, const at::Tensor& inv_freq,
                               const std::optional<at::Tensor>& xpos_zeta) {
   {
-    const at::Tensor f = inv_freq.contiguous().to(at::kDouble);
-    const double* v = f.const_data_ptr<double>();
+    // Read in place (float32 or float64): no converted copy on every call.
+    const at::Tensor f = inv_freq.contiguous();
+    const bool f64 = f.scalar_type() == at::kDouble;
     for (int64_t i = 0; i < f.size(0); ++i) {
-      POSENC_CHECK_ARG(std::isfinite(v[i]), op, "inv_freq", "must be finite", "inv_freq[", i,
-                       "] = ", v[i]);
+      const double v = f64 ? f.const_data_ptr<double>()[i] : f.const_data_ptr<float>()[i];
+      POSENC_CHECK_ARG(std::isfinite(v), op, "inv_freq", "must be finite", "inv_freq[", i,
+                       "] = ", v);
     }
   }
   if (cu_seqlens.has_value() && cu_seqlens->defined()) {
@@ -406,6 +408,25 @@ struct RopeParams {
   bool xpos_inverse;
   int64_t xpos_centre;
 };
+
+// A backend's rope implementation: Impl(op, arg, x, params, conjugate).
+using RopeImpl = at::Tensor (*)(const char*, const char*, const at::Tensor&, const RopeParams&,
+                                bool);
+
+// The rope (Backward = false) and rope_backward (true) kernels of a backend, in the op's
+// signature: one definition for CPU and CUDA. The backward is the conjugate rotation.
+template <RopeImpl Impl, bool Backward>
+at::Tensor rope_kernel_entry(const at::Tensor& x, const std::optional<at::Tensor>& positions,
+                             const at::Tensor& inv_freq, int64_t offset,
+                             std::optional<int64_t> rotary_dim, bool interleaved,
+                             c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
+                             double attention_factor, const std::optional<at::Tensor>& xpos_zeta,
+                             double xpos_scale_base, bool xpos_inverse, int64_t xpos_centre) {
+  return Impl(Backward ? "rope_backward" : "rope", Backward ? "grad" : "x", x,
+              {positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
+               attention_factor, xpos_zeta, xpos_scale_base, xpos_inverse, xpos_centre},
+              Backward);
+}
 
 }  // namespace detail
 }  // namespace posenc

@@ -95,29 +95,17 @@ class RopeFunction : public torch::autograd::Function<RopeFunction<kBackwardOp>>
   }
 };
 
+template <bool kBackwardOp>
 at::Tensor rope_autograd(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                          const at::Tensor& inv_freq, c10::SymInt offset,
                          std::optional<int64_t> rotary_dim, bool interleaved,
                          c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
                          double attention_factor, const std::optional<at::Tensor>& xpos_zeta,
                          double xpos_scale_base, bool xpos_inverse, c10::SymInt xpos_centre) {
-  return RopeFunction<false>::apply(x, positions, inv_freq, std::move(offset), rotary_dim,
-                                    interleaved, layout, cu_seqlens, attention_factor, xpos_zeta,
-                                    xpos_scale_base, xpos_inverse, std::move(xpos_centre));
-}
-
-at::Tensor rope_backward_autograd(const at::Tensor& grad, const std::optional<at::Tensor>& positions,
-                                  const at::Tensor& inv_freq, c10::SymInt offset,
-                                  std::optional<int64_t> rotary_dim, bool interleaved,
-                                  c10::string_view layout,
-                                  const std::optional<at::Tensor>& cu_seqlens,
-                                  double attention_factor,
-                                  const std::optional<at::Tensor>& xpos_zeta,
-                                  double xpos_scale_base, bool xpos_inverse,
-                                  c10::SymInt xpos_centre) {
-  return RopeFunction<true>::apply(grad, positions, inv_freq, std::move(offset), rotary_dim,
-                                   interleaved, layout, cu_seqlens, attention_factor, xpos_zeta,
-                                   xpos_scale_base, xpos_inverse, std::move(xpos_centre));
+  return RopeFunction<kBackwardOp>::apply(x, positions, inv_freq, std::move(offset), rotary_dim,
+                                          interleaved, layout, cu_seqlens, attention_factor,
+                                          xpos_zeta, xpos_scale_base, xpos_inverse,
+                                          std::move(xpos_centre));
 }
 
 class ApplyRotaryPosEmbFunction : public torch::autograd::Function<ApplyRotaryPosEmbFunction> {
@@ -151,7 +139,7 @@ at::Tensor apply_rotary_pos_emb_autograd(const at::Tensor& x, const at::Tensor& 
 }  // namespace posenc
 
 TORCH_LIBRARY_IMPL(posenc, Autograd, m) {
-  m.impl("rope", &posenc::rope_autograd);
-  m.impl("rope_backward", &posenc::rope_backward_autograd);
+  m.impl("rope", &posenc::rope_autograd<false>);
+  m.impl("rope_backward", &posenc::rope_autograd<true>);
   m.impl("apply_rotary_pos_emb", &posenc::apply_rotary_pos_emb_autograd);
 }

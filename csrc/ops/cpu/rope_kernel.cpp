@@ -105,34 +105,6 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
   return out;
 }
 
-at::Tensor rope_forward_kernel(const at::Tensor& x, const std::optional<at::Tensor>& positions,
-                               const at::Tensor& inv_freq, int64_t offset,
-                               std::optional<int64_t> rotary_dim, bool interleaved,
-                               c10::string_view layout,
-                               const std::optional<at::Tensor>& cu_seqlens,
-                               double attention_factor,
-                               const std::optional<at::Tensor>& xpos_zeta,
-                               double xpos_scale_base, bool xpos_inverse, int64_t xpos_centre) {
-  return rope_cpu("rope", "x", x,
-                  {positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
-                   attention_factor, xpos_zeta, xpos_scale_base, xpos_inverse, xpos_centre},
-                  /*conjugate=*/false);
-}
-
-at::Tensor rope_backward_kernel(const at::Tensor& grad, const std::optional<at::Tensor>& positions,
-                                const at::Tensor& inv_freq, int64_t offset,
-                                std::optional<int64_t> rotary_dim, bool interleaved,
-                                c10::string_view layout,
-                                const std::optional<at::Tensor>& cu_seqlens,
-                                double attention_factor,
-                                const std::optional<at::Tensor>& xpos_zeta,
-                                double xpos_scale_base, bool xpos_inverse, int64_t xpos_centre) {
-  return rope_cpu("rope_backward", "grad", grad,
-                  {positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
-                   attention_factor, xpos_zeta, xpos_scale_base, xpos_inverse, xpos_centre},
-                  /*conjugate=*/true);
-}
-
 // A (S, R) or (B, S, R) cos/sin table: element strides, batch stride 0 for a shared table.
 struct Table {
   int64_t sb, ss, sr;
@@ -287,8 +259,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_ker
 }  // namespace posenc
 
 TORCH_LIBRARY_IMPL(posenc, CPU, m) {
-  m.impl("rope", &posenc::rope_forward_kernel);
-  m.impl("rope_backward", &posenc::rope_backward_kernel);
+  m.impl("rope", &posenc::detail::rope_kernel_entry<posenc::rope_cpu, false>);
+  m.impl("rope_backward", &posenc::detail::rope_kernel_entry<posenc::rope_cpu, true>);
   m.impl("apply_rotary_pos_emb", &posenc::apply_rotary_pos_emb_forward_kernel);
   m.impl("apply_rotary_pos_emb_backward", &posenc::apply_rotary_pos_emb_backward_kernel);
 }

@@ -297,32 +297,6 @@ at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const
   return out;
 }
 
-at::Tensor rope_forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& positions,
-                             const at::Tensor& inv_freq, int64_t offset,
-                             std::optional<int64_t> rotary_dim, bool interleaved,
-                             c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
-                             double attention_factor, const std::optional<at::Tensor>& xpos_zeta,
-                             double xpos_scale_base, bool xpos_inverse, int64_t xpos_centre) {
-  return rope_cuda("rope", "x", x,
-                   {positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
-                    attention_factor, xpos_zeta, xpos_scale_base, xpos_inverse, xpos_centre},
-                   /*conjugate=*/false);
-}
-
-at::Tensor rope_backward_cuda(const at::Tensor& grad, const std::optional<at::Tensor>& positions,
-                              const at::Tensor& inv_freq, int64_t offset,
-                              std::optional<int64_t> rotary_dim, bool interleaved,
-                              c10::string_view layout,
-                              const std::optional<at::Tensor>& cu_seqlens,
-                              double attention_factor,
-                              const std::optional<at::Tensor>& xpos_zeta,
-                              double xpos_scale_base, bool xpos_inverse, int64_t xpos_centre) {
-  return rope_cuda("rope_backward", "grad", grad,
-                   {positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
-                    attention_factor, xpos_zeta, xpos_scale_base, xpos_inverse, xpos_centre},
-                   /*conjugate=*/true);
-}
-
 // Rotates `src` (x, or the upstream gradient when adjoint) into a fresh contiguous tensor.
 at::Tensor launch_apply_rotary(const at::Tensor& src, const at::Tensor& cos, const at::Tensor& sin,
                                bool interleaved, bool bshd, bool adjoint) {
@@ -393,8 +367,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_cud
 }  // namespace posenc
 
 TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
-  m.impl("rope", &posenc::rope_forward_cuda);
-  m.impl("rope_backward", &posenc::rope_backward_cuda);
+  m.impl("rope", &posenc::detail::rope_kernel_entry<posenc::rope_cuda, false>);
+  m.impl("rope_backward", &posenc::detail::rope_kernel_entry<posenc::rope_cuda, true>);
   m.impl("apply_rotary_pos_emb", &posenc::apply_rotary_pos_emb_forward_cuda);
   m.impl("apply_rotary_pos_emb_backward", &posenc::apply_rotary_pos_emb_backward_cuda);
 }

@@ -7,29 +7,18 @@ namespace {
 
 // Outputs are fresh contiguous tensors of the input's shape, as the CPU kernels return.
 
+// rope (kBackwardOp = false) and rope_backward (true) share a signature and the checks.
+template <bool kBackwardOp>
 at::Tensor rope_meta(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                      const at::Tensor& inv_freq, c10::SymInt offset,
                      std::optional<int64_t> rotary_dim, bool interleaved, c10::string_view layout,
                      const std::optional<at::Tensor>& cu_seqlens, double attention_factor,
                      const std::optional<at::Tensor>& xpos_zeta, double xpos_scale_base,
                      bool xpos_inverse, c10::SymInt xpos_centre) {
-  detail::check_rope("rope", "x", x, positions, inv_freq, rotary_dim, layout, cu_seqlens,
-                     attention_factor, xpos_zeta, xpos_scale_base);
+  detail::check_rope(kBackwardOp ? "rope_backward" : "rope", kBackwardOp ? "grad" : "x", x,
+                     positions, inv_freq, rotary_dim, layout, cu_seqlens, attention_factor,
+                     xpos_zeta, xpos_scale_base);
   return at::empty_symint(x.sym_sizes(), x.options());
-}
-
-at::Tensor rope_backward_meta(const at::Tensor& grad, const std::optional<at::Tensor>& positions,
-                              const at::Tensor& inv_freq, c10::SymInt offset,
-                              std::optional<int64_t> rotary_dim, bool interleaved,
-                              c10::string_view layout,
-                              const std::optional<at::Tensor>& cu_seqlens,
-                              double attention_factor,
-                              const std::optional<at::Tensor>& xpos_zeta,
-                              double xpos_scale_base, bool xpos_inverse,
-                              c10::SymInt xpos_centre) {
-  detail::check_rope("rope_backward", "grad", grad, positions, inv_freq, rotary_dim, layout,
-                     cu_seqlens, attention_factor, xpos_zeta, xpos_scale_base);
-  return at::empty_symint(grad.sym_sizes(), grad.options());
 }
 
 at::Tensor apply_rotary_pos_emb_meta(const at::Tensor& x, const at::Tensor& cos,
@@ -52,8 +41,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_met
 }  // namespace posenc
 
 TORCH_LIBRARY_IMPL(posenc, Meta, m) {
-  m.impl("rope", &posenc::rope_meta);
-  m.impl("rope_backward", &posenc::rope_backward_meta);
+  m.impl("rope", &posenc::rope_meta<false>);
+  m.impl("rope_backward", &posenc::rope_meta<true>);
   m.impl("apply_rotary_pos_emb", &posenc::apply_rotary_pos_emb_meta);
   m.impl("apply_rotary_pos_emb_backward", &posenc::apply_rotary_pos_emb_backward_meta);
 }
