@@ -24,5 +24,19 @@ torch::Tensor ALiBiImpl::forward(int64_t q_len, int64_t k_len, int64_t q_offset,
   return ops::alibi_bias(slopes, q_len, k_len, q_offset, k_offset, options.causal());
 }
 
+torch::Tensor ALiBiImpl::attention(const torch::Tensor& q, const torch::Tensor& k,
+                                   const torch::Tensor& v,
+                                   const std::optional<torch::Tensor>& key_padding_mask,
+                                   int64_t q_offset, int64_t k_offset, std::optional<double> scale) {
+  const auto o = ops::RelativeAttentionOptions()
+                     .slopes(slopes)
+                     .causal(options.causal())
+                     .key_padding_mask(key_padding_mask)
+                     .scale(scale)
+                     .q_offset(q_offset)
+                     .k_offset(k_offset);
+  return std::get<0>(ops::relative_attention(q, k, v, o));
+}
+
 }  // namespace nn
 }  // namespace posenc

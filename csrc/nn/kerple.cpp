@@ -36,14 +36,34 @@ void KERPLEBiasImpl::pretty_print(std::ostream& stream) const {
          << ")";
 }
 
+std::pair<torch::Tensor, torch::Tensor> KERPLEBiasImpl::clamped_params() const {
+  const double eps = options.eps();
+  // The power kernel -r1 * d^r2 is conditionally positive definite only for 0 < r2 <= 2.
+  return {r1.clamp_min(eps), options.kind() == "power" ? r2.clamp(eps, 2.0) : r2.clamp_min(eps)};
+}
+
 torch::Tensor KERPLEBiasImpl::forward(int64_t q_len, int64_t k_len, int64_t q_offset,
                                       int64_t k_offset) {
-  const double eps = options.eps();
-  auto a = r1.clamp_min(eps);
-  // The power kernel -r1 * d^r2 is conditionally positive definite only for 0 < r2 <= 2.
-  auto b = options.kind() == "power" ? r2.clamp(eps, 2.0) : r2.clamp_min(eps);
+  auto [a, b] = clamped_params();
   return ops::kerple_bias(a, b, q_len, k_len, q_offset, k_offset, options.kind(),
                           options.causal());
+}
+
+torch::Tensor KERPLEBiasImpl::attention(const torch::Tensor& q, const torch::Tensor& k,
+                                        const torch::Tensor& v,
+                                        const std::optional<torch::Tensor>& key_padding_mask,
+                                        int64_t q_offset, int64_t k_offset, std::optional<double> scale) {
+  auto [a, b] = clamped_params();
+  const auto o = ops::RelativeAttentionOptions()
+                     .r1(a)
+                     .r2(b)
+                     .kerple_kind(options.kind())
+                     .causal(options.causal())
+                     .key_padding_mask(key_padding_mask)
+                     .scale(scale)
+                     .q_offset(q_offset)
+                     .k_offset(k_offset);
+  return std::get<0>(ops::relative_attention(q, k, v, o));
 }
 
 }  // namespace nn

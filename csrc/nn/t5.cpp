@@ -51,5 +51,22 @@ torch::Tensor T5RelativeBiasImpl::forward(int64_t q_len, int64_t k_len, int64_t 
                       options.max_distance());
 }
 
+torch::Tensor T5RelativeBiasImpl::attention(const torch::Tensor& q, const torch::Tensor& k,
+                                            const torch::Tensor& v,
+                                            const std::optional<torch::Tensor>& key_padding_mask,
+                                            int64_t q_offset, int64_t k_offset, std::optional<double> scale) {
+  // A decoder's buckets are one-sided: it attends causally.
+  const auto o = ops::RelativeAttentionOptions()
+                     .table(weight)
+                     .causal(!options.bidirectional())
+                     .bidirectional(options.bidirectional())
+                     .max_distance(options.max_distance())
+                     .key_padding_mask(key_padding_mask)
+                     .scale(scale)
+                     .q_offset(q_offset)
+                     .k_offset(k_offset);
+  return std::get<0>(ops::relative_attention(q, k, v, o));
+}
+
 }  // namespace nn
 }  // namespace posenc

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/arg.h>
 
 #include <optional>
 #include <string>
@@ -162,6 +163,87 @@ at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
 /// for mismatched shapes, odd R, R > D, or another dtype/device.
 at::Tensor apply_rotary_pos_emb(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                                 bool interleaved = false, const std::string& layout = "bhsd");
+
+/// Options of relative_attention: every argument but q, k and v, with chaining setters
+/// (RelativeAttentionOptions().slopes(s).causal(true)). Defaults give plain attention.
+struct RelativeAttentionOptions {
+  /// ALiBi position term: slopes (H,) (any float dtype; posenc::ops::alibi_slopes).
+  TORCH_ARG(std::optional<at::Tensor>, slopes) = std::nullopt;
+  /// T5 position term: table (num_buckets, H) (HF's relative_attention_bias.weight).
+  TORCH_ARG(std::optional<at::Tensor>, table) = std::nullopt;
+  /// KERPLE position term: r1, r2 (H,), same dtype and device; r2 >= 0 for the log kernel.
+  TORCH_ARG(std::optional<at::Tensor>, r1) = std::nullopt;
+  TORCH_ARG(std::optional<at::Tensor>, r2) = std::nullopt;
+  /// Relative-scores term: rel_emb (H, R, D) in q's dtype, R = 2c + 1 odd.
+  TORCH_ARG(std::optional<at::Tensor>, rel_emb) = std::nullopt;
+  /// Query of the relative-scores term (q's shape and dtype): Transformer-XL's q + v; none
+  /// means q itself (Shaw et al.).
+  TORCH_ARG(std::optional<at::Tensor>, q_rel) = std::nullopt;
+  /// Mask keys after the query: key j is kept for query i iff k_offset + j <= q_offset + i.
+  TORCH_ARG(bool, causal) = false;
+  /// (B, k_len) bool, true marks a padding key that no query attends to (as
+  /// torch.nn.MultiheadAttention's key_padding_mask). Layout "bhsd" only.
+  TORCH_ARG(std::optional<at::Tensor>, key_padding_mask) = std::nullopt;
+  /// Multiplies q k^T (not the position term); default 1 / sqrt(head_dim) (1 when 0).
+  TORCH_ARG(std::optional<double>, scale) = std::nullopt;
+  /// Absolute position of query 0 and key 0 (KV-cache decoding, memory, context parallelism).
+  TORCH_ARG(int64_t, q_offset) = 0;
+  TORCH_ARG(int64_t, k_offset) = 0;
+  /// ALiBi / KERPLE: |d| (true) or the causal form; T5: bidirectional buckets. Default
+  /// !causal. Only for those three terms.
+  TORCH_ARG(std::optional<bool>, bidirectional) = std::nullopt;
+  /// T5: max_distance of the buckets (default 128); relative scores: the clipping distance M
+  /// (default c). Only for those two terms.
+  TORCH_ARG(std::optional<int64_t>, max_distance) = std::nullopt;
+  /// KERPLE: "log" (default) or "power". Only for KERPLE.
+  TORCH_ARG(std::optional<std::string>, kerple_kind) = std::nullopt;
+  /// "bhsd": q (B, H, Lq, D), k (B, H_kv, Lk, D), v (B, H_kv, Lk, Dv). "thd": packed
+  /// q (Tq, H, D), k (Tk, H_kv, D), v (Tk, H_kv, Dv) with cu_seqlens.
+  TORCH_ARG(std::string, layout) = "bhsd";
+  /// "thd": cumulative sequence starts (num_seqs + 1,) int64 of q (and of k; default: q's).
+  TORCH_ARG(std::optional<at::Tensor>, cu_seqlens_q) = std::nullopt;
+  TORCH_ARG(std::optional<at::Tensor>, cu_seqlens_k) = std::nullopt;
+  /// "thd": the longest sequences (optional; on CUDA they save a host sync).
+  TORCH_ARG(std::optional<int64_t>, max_seqlen_q) = std::nullopt;
+  TORCH_ARG(std::optional<int64_t>, max_seqlen_k) = std::nullopt;
+};
+
+/// Fused relative-position attention: softmax(scale * q k^T + P + mask) v, computed in tiles
+/// without any (q_len, k_len) tensor (FlashAttention-2, Dao 2023, with the position term
+/// computed per tile from its parameters). P is exactly what the matching bias op gives with
+/// the same offsets: none, ALiBi (alibi_bias with causal = !bidirectional), T5 (t5_bias), KERPLE
+/// (kerple_bias with causal = !bidirectional), or relative scores rel_pos_scores(q_rel,
+/// rel_emb, q_offset, k_offset, k_len, max_distance) (Transformer-XL's (b)+(d) with q_rel = q +
+/// v, Shaw et al. 2018 with q_rel = q). At most one position term per call, selected by the
+/// parameters given. P is added unscaled (pre-scale rel_emb for Transformer-XL's 1/sqrt(d)).
+///
+/// q, k, v: float16/bfloat16/float32/float64 (one dtype, one device, any strides), head_dim
+/// (and v's) <= 256, H % H_kv == 0 (grouped-query / multi-query attention). Math in fp32 for
+/// half inputs (fp64 for fp64). Packed sequences ("thd"): positions restart in each sequence
+/// (query t of sequence s is at q_offset + t - cu_seqlens_q[s]), and queries see only their own
+/// sequence's keys.
+///
+/// Returns (out, lse): out like q with v's head_dim, in q's dtype, contiguous; lse the natural
+/// log-sum-exp of each query's logits, (B, H, Lq) or (H, Tq) for "thd", fp32 (fp64 for fp64),
+/// for merging partial results (ring attention). A query whose keys are all masked gets out = 0
+/// and lse = -inf, and zero gradients (never NaN).
+///
+/// Differentiable in q, k, v, the position parameters (slopes, table, r1, r2, rel_emb, q_rel)
+/// and through lse. The backward recomputes the tiles from lse; parameter gradients are reduced
+/// in a fixed order without atomics (bit-identical across runs and CPU thread counts).
+///
+/// Errors (c10::Error naming the op, the argument, expected and given): wrong ranks, dtypes,
+/// devices; mismatched batch, heads, lengths or head_dim; H % H_kv != 0; head_dim > 256; two
+/// position terms; q_rel without rel_emb; bidirectional / max_distance / kerple_kind given to a
+/// term that has no such option; parameter shapes not matching H; the T5 bucket rules; R even;
+/// max_distance outside [0, c]; non-finite scale; offsets outside +-2^61; bad cu_seqlens (not
+/// int64 1-D, on CPU: not starting at 0, decreasing, or not ending at the token count);
+/// key_padding_mask not (B, k_len) bool or given with "thd". Parameter values are checked on
+/// CPU tensors (finite slopes, table, r1, r2, rel_emb; r2 >= 0 for the log kernel); on CUDA,
+/// as for the bias ops, only KERPLE log's r2 is read on the host.
+std::tuple<at::Tensor, at::Tensor> relative_attention(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const RelativeAttentionOptions& options = RelativeAttentionOptions());
 
 }  // namespace ops
 }  // namespace posenc

@@ -146,6 +146,9 @@ void init_nn(py::module& m) {
             py::arg("num_heads"), py::arg("causal") = true);
     bind_forward(cls, &Impl::forward, py::arg("q_len"), py::arg("k_len"),
                  py::arg("q_offset") = 0, py::arg("k_offset") = 0);
+    cls.def("attention", &Impl::attention, py::arg("q"), py::arg("k"), py::arg("v"),
+            py::arg("key_padding_mask") = py::none(), py::arg("q_offset") = 0,
+            py::arg("k_offset") = 0, py::arg("scale") = py::none());
     with_repr<Impl>(cls);
   }
   {
@@ -162,6 +165,9 @@ void init_nn(py::module& m) {
             py::arg("bidirectional") = true);
     bind_forward(cls, &Impl::forward, py::arg("q_len"), py::arg("k_len"),
                  py::arg("q_offset") = 0, py::arg("k_offset") = 0);
+    cls.def("attention", &Impl::attention, py::arg("q"), py::arg("k"), py::arg("v"),
+            py::arg("key_padding_mask") = py::none(), py::arg("q_offset") = 0,
+            py::arg("k_offset") = 0, py::arg("scale") = py::none());
     with_repr<Impl>(cls);
   }
   {
@@ -175,6 +181,9 @@ void init_nn(py::module& m) {
             py::arg("eps") = 1e-2);
     bind_forward(cls, &Impl::forward, py::arg("q_len"), py::arg("k_len"),
                  py::arg("q_offset") = 0, py::arg("k_offset") = 0);
+    cls.def("attention", &Impl::attention, py::arg("q"), py::arg("k"), py::arg("v"),
+            py::arg("key_padding_mask") = py::none(), py::arg("q_offset") = 0,
+            py::arg("k_offset") = 0, py::arg("scale") = py::none());
     with_repr<Impl>(cls);
   }
   {
@@ -188,6 +197,9 @@ void init_nn(py::module& m) {
             py::arg("base") = 10000.0);
     bind_forward(cls, &Impl::forward, py::arg("q"), py::arg("mem_len") = 0);
     cls.def("content_query", &Impl::content_query, py::arg("q"));
+    cls.def("attention", &Impl::attention, py::arg("q"), py::arg("k"), py::arg("v"),
+            py::arg("mem_len") = 0, py::arg("key_padding_mask") = py::none(),
+            py::arg("scale") = py::none(), py::arg("causal") = true);
     with_repr<Impl>(cls);
   }
 }

@@ -11,6 +11,7 @@ Bad constructor arguments raise ``ValueError`` (``c10::ValueError`` in C++), bad
 arguments ``RuntimeError``; messages read ``posenc.<Module>: option '<name>' <expected>, but
 got <given>`` (``argument`` in forward).
 """
+import math
 from typing import Any, Optional, Tuple
 
 import torch
@@ -549,6 +550,32 @@ class ALiBi(nn.Module):
     def forward(self, q_len: int, k_len: int, q_offset: int = 0, k_offset: int = 0) -> Tensor:
         return ops.alibi_bias(self.slopes, q_len, k_len, q_offset, k_offset, self.causal)
 
+    @torch.jit.export
+    def attention(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding_mask: Optional[Tensor] = None,
+        q_offset: int = 0,
+        k_offset: int = 0,
+        scale: Optional[float] = None,
+    ) -> Tensor:
+        """Fused attention with this module's position term, no ``(Lq, Lk)`` bias tensor.
+
+        ``softmax(scale * q k^T + bias + mask) v`` by :func:`posenc.ops.relative_attention`:
+        the numbers of SDPA with :meth:`forward`'s bias as ``attn_mask`` and a causal mask when ``causal``.
+        ``q`` ``(B, H, Lq, D)``, ``k`` ``(B, H_kv, Lk, D)``, ``v`` ``(B, H_kv, Lk, Dv)``
+        (``H % H_kv == 0``); ``key_padding_mask`` ``(B, Lk)`` bool, ``True`` = padding;
+        offsets as in :meth:`forward`; ``scale`` defaults to ``1/sqrt(D)``. Returns
+        ``(B, H, Lq, Dv)`` in ``q``'s dtype. Raises ``RuntimeError`` as the op does.
+        """
+        out, _ = ops.relative_attention(
+            q, k, v, slopes=self.slopes, causal=self.causal, key_padding_mask=key_padding_mask,
+            scale=scale, q_offset=q_offset, k_offset=k_offset,
+        )
+        return out
+
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, causal={self.causal}"
 
@@ -608,6 +635,33 @@ class T5RelativeBias(nn.Module):
             self.weight, q_len, k_len, q_offset, k_offset, self.bidirectional, self.max_distance
         )
 
+    @torch.jit.export
+    def attention(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding_mask: Optional[Tensor] = None,
+        q_offset: int = 0,
+        k_offset: int = 0,
+        scale: Optional[float] = None,
+    ) -> Tensor:
+        """Fused attention with this module's position term, no ``(Lq, Lk)`` bias tensor.
+
+        ``softmax(scale * q k^T + bias + mask) v`` by :func:`posenc.ops.relative_attention`:
+        the numbers of SDPA with :meth:`forward`'s bias as ``attn_mask`` and, for a decoder (``bidirectional=False``), a causal mask.
+        ``q`` ``(B, H, Lq, D)``, ``k`` ``(B, H_kv, Lk, D)``, ``v`` ``(B, H_kv, Lk, Dv)``
+        (``H % H_kv == 0``); ``key_padding_mask`` ``(B, Lk)`` bool, ``True`` = padding;
+        offsets as in :meth:`forward`; ``scale`` defaults to ``1/sqrt(D)``. Returns
+        ``(B, H, Lq, Dv)`` in ``q``'s dtype. Raises ``RuntimeError`` as the op does.
+        """
+        out, _ = ops.relative_attention(
+            q, k, v, table=self.weight, causal=not self.bidirectional,
+            key_padding_mask=key_padding_mask, scale=scale, q_offset=q_offset,
+            k_offset=k_offset, bidirectional=self.bidirectional, max_distance=self.max_distance,
+        )
+        return out
+
     def extra_repr(self) -> str:
         return (
             f"num_heads={self.num_heads}, num_buckets={self.num_buckets}, "
@@ -658,12 +712,43 @@ class KERPLEBias(nn.Module):
         self.r2 = nn.Parameter(1.0 - torch.rand(num_heads))
 
     def forward(self, q_len: int, k_len: int, q_offset: int = 0, k_offset: int = 0) -> Tensor:
+        r1, r2 = self._clamped_params()
+        return ops.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, self.kind, self.causal)
+
+    def _clamped_params(self) -> Tuple[Tensor, Tensor]:
         r1 = self.r1.clamp(min=self.eps)
         if self.kind == "power":
             r2 = self.r2.clamp(min=self.eps, max=2.0)
         else:
             r2 = self.r2.clamp(min=self.eps)
-        return ops.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, self.kind, self.causal)
+        return r1, r2
+
+    @torch.jit.export
+    def attention(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding_mask: Optional[Tensor] = None,
+        q_offset: int = 0,
+        k_offset: int = 0,
+        scale: Optional[float] = None,
+    ) -> Tensor:
+        """Fused attention with this module's position term, no ``(Lq, Lk)`` bias tensor.
+
+        ``softmax(scale * q k^T + bias + mask) v`` by :func:`posenc.ops.relative_attention`:
+        the numbers of SDPA with :meth:`forward`'s bias as ``attn_mask`` and a causal mask when ``causal``.
+        ``q`` ``(B, H, Lq, D)``, ``k`` ``(B, H_kv, Lk, D)``, ``v`` ``(B, H_kv, Lk, Dv)``
+        (``H % H_kv == 0``); ``key_padding_mask`` ``(B, Lk)`` bool, ``True`` = padding;
+        offsets as in :meth:`forward`; ``scale`` defaults to ``1/sqrt(D)``. Returns
+        ``(B, H, Lq, Dv)`` in ``q``'s dtype. Raises ``RuntimeError`` as the op does.
+        """
+        r1, r2 = self._clamped_params()
+        out, _ = ops.relative_attention(
+            q, k, v, r1=r1, r2=r2, causal=self.causal, key_padding_mask=key_padding_mask,
+            scale=scale, q_offset=q_offset, k_offset=k_offset, kerple_kind=self.kind,
+        )
+        return out
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, kind={self.kind}, causal={self.causal}, eps={self.eps}"
@@ -733,18 +818,70 @@ class TransformerXLRelativeScore(nn.Module):
             raise RuntimeError(
                 f"posenc.TransformerXLRelativeScore: argument 'mem_len' must be >= 0, but got {mem_len}"
             )
-        h, d = self.num_heads, self.head_dim
         k_len = mem_len + q.size(2)
-        # Distances q_pos - k_pos span [-(Lq - 1), k_len - 1]; rows -c..c cover them.
+        qv = q + self.v.view(1, self.num_heads, 1, self.head_dim)
+        # The op wants one dtype: follow q + v's (type promotion of input and parameters).
+        rel_emb = self._rel_emb(k_len, qv.dtype, q.device)
+        return ops.rel_pos_scores(qv, rel_emb, mem_len, 0, k_len)
+
+    def _rel_emb(self, k_len: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        # W_R R as (H, 2c + 1, D): distances q_pos - k_pos span [-(Lq - 1), k_len - 1] with
+        # q_offset = mem_len, and rows -c..c (c = k_len - 1) cover them.
         c = max(k_len - 1, 0)
         r = 2 * c + 1
         table = ops.sinusoidal_table(
-            r, self.d_model, self.base, -c, True, dtype=self.r_proj.weight.dtype, device=q.device
+            r, self.d_model, self.base, -c, True, dtype=self.r_proj.weight.dtype, device=device
         )
-        qv = q + self.v.view(1, h, 1, d)
-        # The op wants one dtype: follow q + v's (type promotion of input and parameters).
-        rel_emb = self.r_proj(table).view(r, h, d).permute(1, 0, 2).to(qv.dtype)
-        return ops.rel_pos_scores(qv, rel_emb, mem_len, 0, k_len)
+        return self.r_proj(table).view(r, self.num_heads, self.head_dim).permute(1, 0, 2).to(dtype)
+
+    @torch.jit.export
+    def attention(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mem_len: int = 0,
+        key_padding_mask: Optional[Tensor] = None,
+        scale: Optional[float] = None,
+        causal: bool = True,
+    ) -> Tensor:
+        """Full Transformer-XL attention, fused: no ``(Lq, mem_len + Lq)`` score tensor.
+
+        ``softmax(scale * ((q + u) · k_j + (q + v) · W_R R_{i - j}) + mask) v_j`` — the paper's
+        ``A = (a) + (b) + (c) + (d)`` (Dai et al. 2019, §3.3) scaled by ``scale`` (default
+        ``1/sqrt(head_dim)``) — by :func:`posenc.ops.relative_attention`. ``q``
+        ``(B, H, Lq, head_dim)``; ``k`` ``(B, H_kv, mem_len + Lq, head_dim)`` and ``v``
+        ``(B, H_kv, mem_len + Lq, Dv)`` over ``[memory; segment]``; ``causal`` (default,
+        language modelling): query ``i`` sees the memory and the segment up to ``i``.
+        ``key_padding_mask`` ``(B, mem_len + Lq)`` bool, ``True`` = padding. Returns
+        ``(B, H, Lq, Dv)`` in ``q``'s dtype (``u``, ``v``, ``W_R R`` are cast to it).
+
+        Raises:
+            RuntimeError: ``q`` as in :meth:`forward`, ``mem_len`` < 0, ``k`` not
+            ``(B, H_kv, mem_len + Lq, head_dim)``, and the op's errors.
+        """
+        self._check_q(q)
+        if mem_len < 0:
+            raise RuntimeError(
+                f"posenc.TransformerXLRelativeScore: argument 'mem_len' must be >= 0, but got {mem_len}"
+            )
+        if k.dim() != 4 or k.size(2) != mem_len + q.size(2):
+            raise RuntimeError(
+                f"posenc.TransformerXLRelativeScore: argument 'k' must be a 4-D tensor "
+                f"(batch, kv_heads, mem_len + q_len = {mem_len + q.size(2)}, head_dim), "
+                f"but got shape {list(k.shape)}"
+            )
+        h, d = self.num_heads, self.head_dim
+        s = scale if scale is not None else 1.0 / math.sqrt(d)
+        # The op scales only q . k: the position term gets the same factor through rel_emb.
+        rel_emb = self._rel_emb(k.size(2), q.dtype, q.device) * s
+        qu = q + self.u.to(q.dtype).view(1, h, 1, d)
+        qv = q + self.v.to(q.dtype).view(1, h, 1, d)
+        out, _ = ops.relative_attention(
+            qu, k, v, rel_emb=rel_emb, q_rel=qv, causal=causal,
+            key_padding_mask=key_padding_mask, scale=s, q_offset=mem_len,
+        )
+        return out
 
     @torch.jit.export
     def content_query(self, q: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ Position contract of the relative ops: query ``i`` sits at absolute position
 Transformer-XL memory and context parallelism line queries up with keys. Errors are
 ``RuntimeError`` naming the op, the argument, what was expected and what was given.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -25,6 +25,7 @@ __all__ = [
     "rope_inv_freq",
     "rope",
     "apply_rotary_pos_emb",
+    "relative_attention",
 ]
 
 
@@ -357,3 +358,107 @@ def apply_rotary_pos_emb(
     ``cos``'s shape, odd ``R`` or ``R > D``, or a dtype/device other than ``x``'s.
     """
     return torch.ops.posenc.apply_rotary_pos_emb(x, cos, sin, interleaved, layout)
+
+
+def relative_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    slopes: Optional[Tensor] = None,
+    table: Optional[Tensor] = None,
+    r1: Optional[Tensor] = None,
+    r2: Optional[Tensor] = None,
+    rel_emb: Optional[Tensor] = None,
+    q_rel: Optional[Tensor] = None,
+    causal: bool = False,
+    key_padding_mask: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    bidirectional: Optional[bool] = None,
+    max_distance: Optional[int] = None,
+    kerple_kind: Optional[str] = None,
+    layout: str = "bhsd",
+    cu_seqlens_q: Optional[Tensor] = None,
+    cu_seqlens_k: Optional[Tensor] = None,
+    max_seqlen_q: Optional[int] = None,
+    max_seqlen_k: Optional[int] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Fused relative-position attention ``softmax(scale * q k^T + P + mask) v``, no L x L tensor.
+
+    FlashAttention-2's tiling (Dao 2023, Algorithms 1-2) with the position term ``P`` computed
+    per tile from its parameters. ``P`` is exactly what the matching bias op gives with the same
+    offsets, and the term is chosen by the parameters passed (at most one):
+
+    * none: plain attention (NoPE);
+    * ``slopes`` ``(H,)``: ALiBi, :func:`alibi_bias` with ``causal = not bidirectional``;
+    * ``table`` ``(num_buckets, H)``: T5, :func:`t5_bias` (``max_distance`` default 128);
+    * ``r1``, ``r2`` ``(H,)``: KERPLE, :func:`kerple_bias` with ``causal = not bidirectional``
+      and ``kind = kerple_kind`` (default ``"log"``);
+    * ``rel_emb`` ``(H, R, D)`` (R odd, q's dtype): relative scores
+      :func:`rel_pos_scores` ``(q_rel, rel_emb, q_offset, k_offset, k_len, max_distance)`` —
+      Transformer-XL's terms (b)+(d) with ``q_rel = q + v_bias`` (Dai et al. 2019, §3.3), Shaw et
+      al. 2018's relative keys with ``q_rel=None`` (``q`` itself). ``P`` is not multiplied by
+      ``scale``: scale ``rel_emb`` for Transformer-XL's ``1/sqrt(d)``.
+
+    ``bidirectional`` (ALiBi/KERPLE: ``|d|`` instead of the causal form; T5: bidirectional
+    buckets) defaults to ``not causal``. Position contract as the bias ops: query ``i`` at
+    ``q_offset + i``, key ``j`` at ``k_offset + j``; with ``causal``, key ``j`` is seen by
+    query ``i`` iff ``k_offset + j <= q_offset + i``, so a decode step (``Lq = 1``,
+    ``q_offset = cache length``) sees its whole cache.
+
+    Shapes: layout ``"bhsd"``: ``q`` ``(B, H, Lq, D)``, ``k`` ``(B, H_kv, Lk, D)``, ``v``
+    ``(B, H_kv, Lk, Dv)``; ``"thd"`` (packed varlen): ``q`` ``(Tq, H, D)``, ``k``/``v``
+    ``(Tk, H_kv, D/Dv)`` with int64 ``cu_seqlens_q`` (and ``cu_seqlens_k``, default the same)
+    ``(num_seqs + 1,)``; positions restart in every sequence and a query sees only its own
+    sequence's keys. ``H % H_kv == 0`` (GQA / MQA); ``D, Dv <= 256``. ``q``, ``k``, ``v`` share a
+    float dtype (fp16/bf16 computed in fp32, fp64 in fp64) and a device; any strides.
+    ``key_padding_mask``: ``(B, Lk)`` bool, ``True`` marks padding keys (as
+    ``torch.nn.MultiheadAttention``), ``"bhsd"`` only. ``scale`` defaults to ``1/sqrt(D)``
+    (T5 checkpoints use ``scale=1.0``). ``max_seqlen_q/k`` ("thd", optional): the longest
+    sequences (a CUDA call without them reads ``cu_seqlens``, a host sync).
+
+    Returns ``(out, lse)``: ``out`` like ``q`` with ``Dv`` last, ``q``'s dtype, contiguous;
+    ``lse`` the log-sum-exp of each query's logits, ``(B, H, Lq)`` (``(H, Tq)`` for "thd"),
+    float32 (float64 for float64 inputs), for merging partial results (ring attention). A query
+    whose keys are all masked gets zeros, ``lse = -inf`` and zero gradients, never NaN.
+
+    Gradients flow to ``q``, ``k``, ``v``, the position parameters and ``q_rel``, also through
+    ``lse``; the backward recomputes tiles from ``lse`` and reduces parameter gradients in a
+    fixed order without atomics (bit-identical across runs and CPU thread counts). Extra
+    memory is O(B·H·L) (O(B·H·L·D) for the relative-scores term and GQA gradients).
+
+    Raises ``RuntimeError`` ("posenc.relative_attention: argument '<arg>' ...") for wrong
+    ranks, dtypes or devices; mismatched batch, heads, lengths or head_dim; ``H % H_kv != 0``;
+    head_dim > 256; two position terms; ``q_rel`` without ``rel_emb``; ``bidirectional`` /
+    ``max_distance`` / ``kerple_kind`` for a term without that option; parameter shapes not
+    matching ``H``; T5's bucket rules; even ``R``; ``max_distance`` outside ``[0, c]``;
+    non-finite ``scale``; offsets outside ``+-2**61``; ``cu_seqlens`` not int64 1-D or (CPU) not
+    ``0 .. T`` non-decreasing; ``key_padding_mask`` not ``(B, Lk)`` bool or given with "thd".
+    Parameter values are checked on CPU tensors (finite slopes/table/r1/r2/rel_emb, ``r2 >= 0``
+    for the log kernel); on CUDA, as for the bias ops, only KERPLE log's ``r2`` is read.
+    """
+    return torch.ops.posenc.relative_attention(
+        q,
+        k,
+        v,
+        slopes=slopes,
+        table=table,
+        r1=r1,
+        r2=r2,
+        rel_emb=rel_emb,
+        q_rel=q_rel,
+        causal=causal,
+        key_padding_mask=key_padding_mask,
+        scale=scale,
+        q_offset=q_offset,
+        k_offset=k_offset,
+        bidirectional=bidirectional,
+        max_distance=max_distance,
+        kerple_kind=kerple_kind,
+        layout=layout,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+    )

@@ -8,6 +8,7 @@
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
+#include <optional>
 #include <ostream>
 
 namespace posenc {
@@ -43,6 +44,17 @@ class ALiBiImpl : public torch::nn::Cloneable<ALiBiImpl> {
 
   /// -> (H, q_len, k_len).
   torch::Tensor forward(int64_t q_len, int64_t k_len, int64_t q_offset = 0, int64_t k_offset = 0);
+
+  /// Fused attention with this module's position term, without the (q_len, k_len) bias:
+  /// softmax(scale q k^T + bias + mask) v by posenc::ops::relative_attention (the numbers of
+  /// SDPA with forward()'s bias as attn_mask, plus a causal mask when options.causal()).
+  /// q (B, H, Lq, D), k (B, H_kv, Lk, D), v (B, H_kv, Lk, Dv) (H % H_kv == 0);
+  /// key_padding_mask (B, Lk) bool, true = padding; offsets as in forward; scale default
+  /// 1/sqrt(D). -> (B, H, Lq, Dv) in q's dtype. Errors: those of relative_attention.
+  torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const std::optional<torch::Tensor>& key_padding_mask = std::nullopt,
+                          int64_t q_offset = 0, int64_t k_offset = 0,
+                          std::optional<double> scale = std::nullopt);
 
   /// The options the module was built with.
   ALiBiOptions options;

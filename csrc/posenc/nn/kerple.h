@@ -8,6 +8,8 @@
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
+#include <optional>
+#include <utility>
 #include <ostream>
 #include <string>
 
@@ -48,6 +50,21 @@ class KERPLEBiasImpl : public torch::nn::Cloneable<KERPLEBiasImpl> {
 
   /// -> (H, q_len, k_len) in the parameters' dtype.
   torch::Tensor forward(int64_t q_len, int64_t k_len, int64_t q_offset = 0, int64_t k_offset = 0);
+
+  /// Fused attention with this module's position term, without the (q_len, k_len) bias:
+  /// softmax(scale q k^T + bias + mask) v by posenc::ops::relative_attention (the numbers of
+  /// SDPA with forward()'s bias as attn_mask, plus a causal mask when options.causal()).
+  /// q (B, H, Lq, D), k (B, H_kv, Lk, D), v (B, H_kv, Lk, Dv) (H % H_kv == 0);
+  /// key_padding_mask (B, Lk) bool, true = padding; offsets as in forward; scale default
+  /// 1/sqrt(D). -> (B, H, Lq, Dv) in q's dtype. Errors: those of relative_attention.
+  torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const std::optional<torch::Tensor>& key_padding_mask = std::nullopt,
+                          int64_t q_offset = 0, int64_t k_offset = 0,
+                          std::optional<double> scale = std::nullopt);
+
+  /// (r1, r2) as forward and attention use them: clamped to [eps, inf) ([eps, 2] for r2 of
+  /// "power").
+  std::pair<torch::Tensor, torch::Tensor> clamped_params() const;
 
   /// The options the module was built with.
   KERPLEBiasOptions options;

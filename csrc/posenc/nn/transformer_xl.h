@@ -9,6 +9,7 @@
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
+#include <optional>
 #include <ostream>
 
 namespace posenc {
@@ -58,6 +59,19 @@ class TransformerXLRelativeScoreImpl
   /// q: (B, H, Lq, D), the current segment's queries (after the query projection);
   /// mem_len: number of cached memory positions before them. -> (B, H, Lq, mem_len + Lq).
   torch::Tensor forward(const torch::Tensor& q, int64_t mem_len = 0);
+
+  /// Full Transformer-XL attention, fused (no (Lq, k_len) tensor): softmax(scale ((q + u) . k_j
+  /// + (q + v) . W_R R_{i - j}) + mask) v_j by posenc::ops::relative_attention, i.e. the
+  /// paper's A = (a) + (b) + (c) + (d) scaled by `scale` (default 1/sqrt(D)) then softmax.
+  /// q (B, H, Lq, D), k (B, H_kv, mem_len + Lq, D) and v (B, H_kv, mem_len + Lq, Dv) over
+  /// [memory; segment]; causal (default, language modelling): query i sees the memory and the
+  /// segment's keys up to i. key_padding_mask (B, mem_len + Lq) bool, true = padding.
+  /// -> (B, H, Lq, Dv) in q's dtype. Errors: q as in forward, mem_len < 0, and those of
+  /// relative_attention.
+  torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          int64_t mem_len = 0,
+                          const std::optional<torch::Tensor>& key_padding_mask = std::nullopt,
+                          std::optional<double> scale = std::nullopt, bool causal = true);
 
   /// q + u[None, :, None, :]: the query for the content terms (a) + (c).
   torch::Tensor content_query(const torch::Tensor& q);
