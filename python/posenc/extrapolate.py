@@ -54,8 +54,12 @@ scaling costs at the original length. The table's ``train s`` column holds their
 
 Model: pre-LayerNorm decoder (byte embedding, ``--layers`` blocks of causal multi-head
 attention with ``--heads`` heads + 4x GELU MLP, final LayerNorm, linear head over 256 bytes),
-no dropout. Attention is ``torch.nn.functional.scaled_dot_product_attention``; the relative
-encodings pass their bias (plus the causal mask) as ``attn_mask``. Training: AdamW, linear
+no dropout. The relative encodings (alibi, t5, kerple, xl) attend through
+:func:`posenc.ops.relative_attention` (their modules' ``attention`` method: the position term
+computed per tile, no ``L x L`` tensor); ``--attention materialized`` passes their bias (plus
+an additive causal mask) to ``torch.nn.functional.scaled_dot_product_attention`` instead, for
+comparison (same numbers, O(L^2) memory). The others use SDPA with ``is_causal``. Every
+evaluation length reports its wall time and peak resident memory. Training: AdamW, linear
 warm-up then cosine decay, gradient clipping at 1, random windows of ``L + 1`` bytes from the
 training split. Every encoding sees exactly the same batches.
 
@@ -254,10 +258,24 @@ class Attention(nn.Module):
             pnn.TransformerXLRelativeScore(d_model, heads, self.head_dim) if encoding == "xl" else None
         )
 
-    def forward(self, x: Tensor, shared_bias: Optional[Tensor], causal: Tensor,
-                rope_freqs: Optional[Tuple[Tensor, float]] = None) -> Tensor:
+    def forward(self, x: Tensor, shared_bias: Optional[Tensor], causal: Optional[Tensor],
+                rope_freqs: Optional[Tuple[Tensor, float]] = None,
+                shared: Optional[nn.Module] = None) -> Tensor:
+        """``causal`` is the additive (S, S) mask of the materialized path; ``None`` selects the
+        fused path (``posenc.ops.relative_attention`` through the modules' ``attention``), where
+        ``shared`` is the model's shared ALiBi / T5 module."""
         B, S, D = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if causal is None and self.rope is None:
+            if shared is not None:
+                y = shared.attention(q, k, v)
+            elif self.kerple is not None:
+                y = self.kerple.attention(q, k, v)
+            elif self.xl is not None:
+                y = self.xl.attention(q, k, v)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.out(y.transpose(1, 2).reshape(B, S, D))
         mask: Optional[Tensor] = None
         if self.rope is not None and rope_freqs is not None:
             # A RoPE scaling at evaluation (or fine-tuning) time: same weights, other frequencies.
@@ -292,9 +310,10 @@ class Block(nn.Module):
             nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
         )
 
-    def forward(self, x: Tensor, shared_bias: Optional[Tensor], causal: Tensor,
-                rope_freqs: Optional[Tuple[Tensor, float]] = None) -> Tensor:
-        x = x + self.attn(self.ln1(x), shared_bias, causal, rope_freqs)
+    def forward(self, x: Tensor, shared_bias: Optional[Tensor], causal: Optional[Tensor],
+                rope_freqs: Optional[Tuple[Tensor, float]] = None,
+                shared: Optional[nn.Module] = None) -> Tensor:
+        x = x + self.attn(self.ln1(x), shared_bias, causal, rope_freqs, shared)
         return x + self.mlp(self.ln2(x))
 
 
@@ -341,15 +360,22 @@ class ByteLM(nn.Module):
         self.head = nn.Linear(d_model, 256)
         # rope only: a RopeScaling to use instead of the trained frequencies (None: plain RoPE).
         self.rope_scaling: Optional[RopeScaling] = None
+        # "fused": posenc.ops.relative_attention (no (S, S) tensor); "materialized": the bias
+        # (plus an additive causal mask) as SDPA's attn_mask. Same parameters, same numbers.
+        self.attention_path = "fused"
 
     def forward(self, idx: Tensor) -> Tensor:
         S = idx.size(1)
         x = self.embed(idx)
         if self.absolute is not None:
             x = self.absolute(x)  # learned: raises past its table, before any compute
+        rope_freqs = self.rope_scaling.frequencies(S) if self.rope_scaling is not None else None
+        if self.attention_path == "fused" and self.encoding not in ("rope",):
+            for block in self.blocks:
+                x = block(x, None, None, rope_freqs, self.shared)
+            return self.head(self.ln_f(x))
         causal = torch.full((S, S), float("-inf"), device=idx.device).triu(1)
         shared_bias = self.shared(S, S) if self.shared is not None else None
-        rope_freqs = self.rope_scaling.frequencies(S) if self.rope_scaling is not None else None
         for block in self.blocks:
             x = block(x, shared_bias, causal, rope_freqs)
         return self.head(self.ln_f(x))
@@ -465,6 +491,27 @@ def evaluate(
     return {"ppl": math.exp(mean), "bits_per_byte": mean / math.log(2), "bytes": count}
 
 
+def reset_peak_rss() -> None:
+    """Resets the process's resident-set high-water mark (Linux: /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> Optional[float]:
+    """Peak resident memory since the last reset_peak_rss (VmHWM), MiB; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Report
 
@@ -520,6 +567,27 @@ def format_table(results: Dict[str, dict], lengths: Sequence[int], train_len: in
         lines.append("-" * len(head))
         for note in notes:
             lines.extend(textwrap.wrap(note, width=len(head), subsequent_indent="  "))
+    return "\n".join(lines)
+
+
+def format_cost_table(results: Dict[str, dict], lengths: Sequence[int], attention: str) -> str:
+    """Evaluation wall time and peak resident memory per length (the cost of going long)."""
+    width = 16
+    name_w = max(11, max(len(k) for k in results) + 1)
+    head = f"{'encoding':<{name_w}}" + "".join(f"{n:>{width}}" for n in lengths)
+    lines = [f"Evaluation cost per length: seconds / peak RSS MiB (attention path: {attention}; "
+             "relative encodings only differ between paths).", head, "-" * len(head)]
+    for enc, r in results.items():
+        cells = []
+        for n in lengths:
+            e = r["eval_cost"].get(str(n), {})
+            if e.get("seconds") is None:
+                cells.append(f"{'-':>{width}}")
+                continue
+            mem = e.get("peak_rss_mib")
+            cells.append(f"{e['seconds']:.1f}s / {mem:.0f}".rjust(width) if mem is not None
+                         else f"{e['seconds']:.1f}s".rjust(width))
+        lines.append(f"{enc:<{name_w}}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -637,6 +705,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "usually fastest and gives numbers independent of the core count; default 1)")
     p.add_argument("--quick", action="store_true",
                    help="tiny model, few steps, eval at 1x,2x,4x L: a smoke test in seconds")
+    p.add_argument("--attention", choices=("fused", "materialized"), default="fused",
+                   help="relative encodings (alibi, t5, kerple, xl): 'fused' runs "
+                   "posenc.ops.relative_attention (no L x L tensor, O(L) extra memory); "
+                   "'materialized' passes the (H, L, L) bias + causal mask to SDPA, for "
+                   "comparison (default fused)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -702,6 +775,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         threads=args.threads if args.threads > 0 else default_threads(),
         quick=bool(args.quick),
         eval_bytes=args.eval_bytes or (8192 if args.quick else 32768),
+        attention=args.attention,
     )
     return cfg
 
@@ -747,13 +821,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results: Dict[str, dict] = {}
     t_all = time.perf_counter()
 
+    # Wall time and peak memory per evaluation, by name and length (kept out of "eval", whose
+    # numbers are reproducible).
+    costs: Dict[str, Dict[str, dict]] = {}
+
     def run_evals(model: ByteLM, name: str, block: Optional[int] = None) -> tuple:
         ev: Dict[str, dict] = {}
+        cost = costs.setdefault(name, {})
         t0 = time.perf_counter()
         for n in lengths:
             try:
+                reset_peak_rss()
+                t1 = time.perf_counter()
                 ev[str(n)] = evaluate(model, held, n, args.eval_tokens, f"eval {name} @{n}", quiet,
                                       block)
+                cost[str(n)] = {"seconds": time.perf_counter() - t1, "peak_rss_mib": peak_rss_mib()}
             except RuntimeError as err:
                 if name != "learned" or not is_past_table(err):
                     raise
@@ -778,6 +860,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for enc in cfg["encodings"]:
         torch.manual_seed(cfg["seed"])
         model = ByteLM(enc, L, cfg["d_model"], cfg["layers"], cfg["heads"])
+        model.attention_path = cfg["attention"]
         t0 = time.perf_counter()
         losses = train_one(model, train, starts, L, cfg["lr"], f"train {enc}", quiet)
         train_s = time.perf_counter() - t0
@@ -830,12 +913,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             report(name, f"fine-tune ppl {results[name]['train_ppl_last10pct']:.2f}, ", ev, ft_s,
                    eval_s)
     total_s = time.perf_counter() - t_all
+    for name, r in results.items():
+        r["eval_cost"] = costs.get(name, {})
 
     table = format_table(results, lengths, L, unigram, n_scored, table_notes(cfg))
+    cost = format_cost_table(results, lengths, cfg["attention"])
+    print()
+    print(cost)
     print()
     print(table)
     with open(os.path.join(out, "table.txt"), "w") as f:
         f.write(table + "\n")
+    with open(os.path.join(out, "cost.txt"), "w") as f:
+        f.write(cost + "\n")
     payload = {
         "experiment": "train short, test long (Press et al. 2022)",
         "evaluation": "non-overlapping windows; every length scores the same held-out bytes",
@@ -870,7 +960,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              f"Train short, test long: byte-level LM trained at L={L}\n"
              f"{cfg['layers']} layers, d_model {cfg['d_model']}, {cfg['heads']} heads, "
              f"{cfg['steps']} steps x {cfg['batch_size']}; corpus: {short}; non-overlapping windows")
-    print(f"\nwrote {out}/table.txt, results.json" + ("" if args.no_plot else ", extrapolate.png")
+    print(f"\nwrote {out}/table.txt, cost.txt, results.json" + ("" if args.no_plot else ", extrapolate.png")
           + f" ({total_s:.0f}s)")
     return 0
 

@@ -281,3 +281,25 @@ def test_own_corpus_and_bad_arguments(tmp_path):
     tiny.write_bytes(b"too short")
     with pytest.raises(SystemExit, match="corpus too small"):
         extrapolate.main(["--corpus", str(tiny), "--out", str(tmp_path / "y")])
+
+
+def test_fused_and_materialized_attention_agree_and_report_cost(tmp_path):
+    # The relative encodings train and evaluate through posenc.ops.relative_attention by
+    # default; the materialized path (bias + causal mask into SDPA) must give the same model.
+    def run(path, name):
+        args = ["--encodings", "alibi,t5,kerple,xl", *TINY, "--attention", path,
+                "--out", str(tmp_path / name)]
+        assert extrapolate.main(args) == 0
+        return json.loads((tmp_path / name / "results.json").read_text())
+
+    fused, mat = run("fused", "f"), run("materialized", "m")
+    assert fused["config"]["attention"] == "fused" and mat["config"]["attention"] == "materialized"
+    for enc in ("alibi", "t5", "kerple", "xl"):
+        a, b = numbers(fused)[enc], numbers(mat)[enc]
+        assert a[0] == pytest.approx(b[0], rel=1e-4)
+        for n in a[1]:
+            assert a[1][n] == pytest.approx(b[1][n], rel=1e-4)
+            e = fused["results"][enc]["eval_cost"][n]
+            assert e["seconds"] > 0 and (e["peak_rss_mib"] is None or e["peak_rss_mib"] > 0)
+    cost = (tmp_path / "f" / "cost.txt").read_text()
+    assert "attention path: fused" in cost and all(enc in cost for enc in ("alibi", "xl"))
