@@ -437,6 +437,16 @@ def is_past_table(err: RuntimeError) -> bool:
     return "LearnedPositionalEmbedding" in msg and "past the table" in msg
 
 
+OOM_MARKER = "out of memory"
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """An allocation the machine cannot serve (CPU allocator or CUDA), e.g. an L x L bias."""
+    msg = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in msg \
+        or "out of memory" in msg.lower()
+
+
 def finetune(
     base: ByteLM, kind: str, train: Tensor, train_len: int, steps: int, batch_size: int,
     lr: float, seed: int, desc: str, quiet: bool,
@@ -837,10 +847,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                       block)
                 cost[str(n)] = {"seconds": time.perf_counter() - t1, "peak_rss_mib": peak_rss_mib()}
             except RuntimeError as err:
-                if name != "learned" or not is_past_table(err):
+                # Past the learned table, or past what this machine's memory can hold (the
+                # materialized path's L x L bias): a cell that says so; longer lengths are not
+                # tried after running out of memory.
+                if name == "learned" and is_past_table(err):
+                    note = na_marker(L)
+                elif is_out_of_memory(err):
+                    note = OOM_MARKER
+                else:
                     raise
-                ev[str(n)] = {"ppl": None, "bits_per_byte": None, "note": na_marker(L),
+                ev[str(n)] = {"ppl": None, "bits_per_byte": None, "note": note,
                               "error": str(err).splitlines()[0]}
+                if note == OOM_MARKER:
+                    for m in lengths[lengths.index(n) + 1:]:
+                        ev[str(m)] = {"ppl": None, "bits_per_byte": None, "note": OOM_MARKER,
+                                      "error": f"not tried after running out of memory at {n}"}
+                    break
         return ev, time.perf_counter() - t0
 
     def report(name: str, what: str, ev: Dict[str, dict], train_s: Optional[float],

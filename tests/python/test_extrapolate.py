@@ -303,3 +303,22 @@ def test_fused_and_materialized_attention_agree_and_report_cost(tmp_path):
             assert e["seconds"] > 0 and (e["peak_rss_mib"] is None or e["peak_rss_mib"] > 0)
     cost = (tmp_path / "f" / "cost.txt").read_text()
     assert "attention path: fused" in cost and all(enc in cost for enc in ("alibi", "xl"))
+
+
+def test_out_of_memory_at_a_length_is_reported_not_fatal(tmp_path, monkeypatch):
+    real = extrapolate.evaluate
+
+    def evaluate(model, heldout, length, *a, **kw):
+        if length >= 32:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return real(model, heldout, length, *a, **kw)
+
+    monkeypatch.setattr(extrapolate, "evaluate", evaluate)
+    args = ["--encodings", "alibi", *TINY[:-4], "--eval-factors", "1,2,4", "--eval-bytes", "2048",
+            "--no-plot", "--no-progress", "--out", str(tmp_path)]
+    assert extrapolate.main(args) == 0
+    ev = json.loads((tmp_path / "results.json").read_text())["results"]["alibi"]["eval"]
+    assert math.isfinite(ev["16"]["ppl"])
+    assert ev["32"]["note"] == ev["64"]["note"] == extrapolate.OOM_MARKER
+    assert "can't allocate" in ev["32"]["error"] and "not tried" in ev["64"]["error"]
+    assert extrapolate.OOM_MARKER in (tmp_path / "table.txt").read_text()
