@@ -407,6 +407,12 @@ inline int64_t causal_cols(const Geometry& g, int64_t i, int64_t j0, int64_t col
   return std::clamp<int64_t>(g.base + i + 1 - j0, 0, cols);
 }
 
+// End of the keys a block of query rows [i0, i0 + rows) may see: under the causal mask the
+// keys past the block's last allowed one are masked for every row and skipped.
+inline int64_t block_k_end(const Geometry& g, const Seq& sq, int64_t i0, int64_t rows) {
+  return g.causal ? std::clamp<int64_t>(g.base + i0 + rows, 0, sq.k_len) : sq.k_len;
+}
+
 // The score tile: s = scale * q k^T + P, masked entries -inf. s is (rows, cols) with ld ldS.
 // For the relative term, `trel` receives q_rel @ window^T for the tile's window.
 template <typename scalar_t, typename acc_t>
@@ -523,9 +529,7 @@ void forward_impl(const Call<scalar_t, acc_t>& C, scalar_t* out, acc_t* lse, con
       std::fill(m.begin(), m.end(), -std::numeric_limits<acc_t>::infinity());
       std::fill(l.begin(), l.end(), acc_t(0));
       std::fill(O.data(), O.data() + rows * Dv, acc_t(0));
-      // Keys past the block's last allowed one are masked for every row: skip them.
-      const int64_t k_end =
-          g.causal ? std::clamp<int64_t>(g.base + i0 + rows, 0, sq.k_len) : sq.k_len;
+      const int64_t k_end = block_k_end(g, sq, i0, rows);
       for (int64_t j0 = 0; j0 < k_end; j0 += bs.k) {
         const int64_t cols = std::min(bs.k, k_end - j0);
         const auto [kb, ldk] = block<acc_t>(C.k + C.k_rows.at(sq.k_start, hk, j0),
@@ -738,8 +742,7 @@ void backward_impl(const Call<scalar_t, acc_t>& C, const scalar_t* out, const sc
           dvec[r] = d - (glse != nullptr ? glse[lo] : acc_t(0));
         }
         std::fill(dqa.data(), dqa.data() + rows * D, acc_t(0));
-        const int64_t k_end =
-            g.causal ? std::clamp<int64_t>(g.base + i0 + rows, 0, sq.k_len) : sq.k_len;
+        const int64_t k_end = block_k_end(g, sq, i0, rows);
         for (int64_t j0 = 0; j0 < k_end; j0 += bs.k) {
           const int64_t cols = std::min(bs.k, k_end - j0);
           const auto [kb, ldk] = block<acc_t>(C.k + C.k_rows.at(sq.k_start, hk, j0),
