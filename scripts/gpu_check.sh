@@ -4,11 +4,12 @@
 #   1. configure + build posenc from source for sm_90 only (Release, build/gpu);
 #   2. pytest -k cuda (the CUDA test files), junit XML;
 #   3. benchmarks/bench_ops.py (every op fwd/bwd vs a same-size clone and vs the eager torch
-#      composition), Markdown + JSON;
+#      composition), Markdown + JSON; benchmarks/bench_attention.py (fused relative attention vs
+#      SDPA, the materialized bias and FlexAttention, bf16);
 #   4. the rest of the Python suite, with whatever time is left;
 # and a summary with pass/fail counts. Everything is written under $OUT (default
 # out/gpu_check): summary.txt build.log pytest-cuda.{xml,log} pytest-rest.{xml,log}
-# bench.{md,json}. The whole run stays within $POSENC_GPU_CHECK_BUDGET seconds (default 450).
+# bench.{md,json} bench_attention.{md,json}. The whole run stays within $POSENC_GPU_CHECK_BUDGET seconds (default 450).
 # Exit status: 0 when the build worked and no CUDA test failed, 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -138,6 +139,20 @@ if ((T > 20)); then
   rm -f "$OUT/bench.txt"
 else
   say "bench skipped: no time left"
+fi
+
+# ---- 3b. fused attention benchmark (bf16, against SDPA-flash and FlexAttention) ------------------
+T=$(phase_limit 120 20)
+say "== bench_attention (limit ${T} s)"
+if ((T > 20)); then
+  timeout -s INT -k 10 "$T" "$PY" benchmarks/bench_attention.py --device cuda --lengths 2048,8192 \
+    --families none,alibi,t5,kerple,shaw --json "$OUT/bench_attention.json" \
+    --markdown "$OUT/bench_attention.md" >"$OUT/bench_attention.txt" 2>&1
+  say "bench_attention rc $?"
+  tail -n 40 "$OUT/bench_attention.txt" >>"$SUMMARY"
+  rm -f "$OUT/bench_attention.txt"
+else
+  say "bench_attention skipped: no time left"
 fi
 
 # ---- 4. the rest of the suite, in the time left -------------------------------------------------
