@@ -5,6 +5,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -176,6 +177,9 @@ template <typename Int>
 AttentionConfig check_relative_attention(const char* op, const at::Tensor& q, const at::Tensor& k,
                                          const at::Tensor& v, const AttentionArgs<Int>& a) {
   AttentionConfig cfg;
+  check_defined(op, "q", q);
+  check_defined(op, "k", k);
+  check_defined(op, "v", v);
   POSENC_CHECK_ARG(a.layout == "bhsd" || a.layout == "thd", op, "layout",
                    "must be \"bhsd\" or \"thd\"", "\"", a.layout, "\"");
   cfg.thd = a.layout == "thd";
@@ -214,7 +218,7 @@ AttentionConfig check_relative_attention(const char* op, const at::Tensor& q, co
                    shape_str(v));
   const c10::SymInt heads = q.sym_size(hd), kv_heads = k.sym_size(hd);
   if (heads != 0 || kv_heads != 0) {
-    POSENC_CHECK_ARG(kv_heads > 0 && heads % kv_heads == 0, op, "k",
+    POSENC_CHECK_ARG(kv_heads > 0 && heads >= kv_heads && heads % kv_heads == 0, op, "k",
                      c10::str("must have a number of heads that divides q's (", heads,
                               "; grouped-query attention)"),
                      "shape ", shape_str(k));
@@ -277,6 +281,11 @@ AttentionConfig check_relative_attention(const char* op, const at::Tensor& q, co
   }
   if (a.scale.has_value()) {
     POSENC_CHECK_ARG(std::isfinite(*a.scale), op, "scale", "must be finite (or None)", *a.scale);
+    // The kernels multiply in the accumulation type: fp32 unless the inputs are fp64.
+    POSENC_CHECK_ARG(attention_acc_type(q.scalar_type()) == at::kDouble ||
+                         std::abs(*a.scale) <= std::numeric_limits<float>::max(),
+                     op, "scale", "must be finite in float32 (|scale| <= 3.4e38) for non-fp64 inputs",
+                     *a.scale);
   }
   check_offsets(op, a.q_offset, a.k_offset);
 
@@ -336,7 +345,7 @@ AttentionConfig check_relative_attention(const char* op, const at::Tensor& q, co
       check_param_vector(op, "r1", *a.r1, q, heads);
       check_param_vector(op, "r2", *a.r2, q, heads);
       check_same_dtype(op, "r2", *a.r2, "r1", *a.r1);
-      cfg.kerple_log = parse_kerple_kind(op, a.kerple_kind.value_or("log")) == KerpleKind::Log;
+      cfg.kerple_log = parse_kerple_kind(op, a.kerple_kind.value_or("log"), "kerple_kind") == KerpleKind::Log;
       break;
     }
     case PositionFamily::RelScores: {

@@ -35,10 +35,11 @@ inline auto& kerple_bias_backward_op() {
 
 enum class KerpleKind { Log, Power };
 
-inline KerpleKind parse_kerple_kind(const char* op, c10::string_view kind) {
+inline KerpleKind parse_kerple_kind(const char* op, c10::string_view kind,
+                                    const char* arg = "kind") {
   if (kind == "log") return KerpleKind::Log;
   if (kind == "power") return KerpleKind::Power;
-  POSENC_CHECK_ARG(false, op, "kind", "must be one of \"log\", \"power\"", "\"",
+  POSENC_CHECK_ARG(false, op, arg, "must be one of \"log\", \"power\"", "\"",
                    std::string(kind), "\"");
   return KerpleKind::Log;  // unreachable
 }

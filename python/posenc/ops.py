@@ -438,6 +438,14 @@ def relative_attention(
     Parameter values are checked on CPU tensors (finite slopes/table/r1/r2/rel_emb, ``r2 >= 0``
     for the log kernel); on CUDA, as for the bias ops, only KERPLE log's ``r2`` is read.
     """
+    if not torch.jit.is_scripting():
+        # None would reach the dispatcher as "tensor does not have a device"
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(
+                    f"posenc.relative_attention: argument '{name}' must be a Tensor, "
+                    f"but got {type(t).__name__}"
+                )
     return torch.ops.posenc.relative_attention(
         q,
         k,

@@ -566,3 +566,50 @@ def test_torchscript_function():
     sf = torch.jit.script(f)
     q, k, v = _qkv()
     torch.testing.assert_close(sf(q, k, v, ops.alibi_slopes(4)), f(q, k, v, ops.alibi_slopes(4)))
+
+
+# ---- found by review ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [dict(rel_emb=torch.randn(1, 3, 8)),
+                                dict(rel_emb=torch.randn(1, 21, 8), max_distance=0),
+                                dict(slopes=torch.ones(1))])
+def test_no_keys_gives_zeros(kw):
+    q = torch.randn(1, 1, 4, 8, requires_grad=True)
+    k = torch.randn(1, 1, 0, 8)
+    out, lse = ops.relative_attention(q, k, k, **kw)
+    assert (out == 0).all() and torch.isneginf(lse).all()
+    assert (torch.autograd.grad(out.sum(), q)[0] == 0).all()
+
+
+def test_nan_scores_propagate_not_masked():
+    q, k, v = _qkv(L=40)
+    k = k.clone()
+    k[0, 0, 30, 3] = float("nan")
+    out, lse = ops.relative_attention(q, k, v)
+    assert torch.isnan(out[0, 0]).all() and torch.isnan(lse[0, 0]).all()
+    assert torch.isfinite(out[0, 1:]).all()
+    qn = q.clone()
+    qn[0, 2, 5] = float("nan")
+    out, lse = ops.relative_attention(qn, k[:, :, :8], v[:, :, :8])
+    assert torch.isnan(out[0, 2, 5]).all() and torch.isnan(lse[0, 2, 5])
+    with pytest.raises(RuntimeError, match=r"posenc\.relative_attention: argument 'scale'.*float32"):
+        ops.relative_attention(q, k, v, scale=1e39)
+
+
+def test_double_backward_raises():
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    out, _ = ops.relative_attention(q, k, v)
+    gq, = torch.autograd.grad(out.sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        torch.autograd.grad((gq ** 2).sum(), q)
+
+
+def test_none_tensor_and_head_rules():
+    q, k, v = _qkv()
+    with pytest.raises(TypeError, match=r"posenc\.relative_attention: argument 'k' must be a Tensor"):
+        ops.relative_attention(q, None, v)
+    with pytest.raises(RuntimeError, match=r"argument 'k'.*divides"):
+        ops.relative_attention(q[:, :0], k, v)
+    with pytest.raises(RuntimeError, match=r"argument 'kerple_kind'"):
+        ops.relative_attention(q, k, v, r1=torch.ones(4), r2=torch.ones(4), kerple_kind="cubic")

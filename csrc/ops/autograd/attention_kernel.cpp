@@ -1,4 +1,6 @@
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include "../attention.h"
@@ -10,6 +12,28 @@ using detail::OptTensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
+
+// The backward op has no derivative: under create_graph the gradients get an Error node as
+// their grad_fn (what Python's @once_differentiable does), so differentiating them again raises
+// instead of silently giving zeros.
+variable_list once_differentiable(variable_list grads, const variable_list& inputs) {
+  if (!at::GradMode::is_enabled()) return grads;
+  bool any = false;
+  for (const auto& t : inputs) any = any || (t.defined() && t.requires_grad());
+  if (!any) return grads;
+  // The Error node's edges lead to the forward's inputs, so a second derivative with respect
+  // to any of them reaches it.
+  auto node = c10::make_intrusive<torch::autograd::Error>(
+      "posenc.relative_attention: the backward is not differentiable (no double backward; "
+      "use the materialized bias ops for higher-order gradients)",
+      torch::autograd::collect_next_edges(inputs));
+  for (auto& g : grads) {
+    if (!g.defined()) continue;
+    g = g.detach();
+    torch::autograd::set_history(g, node);
+  }
+  return grads;
+}
 
 // Gradients come from relative_attention_backward (FlashAttention-2 recomputation from the
 // saved log-sum-exp); both outputs are differentiable (lse's gradient enters as grad_lse).
@@ -82,7 +106,11 @@ class RelativeAttentionFunction : public torch::autograd::Function<RelativeAtten
     out[6] = given(s[8], g_r2);
     out[7] = given(s[9], g_rel);
     out[8] = given(s[10], g_q_rel);
-    return out;
+    variable_list inputs;
+    for (int i = 0; i < 11; ++i) {
+      if (i != 3 && i != 4) inputs.push_back(s[i]);  // q, k, v and the parameters
+    }
+    return once_differentiable(std::move(out), inputs);
   }
 };
 

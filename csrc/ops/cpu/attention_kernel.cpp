@@ -259,8 +259,9 @@ std::vector<acc_t> diagonal_values(const Geometry& g, const Args& a,
 struct RelWindow {
   int64_t c = 0, m = 0, w_lo = 0, w_hi = -1;
   int64_t rows() const { return w_hi - w_lo + 1; }
-  bool has_top(const Geometry& g) const { return g.d_max() >= m; }      // some d >= M
-  bool has_bottom(const Geometry& g) const { return g.d_min() <= -m; }  // some d <= -M
+  // Some pair has d >= M (d <= -M); never for an empty window (no queries or no keys).
+  bool has_top(const Geometry& g) const { return rows() > 0 && g.d_max() >= m; }
+  bool has_bottom(const Geometry& g) const { return rows() > 0 && g.d_min() <= -m; }
   int64_t top() const { return c - m; }     // w of R[c + M]
   int64_t bottom() const { return c + m; }  // w of R[c - M]
 };
@@ -539,7 +540,7 @@ void forward_impl(const Call<scalar_t, acc_t>& C, scalar_t* out, acc_t* lse, con
         for (int64_t r = 0; r < rows; ++r) {
           acc_t* srow = S.data() + r * bs.k;
           const acc_t mx = cpu::max_of(srow, cols);
-          const acc_t m_new = std::max(m[r], mx);
+          const acc_t m_new = std::isnan(mx) ? mx : std::max(m[r], mx);
           if (m_new == -std::numeric_limits<acc_t>::infinity()) {
             std::fill(srow, srow + cols, acc_t(0));  // every key so far masked
             continue;
@@ -558,7 +559,9 @@ void forward_impl(const Call<scalar_t, acc_t>& C, scalar_t* out, acc_t* lse, con
       for (int64_t r = 0; r < rows; ++r) {
         scalar_t* orow = out + out_rows.at(sq.q_start, h, i0 + r);
         acc_t* lrow = lse + lse_rows.at(sq.q_start, h, i0 + r);
-        if (l[r] > acc_t(0)) {
+        // A row saw an unmasked key iff its running max left -inf (l >= 1 then, unless a NaN
+        // or inf score made it NaN: that propagates to out and lse, as in SDPA).
+        if (m[r] != -std::numeric_limits<acc_t>::infinity()) {
           store_row(orow, O.data() + r * Dv, Dv, acc_t(1) / l[r]);
           *lrow = m[r] + std::log(l[r]);
         } else {  // every key masked: zeros, and lse = log(0)

@@ -38,6 +38,12 @@ inline float exp_f32(float v) {
   return v < -87.3f ? 0.f : p * two_k;
 }
 
+// max that keeps a NaN (a NaN score must reach the output, not vanish from the max).
+template <typename T>
+inline T nan_max(T acc, T x) {
+  return (x > acc || x != x) ? x : acc;
+}
+
 }  // namespace
 
 POSENC_VEC_CLONES void scale_add(float* x, const float* bias, int64_t n, float scale) {
@@ -57,17 +63,17 @@ POSENC_VEC_CLONES float max_of(const float* x, int64_t n) {
   for (int64_t l = 0; l < kLanes; ++l) acc[l] = -std::numeric_limits<float>::infinity();
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) acc[l] = x[i + l] > acc[l] ? x[i + l] : acc[l];
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] = nan_max(acc[l], x[i + l]);
   }
   float m = -std::numeric_limits<float>::infinity();
-  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
-  for (int64_t l = 0; l < kLanes; ++l) m = acc[l] > m ? acc[l] : m;
+  for (; i < n; ++i) m = nan_max(m, x[i]);
+  for (int64_t l = 0; l < kLanes; ++l) m = nan_max(m, acc[l]);
   return m;
 }
 
 double max_of(const double* x, int64_t n) {
   double m = -std::numeric_limits<double>::infinity();
-  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  for (int64_t i = 0; i < n; ++i) m = nan_max(m, x[i]);
   return m;
 }
 
