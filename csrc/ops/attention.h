@@ -425,6 +425,52 @@ inline void check_relative_attention_backward(const char* op, const at::Tensor& 
 }
 
 
+// The forward and backward kernels of a backend in the ops' signatures: the arguments are
+// gathered into AttentionArgs here once, for CPU and CUDA alike.
+using AttentionForwardImpl = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&,
+                                                                    const at::Tensor&,
+                                                                    const at::Tensor&,
+                                                                    const AttentionArgs<int64_t>&);
+using AttentionBackwardImpl = RelativeAttentionGrads (*)(
+    const at::Tensor&, const OptTensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const AttentionArgs<int64_t>&);
+
+template <AttentionForwardImpl Impl>
+std::tuple<at::Tensor, at::Tensor> relative_attention_kernel_entry(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& slopes,
+    const OptTensor& table, const OptTensor& r1, const OptTensor& r2, const OptTensor& rel_emb,
+    const OptTensor& q_rel, bool causal, const OptTensor& key_padding_mask,
+    std::optional<double> scale, int64_t q_offset, int64_t k_offset,
+    std::optional<bool> bidirectional, std::optional<int64_t> max_distance,
+    std::optional<c10::string_view> kerple_kind, c10::string_view layout,
+    const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k,
+    std::optional<int64_t> max_seqlen_q, std::optional<int64_t> max_seqlen_k) {
+  return Impl(q, k, v,
+              make_attention_args<int64_t>(slopes, table, r1, r2, rel_emb, q_rel, causal,
+                                           key_padding_mask, scale, q_offset, k_offset,
+                                           bidirectional, max_distance, kerple_kind, layout,
+                                           cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                           max_seqlen_k));
+}
+
+template <AttentionBackwardImpl Impl>
+RelativeAttentionGrads relative_attention_backward_kernel_entry(
+    const at::Tensor& grad_out, const OptTensor& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const OptTensor& slopes, const OptTensor& table, const OptTensor& r1, const OptTensor& r2,
+    const OptTensor& rel_emb, const OptTensor& q_rel, bool causal,
+    const OptTensor& key_padding_mask, std::optional<double> scale, int64_t q_offset,
+    int64_t k_offset, std::optional<bool> bidirectional, std::optional<int64_t> max_distance,
+    std::optional<c10::string_view> kerple_kind, c10::string_view layout,
+    const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k,
+    std::optional<int64_t> max_seqlen_q, std::optional<int64_t> max_seqlen_k) {
+  return Impl(grad_out, grad_lse, q, k, v, out, lse,
+              make_attention_args<int64_t>(slopes, table, r1, r2, rel_emb, q_rel, causal,
+                                           key_padding_mask, scale, q_offset, k_offset,
+                                           bidirectional, max_distance, kerple_kind, layout,
+                                           cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                           max_seqlen_k));
+}
 
 }  // namespace detail
 }  // namespace posenc

@@ -1021,46 +1021,12 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
   return result();
 }
 
-// ---- registrations ---------------------------------------------------------------------------
-
-std::tuple<at::Tensor, at::Tensor> relative_attention_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const detail::OptTensor& slopes,
-    const detail::OptTensor& table, const detail::OptTensor& r1, const detail::OptTensor& r2,
-    const detail::OptTensor& rel_emb, const detail::OptTensor& q_rel, bool causal,
-    const detail::OptTensor& key_padding_mask, std::optional<double> scale, int64_t q_offset,
-    int64_t k_offset, std::optional<bool> bidirectional, std::optional<int64_t> max_distance,
-    std::optional<c10::string_view> kerple_kind, c10::string_view layout,
-    const detail::OptTensor& cu_seqlens_q, const detail::OptTensor& cu_seqlens_k,
-    std::optional<int64_t> max_seqlen_q, std::optional<int64_t> max_seqlen_k) {
-  const auto a = detail::make_attention_args<int64_t>(
-      slopes, table, r1, r2, rel_emb, q_rel, causal, key_padding_mask, scale, q_offset, k_offset,
-      bidirectional, max_distance, kerple_kind, layout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-      max_seqlen_k);
-  return run_forward(q, k, v, a);
-}
-
-detail::RelativeAttentionGrads relative_attention_backward_cpu(
-    const at::Tensor& grad_out, const detail::OptTensor& grad_lse, const at::Tensor& q,
-    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    const detail::OptTensor& slopes, const detail::OptTensor& table, const detail::OptTensor& r1,
-    const detail::OptTensor& r2, const detail::OptTensor& rel_emb, const detail::OptTensor& q_rel,
-    bool causal, const detail::OptTensor& key_padding_mask, std::optional<double> scale,
-    int64_t q_offset, int64_t k_offset, std::optional<bool> bidirectional,
-    std::optional<int64_t> max_distance, std::optional<c10::string_view> kerple_kind,
-    c10::string_view layout, const detail::OptTensor& cu_seqlens_q,
-    const detail::OptTensor& cu_seqlens_k, std::optional<int64_t> max_seqlen_q,
-    std::optional<int64_t> max_seqlen_k) {
-  const auto a = detail::make_attention_args<int64_t>(
-      slopes, table, r1, r2, rel_emb, q_rel, causal, key_padding_mask, scale, q_offset, k_offset,
-      bidirectional, max_distance, kerple_kind, layout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-      max_seqlen_k);
-  return run_backward(grad_out, grad_lse, q, k, v, out, lse, a);
-}
-
 }  // namespace
 }  // namespace posenc
 
 TORCH_LIBRARY_IMPL(posenc, CPU, m) {
-  m.impl("relative_attention", &posenc::relative_attention_cpu);
-  m.impl("relative_attention_backward", &posenc::relative_attention_backward_cpu);
+  m.impl("relative_attention",
+         &posenc::detail::relative_attention_kernel_entry<posenc::run_forward>);
+  m.impl("relative_attention_backward",
+         &posenc::detail::relative_attention_backward_kernel_entry<posenc::run_backward>);
 }
