@@ -613,3 +613,40 @@ def test_none_tensor_and_head_rules():
         ops.relative_attention(q[:, :0], k, v)
     with pytest.raises(RuntimeError, match=r"argument 'kerple_kind'"):
         ops.relative_attention(q, k, v, r1=torch.ones(4), r2=torch.ones(4), kerple_kind="cubic")
+
+
+_THD_SCRATCH_SCRIPT = r"""
+import resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+from posenc import ops
+torch.manual_seed(0)
+H, D, n_short, long = 8, 16, 3000, 2048
+lens = [1] * n_short + [long]
+cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.long)
+T = int(cu[-1])
+q, k, v = (torch.randn(T, H, D, requires_grad=True) for _ in range(3))
+extra = dict(slopes=ops.alibi_slopes(H).requires_grad_()) if sys.argv[2] == "alibi" else dict(
+    rel_emb=torch.randn(H, 2 * long - 1, D, requires_grad=True), q_rel=torch.randn(T, H, D))
+out, lse = ops.relative_attention(q, k, v, causal=True, layout="thd", cu_seqlens_q=cu,
+                                  cu_seqlens_k=cu, max_seqlen_q=long, max_seqlen_k=long, **extra)
+g = torch.randn_like(out)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out.backward(g)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+@pytest.mark.parametrize("family", ["alibi", "txl"])
+def test_packed_backward_scratch_scales_with_tokens_not_sequences_times_longest(family):
+    # 3000 one-token sequences next to one of 2048 tokens: scratch sized n_seqs * H * (2 L_max - 1)
+    # would be 3001 * 8 * 4095 doubles = 786 MB (ALiBi) or 3001 * 8 * 4095 * 16 floats (txl);
+    # per-sequence slabs need a few MB.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    python_dir = str(Path(__file__).resolve().parents[2] / "python")
+    res = subprocess.run([sys.executable, "-c", _THD_SCRATCH_SCRIPT, python_dir, family],
+                         capture_output=True, text=True, check=True)
+    grown_mib = float(res.stdout.strip().splitlines()[-1])
+    assert grown_mib < 200, f"backward grew the peak RSS by {grown_mib:.0f} MiB"

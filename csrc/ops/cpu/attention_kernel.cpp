@@ -652,12 +652,45 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q_in, const at:
 
 // ---- backward --------------------------------------------------------------------------------
 
+// Per-sequence slabs of the backward's position-gradient scratch. A packed batch of many short
+// sequences must not pay n_seqs * (the longest sequence's) scratch: sequence s keeps only its
+// own diagonals t in [lq_max - q_len, lq_max + k_len - 2] and its own window rows.
+struct SeqSlabs {
+  std::vector<int64_t> diag_off, diag_lo, diag_n;  // per sequence; offsets are per head
+  std::vector<int64_t> win_off, win_lo, win_rows;
+  int64_t diag_total = 0, win_total = 0;            // per head
+};
+
+SeqSlabs seq_slabs(const Geometry& g, const RelWindow* win) {
+  SeqSlabs S;
+  for (const Seq& sq : g.seqs) {
+    const bool any = sq.q_len > 0 && sq.k_len > 0;
+    S.diag_off.push_back(S.diag_total);
+    S.diag_lo.push_back(g.lq_max - sq.q_len);
+    S.diag_n.push_back(any ? sq.q_len + sq.k_len - 1 : 0);
+    S.diag_total += S.diag_n.back();
+    int64_t lo = 0, rows = 0;
+    if (win != nullptr && any && win->rows() > 0) {
+      const int64_t d_max = g.base + sq.q_len - 1, d_min = g.base - (sq.k_len - 1);
+      lo = win->c - std::min(win->m, std::max(d_max, -win->m));
+      rows = win->c - std::max(-win->m, std::min(d_min, win->m)) - lo + 1;
+    }
+    S.win_off.push_back(S.win_total);
+    S.win_lo.push_back(lo);
+    S.win_rows.push_back(rows);
+    S.win_total += rows;
+  }
+  return S;
+}
+
 template <typename scalar_t, typename acc_t>
 struct BackwardBuffers {
-  // Per task (sequence, head): gradient sums along the diagonals (Toeplitz terms) or the
-  // window gradient of R (relative term), reduced over sequences afterwards.
-  std::vector<double> diag;  // n_tasks * n_diag
-  std::vector<acc_t> rwin;   // n_tasks * window rows * dim
+  // Per task (sequence, head): gradient sums along the sequence's diagonals (Toeplitz terms)
+  // or the window gradient of R (relative term), reduced over sequences afterwards. Task
+  // (s, h) owns diag[(h * diag_total + diag_off[s]) ...] and the matching rwin rows.
+  SeqSlabs slabs;
+  std::vector<double> diag;  // heads * diag_total
+  std::vector<acc_t> rwin;   // heads * win_total * dim
   // dK, dV in acc_t: per q head (grouped-query attention, or half precision inputs).
   std::vector<acc_t> dk, dv;
   bool dkv_direct = false;  // fp32/fp64 without groups: dK/dV accumulate in the outputs
@@ -671,9 +704,9 @@ void backward_impl(const Call<scalar_t, acc_t>& C, const scalar_t* out, const sc
                    BackwardBuffers<scalar_t, acc_t>& B) {
   const Geometry& g = C.g;
   const BlockSizes bs = backward_blocks(g.lq_max, g.lk_max, C.cfg.family);
-  const int64_t D = g.dim, Dv = g.v_dim, nd = g.n_diag();
+  const int64_t D = g.dim, Dv = g.v_dim;
   const int64_t n_tasks = static_cast<int64_t>(g.seqs.size()) * g.heads;
-  const int64_t w_max = bs.q + bs.k - 1, wrows = C.rel() ? C.win.rows() : 0;
+  const int64_t w_max = bs.q + bs.k - 1;
   const bool rel_into_q = C.rel() && dq_rel == nullptr;  // Shaw: q_rel is q itself
   std::vector<int64_t> cost(n_tasks);
   for (int64_t t = 0; t < n_tasks; ++t) {
@@ -718,8 +751,11 @@ void backward_impl(const Call<scalar_t, acc_t>& C, const scalar_t* out, const sc
         std::fill(dk_acc, dk_acc + sq.k_len * D, acc_t(0));
         std::fill(dv_acc, dv_acc + sq.k_len * Dv, acc_t(0));
       }
-      double* diag = C.toeplitz() ? B.diag.data() + task * nd : nullptr;
-      acc_t* rwin = C.rel() ? B.rwin.data() + task * wrows * D : nullptr;
+      const SeqSlabs& S = B.slabs;
+      double* diag =
+          C.toeplitz() ? B.diag.data() + h * S.diag_total + S.diag_off[s] : nullptr;
+      acc_t* rwin = C.rel() ? B.rwin.data() + (h * S.win_total + S.win_off[s]) * D : nullptr;
+      const int64_t w_lo = S.win_lo[s];
       for (int64_t i0 = 0; i0 < sq.q_len; i0 += bs.q) {
         const int64_t rows = std::min(bs.q, sq.q_len - i0);
         const auto [qb, ldq] = block<acc_t>(C.q + C.q_rows.at(sq.q_start, h, i0),
@@ -771,7 +807,8 @@ void backward_impl(const Call<scalar_t, acc_t>& C, const scalar_t* out, const sc
             acc_t* ds = P.data() + r * bs.k;  // P becomes dS in place
             cpu::softmax_grad(ds, dP.data() + r * bs.k, cols, dvec[r]);
             if (diag != nullptr) {
-              cpu::accumulate(diag + (j0 - (i0 + r) + g.lq_max - 1), ds, cols);
+              // diagonal j - i + lq_max - 1, relative to the slab's first (lq_max - q_len)
+              cpu::accumulate(diag + (j0 - (i0 + r) + sq.q_len - 1), ds, cols);
             }
           }
           if (C.rel()) {
@@ -801,7 +838,7 @@ void backward_impl(const Call<scalar_t, acc_t>& C, const scalar_t* out, const sc
                         acc_t(1), dqra.data(), D);
               cpu::gemm(true, false, W, D, rows, acc_t(1), trel.data(), W, qrb, ldqr, acc_t(0),
                         dwin.data(), D);
-              acc_t* dst = rwin + (wa - C.win.w_lo) * D;
+              acc_t* dst = rwin + (wa - w_lo) * D;
               for (int64_t x = 0; x < W * D; ++x) dst[x] += dwin.data()[x];
             }
           }
@@ -817,11 +854,11 @@ void backward_impl(const Call<scalar_t, acc_t>& C, const scalar_t* out, const sc
           for (int64_t r = 0; r < rows; ++r) {
             if (C.win.has_top(g) && s_top[r] != acc_t(0)) {
               cpu::axpy(dqra.data() + r * D, s_top[r], C.rrev_row(h, C.win.top()), D);
-              cpu::axpy(rwin + (C.win.top() - C.win.w_lo) * D, s_top[r], qrb + r * ldqr, D);
+              cpu::axpy(rwin + (C.win.top() - w_lo) * D, s_top[r], qrb + r * ldqr, D);
             }
             if (C.win.has_bottom(g) && s_bot[r] != acc_t(0)) {
               cpu::axpy(dqra.data() + r * D, s_bot[r], C.rrev_row(h, C.win.bottom()), D);
-              cpu::axpy(rwin + (C.win.bottom() - C.win.w_lo) * D, s_bot[r], qrb + r * ldqr, D);
+              cpu::axpy(rwin + (C.win.bottom() - w_lo) * D, s_bot[r], qrb + r * ldqr, D);
             }
           }
           if (rel_into_q) {
@@ -869,15 +906,16 @@ void backward_impl(const Call<scalar_t, acc_t>& C, const scalar_t* out, const sc
 // Parameter gradients from the per-task diagonal sums: sum the sequences in order, then apply
 // each term's derivative per diagonal (position_terms.h).
 void toeplitz_param_grads(const Geometry& g, const Args& a,
-                          const AttentionConfig& cfg, const std::vector<double>& diag,
-                          at::Tensor& g1, at::Tensor& g2) {
+                          const AttentionConfig& cfg, const SeqSlabs& S,
+                          const std::vector<double>& diag, at::Tensor& g1, at::Tensor& g2) {
   const int64_t H = g.heads, nd = g.n_diag(), n_seq = static_cast<int64_t>(g.seqs.size());
   const int64_t d0 = g.dist0();
   std::vector<double> per_head(static_cast<size_t>(std::max<int64_t>(H * nd, 0)), 0.0);
   at::parallel_for(0, H, 1, [&](int64_t b, int64_t e) {
     for (int64_t h = b; h < e; ++h) {
       for (int64_t s = 0; s < n_seq; ++s) {
-        cpu::accumulate(per_head.data() + h * nd, diag.data() + (s * H + h) * nd, nd);
+        cpu::accumulate(per_head.data() + h * nd + S.diag_lo[s],
+                        diag.data() + h * S.diag_total + S.diag_off[s], S.diag_n[s]);
       }
     }
   });
@@ -970,7 +1008,6 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
     std::vector<acc_t> lut, rrev;
     const auto C = make_call<scalar_t, acc_t>(g, cfg, a, in, lut, rrev);
     const RelWindow& win = C.win;
-    const int64_t n_tasks = static_cast<int64_t>(g.seqs.size()) * g.heads;
     BackwardBuffers<scalar_t, acc_t> B;
     B.dkv_direct = std::is_same_v<scalar_t, acc_t> && g.group == 1;
     if (!B.dkv_direct) {
@@ -978,8 +1015,9 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
       B.dk.resize(static_cast<size_t>(keys * g.heads * g.dim));
       B.dv.resize(static_cast<size_t>(keys * g.heads * g.v_dim));
     }
-    if (C.toeplitz()) B.diag.assign(static_cast<size_t>(n_tasks * g.n_diag()), 0.0);
-    if (C.rel()) B.rwin.assign(static_cast<size_t>(n_tasks * std::max<int64_t>(win.rows(), 0) * g.dim), acc_t(0));
+    B.slabs = seq_slabs(g, C.rel() ? &win : nullptr);
+    if (C.toeplitz()) B.diag.assign(static_cast<size_t>(g.heads * B.slabs.diag_total), 0.0);
+    if (C.rel()) B.rwin.assign(static_cast<size_t>(g.heads * B.slabs.win_total * g.dim), acc_t(0));
 
     backward_impl(C, out.const_data_ptr<scalar_t>(), dout.const_data_ptr<scalar_t>(),
                   rows_of(out, cfg.thd), lse.const_data_ptr<acc_t>(),
@@ -992,7 +1030,7 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
 
     if (C.toeplitz()) {
       at::Tensor g1, g2;
-      toeplitz_param_grads(g, a, cfg, B.diag, g1, g2);
+      toeplitz_param_grads(g, a, cfg, B.slabs, B.diag, g1, g2);
       if (cfg.family == PositionFamily::ALiBi) g_slopes = g1;
       if (cfg.family == PositionFamily::T5) g_table = g1;
       if (cfg.family == PositionFamily::KERPLE) {
@@ -1001,16 +1039,17 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
       }
     } else if (C.rel() && win.rows() > 0) {
       // grad R[h, 2c - w] = sum over sequences (in order) of the tasks' window gradients.
-      const int64_t n_seq = static_cast<int64_t>(g.seqs.size()), wr = win.rows(), D = g.dim;
+      const int64_t n_seq = static_cast<int64_t>(g.seqs.size()), D = g.dim;
       const int64_t R = a.rel_emb->size(1);
+      const SeqSlabs& S = B.slabs;
       auto acc = at::zeros({g.heads, R, D}, at::kDouble);
       double* ap = acc.mutable_data_ptr<double>();
       at::parallel_for(0, g.heads, 1, [&](int64_t b, int64_t e) {
         for (int64_t h = b; h < e; ++h) {
           for (int64_t s = 0; s < n_seq; ++s) {
-            const acc_t* src = B.rwin.data() + (s * g.heads + h) * wr * D;
-            for (int64_t wi = 0; wi < wr; ++wi) {
-              cpu::accumulate(ap + (h * R + (2 * win.c - (win.w_lo + wi))) * D, src + wi * D, D);
+            const acc_t* src = B.rwin.data() + (h * S.win_total + S.win_off[s]) * D;
+            for (int64_t wi = 0; wi < S.win_rows[s]; ++wi) {
+              cpu::accumulate(ap + (h * R + (2 * win.c - (S.win_lo[s] + wi))) * D, src + wi * D, D);
             }
           }
         }
