@@ -49,6 +49,16 @@ at::Tensor alibi_bias(const at::Tensor& slopes, int64_t q_len, int64_t k_len, in
   return detail::alibi_bias_op().call(slopes, q_len, k_len, q_offset, k_offset, causal);
 }
 
+at::Tensor& alibi_bias_out(at::Tensor& out, const at::Tensor& slopes, int64_t q_len,
+                           int64_t k_len, int64_t q_offset, int64_t k_offset, bool causal) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("posenc::alibi_bias", "out")
+                       .typed<void(const at::Tensor&, c10::SymInt, c10::SymInt,
+                                          c10::SymInt, c10::SymInt, bool, at::Tensor&)>();
+  op.call(slopes, q_len, k_len, q_offset, k_offset, causal, out);
+  return out;
+}
+
 }  // namespace ops
 }  // namespace posenc
 
@@ -57,6 +67,12 @@ TORCH_LIBRARY_FRAGMENT(posenc, m) {
   m.def(
       "alibi_bias(Tensor slopes, SymInt q_len, SymInt k_len, SymInt q_offset=0, "
       "SymInt k_offset=0, bool causal=True) -> Tensor");
+  // Writes a caller's (H, q_len, k_len) buffer: reusing it across calls skips the page faults
+  // of a fresh output. No autograd (as for ATen's out= ops). Returns nothing rather than an
+  // alias of `out`: torch.compile functionalizes custom ops only without aliased outputs.
+  m.def(
+      "alibi_bias.out(Tensor slopes, SymInt q_len, SymInt k_len, SymInt q_offset=0, "
+      "SymInt k_offset=0, bool causal=True, *, Tensor(a!) out) -> ()");
   m.def(
       "alibi_bias_backward(Tensor grad, Tensor slopes, SymInt q_len, SymInt k_len, "
       "SymInt q_offset, SymInt k_offset, bool causal) -> Tensor");

@@ -126,6 +126,26 @@ inline void check_bias_size(const char* op, const c10::SymInt& heads, const Int&
   check_output_size(op, arg, {heads, c10::SymInt(q_len), c10::SymInt(k_len)}, dtype);
 }
 
+// The out= variants of the bias ops write a caller's buffer: it must be exactly the output
+// (shape, dtype, device) and contiguous, so the kernels can write it as they write their own.
+inline void check_bias_out(const char* op, const at::Tensor& out, const c10::SymInt& heads,
+                           const c10::SymInt& q_len, const c10::SymInt& k_len,
+                           const at::Tensor& param, const char* param_arg) {
+  check_defined(op, "out", out);
+  POSENC_CHECK_ARG(out.dim() == 3 && out.sym_size(0) == heads && out.sym_size(1) == q_len &&
+                       out.sym_size(2) == k_len,
+                   op, "out",
+                   c10::str("must have shape (num_heads, q_len, k_len) = [", heads, ", ", q_len,
+                            ", ", k_len, "]"),
+                   "shape ", shape_str(out));
+  POSENC_CHECK_ARG(out.scalar_type() == param.scalar_type(), op, "out",
+                   c10::str("must have the dtype of '", param_arg, "' (", param.scalar_type(), ")"),
+                   "dtype ", out.scalar_type());
+  check_same_device(op, "out", out, param_arg, param);
+  POSENC_CHECK_ARG(out.is_contiguous(), op, "out", "must be contiguous",
+                   "strides ", out.sym_strides());
+}
+
 // Parameter values (a (H,) vector on the host) must be finite: a NaN or inf slope would fill
 // the bias with NaN/inf that surfaces far away, in the softmax. Device tensors are not read
 // here (that would synchronise the stream); see the ops' docs.

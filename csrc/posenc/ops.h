@@ -55,6 +55,14 @@ at::Tensor alibi_slopes(int64_t num_heads, at::ScalarType dtype = at::kFloat,
 at::Tensor alibi_bias(const at::Tensor& slopes, int64_t q_len, int64_t k_len,
                       int64_t q_offset = 0, int64_t k_offset = 0, bool causal = true);
 
+/// alibi_bias written into `out`, a contiguous (H, q_len, k_len) tensor of the slopes' dtype and
+/// device: reusing one buffer across calls (same lengths) skips the page faults of a fresh
+/// output. Returns `out`. No autograd: slopes that require grad raise (use alibi_bias).
+/// The same out= form exists for t5_bias and kerple_bias.
+at::Tensor& alibi_bias_out(at::Tensor& out, const at::Tensor& slopes, int64_t q_len,
+                           int64_t k_len, int64_t q_offset = 0, int64_t k_offset = 0,
+                           bool causal = true);
+
 /// T5 relative position buckets (Raffel et al. 2020; HF T5Attention._relative_position_bucket,
 /// final clamp included). relative_position = key - query, any shape, int64 -> int64 buckets
 /// in [0, num_buckets), contiguous. Bidirectional: half the buckets per direction, keys after
@@ -69,18 +77,21 @@ at::Tensor t5_relative_bucket(const at::Tensor& relative_position, bool bidirect
 /// T5 relative bias: table (num_buckets, H) float16/bfloat16/float32/float64 (the weight of
 /// HF's relative_attention_bias embedding) -> (H, q_len, k_len) in the table's dtype,
 /// out[h,i,j] = table[bucket(k_pos - q_pos), h], buckets computed in the kernel (no bucket
-/// tensor). Differentiable in table (deterministic fp64 reduction per head and bucket).
+/// tensor). Differentiable in table (deterministic reduction per head and bucket).
 /// Errors: table 2-D floating whose rows satisfy the num_buckets rules above; max_distance >
 /// max_exact; q_len, k_len >= 0; an output whose size in bytes overflows int64.
 at::Tensor t5_bias(const at::Tensor& table, int64_t q_len, int64_t k_len, int64_t q_offset = 0,
                    int64_t k_offset = 0, bool bidirectional = true, int64_t max_distance = 128);
+at::Tensor& t5_bias_out(at::Tensor& out, const at::Tensor& table, int64_t q_len, int64_t k_len,
+                        int64_t q_offset = 0, int64_t k_offset = 0, bool bidirectional = true,
+                        int64_t max_distance = 128);
 
 /// KERPLE bias (Chi et al. 2022, eq. 6/7) from r1, r2 (H,) (float16/bfloat16/float32/float64,
 /// same dtype and device; the module keeps them > 0) -> (H, q_len, k_len) in their dtype:
 ///  kind "log"  : -r1 * log(1 + r2 * d)
 ///  kind "power": -r1 * d^r2, taken as 0 at d = 0 for every r2 (and d/dr2 = 0 there)
 /// d = |q_pos - k_pos| (bidirectional) or max(q_pos - k_pos, 0) (causal: future keys, which
-/// the causal mask removes anyway, get 0). Differentiable in r1 and r2 (deterministic fp64
+/// the causal mask removes anyway, get 0). Differentiable in r1 and r2 (deterministic
 /// reduction per head). Errors: r1, r2 1-D of equal length; kind "log" or "power";
 /// q_len, k_len >= 0; an output whose size in bytes overflows int64; r1, r2 finite
 /// ("argument 'r1' must be finite, but got r1[i] = nan") and r2 >= 0 for "log". Value checks
@@ -91,6 +102,10 @@ at::Tensor t5_bias(const at::Tensor& table, int64_t q_len, int64_t k_len, int64_
 at::Tensor kerple_bias(const at::Tensor& r1, const at::Tensor& r2, int64_t q_len, int64_t k_len,
                        int64_t q_offset = 0, int64_t k_offset = 0, const std::string& kind = "log",
                        bool causal = true);
+at::Tensor& kerple_bias_out(at::Tensor& out, const at::Tensor& r1, const at::Tensor& r2,
+                            int64_t q_len, int64_t k_len, int64_t q_offset = 0,
+                            int64_t k_offset = 0, const std::string& kind = "log",
+                            bool causal = true);
 
 /// Relative position scores (Transformer-XL terms (b)+(d), Dai et al. 2019 §3.3; Shaw et al.
 /// 2018 eq. 5 relative keys): out[b,h,i,j] = q[b,h,i,:] . rel_emb[h, c + clamp(d, -M, M), :]

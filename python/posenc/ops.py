@@ -98,6 +98,7 @@ def alibi_bias(
     q_offset: int = 0,
     k_offset: int = 0,
     causal: bool = True,
+    out: Optional[Tensor] = None,
 ) -> Tensor:
     """ALiBi attention bias (Press et al. 2022, eq. in §3), ``(H, q_len, k_len)``.
 
@@ -111,8 +112,17 @@ def alibi_bias(
     (``"argument 'slopes' must be finite, but got slopes[i] = nan"``), checked for CPU
     tensors only: on CUDA the check would need a stream sync on every call, and NaN/inf
     slopes give a NaN/inf bias there.
+
+    ``out``: optional contiguous ``(H, q_len, k_len)`` tensor of the slopes' dtype and device to
+    write into (returned). Reusing one buffer across calls with the same lengths skips the page
+    faults of a fresh output, which are most of this op's time on the CPU. The out= form records
+    no autograd graph: with grad mode on, slopes' that require grad raise (as ATen's out= ops do).
+    Errors for a wrong ``out``: shape, dtype, device or strides, named in the message.
     """
-    return torch.ops.posenc.alibi_bias(slopes, q_len, k_len, q_offset, k_offset, causal)
+    if out is None:
+        return torch.ops.posenc.alibi_bias(slopes, q_len, k_len, q_offset, k_offset, causal)
+    torch.ops.posenc.alibi_bias(slopes, q_len, k_len, q_offset, k_offset, causal, out=out)
+    return out
 
 
 def t5_relative_bucket(
@@ -147,21 +157,33 @@ def t5_bias(
     k_offset: int = 0,
     bidirectional: bool = True,
     max_distance: int = 128,
+    out: Optional[Tensor] = None,
 ) -> Tensor:
     """T5 relative attention bias, ``(H, q_len, k_len)``.
 
     ``table``: ``(num_buckets, H)`` (the weight of HF's ``relative_attention_bias``
     embedding). ``out[h, i, j] = table[bucket(k_pos - q_pos), h]``; the bucket is computed
     in the kernel (no bucket tensor). Output has the table's dtype (float16/bfloat16/float32/
-    float64). Gradient flows to ``table`` (deterministic fp64 reduction per head and bucket).
+    float64). Gradient flows to ``table`` (deterministic reduction per head and bucket).
 
     Errors: ``table`` 2-D floating, its row count obeying the ``num_buckets`` rules of
     :func:`t5_relative_bucket`; ``max_distance`` > ``max_exact``; lengths >= 0; an output
     whose size in bytes overflows int64.
+
+    ``out``: optional contiguous ``(H, q_len, k_len)`` tensor of the table's dtype and device to
+    write into (returned). Reusing one buffer across calls with the same lengths skips the page
+    faults of a fresh output, which are most of this op's time on the CPU. The out= form records
+    no autograd graph: with grad mode on, table's that require grad raise (as ATen's out= ops do).
+    Errors for a wrong ``out``: shape, dtype, device or strides, named in the message.
     """
-    return torch.ops.posenc.t5_bias(
-        table, q_len, k_len, q_offset, k_offset, bidirectional, max_distance
+    if out is None:
+        return torch.ops.posenc.t5_bias(
+            table, q_len, k_len, q_offset, k_offset, bidirectional, max_distance
+        )
+    torch.ops.posenc.t5_bias(
+        table, q_len, k_len, q_offset, k_offset, bidirectional, max_distance, out=out
     )
+    return out
 
 
 def kerple_bias(
@@ -173,6 +195,7 @@ def kerple_bias(
     k_offset: int = 0,
     kind: str = "log",
     causal: bool = True,
+    out: Optional[Tensor] = None,
 ) -> Tensor:
     """KERPLE bias (Chi et al. 2022, eqs. for the logarithmic and power kernels), ``(H, q_len, k_len)``.
 
@@ -181,7 +204,7 @@ def kerple_bias(
     ``-r1 * d ** r2`` (KERPLE keeps ``0 < r2 <= 2``), taken as 0 at ``d = 0`` for every ``r2``
     with ``d/dr2 = 0`` there. ``d = |q_pos - k_pos|`` (bidirectional) or
     ``max(q_pos - k_pos, 0)`` (causal: future keys get 0; the causal mask removes them).
-    Output has the parameters' dtype. Gradients flow to ``r1`` and ``r2`` (deterministic fp64
+    Output has the parameters' dtype. Gradients flow to ``r1`` and ``r2`` (deterministic
     reduction per head).
 
     Errors: ``r1``/``r2`` 1-D of equal length, same dtype and device; ``kind`` one of
@@ -192,8 +215,17 @@ def kerple_bias(
     the host (a stream sync) and is skipped during CUDA graph capture, where a negative
     ``r2`` gives NaN; ``r1``, and ``r2`` of ``"power"``, are not read on the host there (no
     sync), so non-finite values give a non-finite bias.
+
+    ``out``: optional contiguous ``(H, q_len, k_len)`` tensor of the parameters' dtype and device to
+    write into (returned). Reusing one buffer across calls with the same lengths skips the page
+    faults of a fresh output, which are most of this op's time on the CPU. The out= form records
+    no autograd graph: with grad mode on, parameters' that require grad raise (as ATen's out= ops do).
+    Errors for a wrong ``out``: shape, dtype, device or strides, named in the message.
     """
-    return torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal)
+    if out is None:
+        return torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal)
+    torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal, out=out)
+    return out
 
 
 def rel_pos_scores(

@@ -148,3 +148,29 @@ TEST(Alibi, OutputTooLargeForInt64) {
   // empty outputs with a long length are fine (0 counts as 1)
   EXPECT_EQ(posenc::ops::alibi_bias(torch::ones({8}), 0, n).sizes(), torch::IntArrayRef({8, 0, n}));
 }
+
+TEST(Alibi, OutVariantWritesTheBuffer) {
+  const auto slopes = torch::rand({3}) + 0.1;
+  auto buf = torch::full({3, 70, 33}, std::numeric_limits<float>::quiet_NaN());
+  for (bool causal : {true, false}) {
+    auto& ret = posenc::ops::alibi_bias_out(buf, slopes, 70, 33, 5, 0, causal);
+    EXPECT_EQ(ret.data_ptr(), buf.data_ptr());
+    EXPECT_TRUE(torch::allclose(buf.to(torch::kDouble), reference_bias(slopes, 70, 33, 5, 0, causal),
+                                1e-6, 1e-6));
+  }
+  auto t5_buf = torch::empty({3, 8, 9});
+  const auto table = torch::randn({32, 3});
+  posenc::ops::t5_bias_out(t5_buf, table, 8, 9);
+  EXPECT_TRUE(torch::equal(t5_buf, posenc::ops::t5_bias(table, 8, 9)));
+  auto k_buf = torch::empty({3, 8, 9});
+  posenc::ops::kerple_bias_out(k_buf, slopes, slopes, 8, 9, 0, 0, "power", false);
+  EXPECT_TRUE(torch::equal(k_buf, posenc::ops::kerple_bias(slopes, slopes, 8, 9, 0, 0, "power", false)));
+  auto wrong = torch::empty({3, 8, 10});
+  posenc_test::expect_error(
+      [&] { posenc::ops::alibi_bias_out(wrong, slopes, 8, 9); },
+      "posenc.alibi_bias: argument 'out' must have shape (num_heads, q_len, k_len) = [3, 8, 9], "
+      "but got shape [3, 8, 10]");
+  auto needs_grad = slopes.clone().requires_grad_();
+  posenc_test::expect_error([&] { posenc::ops::alibi_bias_out(buf, needs_grad, 70, 33); },
+                            "posenc.alibi_bias: argument 'slopes' requires grad");
+}

@@ -3,10 +3,39 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "../alibi.h"
+#include "bias_reduce.h"
 
 namespace posenc {
 namespace {
+
+// Distance q_pos - k_pos on diagonal t = j - i + q_len - 1; |.| for the symmetric bias.
+inline int64_t diagonal_distance(int64_t t, int64_t q_len, int64_t q_offset, int64_t k_offset,
+                                 bool causal) {
+  return detail::alibi_distance(q_offset - k_offset + (q_len - 1) - t, 0, causal);
+}
+
+void alibi_bias_fill(const at::Tensor& slopes, int64_t q_len, int64_t k_len, int64_t q_offset,
+                     int64_t k_offset, bool causal, const at::Tensor& out) {
+  const int64_t heads = slopes.size(0);
+  const int64_t nd = q_len + k_len - 1;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, slopes.scalar_type(), "alibi_bias_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* s = slopes.const_data_ptr<scalar_t>();
+    std::vector<scalar_t> lut(heads * nd);
+    for (int64_t h = 0; h < heads; ++h) {
+      const auto slope = static_cast<opmath_t>(s[h]);
+      for (int64_t t = 0; t < nd; ++t) {
+        const int64_t d = diagonal_distance(t, q_len, q_offset, k_offset, causal);
+        lut[h * nd + t] = static_cast<scalar_t>(static_cast<opmath_t>(-d) * slope);  // +0 at d = 0
+      }
+    }
+    detail::fill_bias_from_diagonals(out.mutable_data_ptr<scalar_t>(), lut.data(), heads, q_len,
+                                     k_len);
+  });
+}
 
 at::Tensor alibi_bias_forward_kernel(const at::Tensor& slopes_in, int64_t q_len, int64_t k_len,
                                      int64_t q_offset, int64_t k_offset, bool causal) {
@@ -14,27 +43,20 @@ at::Tensor alibi_bias_forward_kernel(const at::Tensor& slopes_in, int64_t q_len,
   detail::check_offsets("alibi_bias", q_offset, k_offset);
   const auto slopes = slopes_in.contiguous();
   detail::check_finite("alibi_bias", "slopes", slopes);
-  const int64_t heads = slopes.size(0);
-  auto out = at::empty({heads, q_len, k_len}, slopes.options());
-  if (out.numel() == 0) return out;
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, slopes.scalar_type(), "alibi_bias_cpu", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    const scalar_t* s = slopes.const_data_ptr<scalar_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, heads * q_len, detail::row_grain(k_len), [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const opmath_t slope = static_cast<opmath_t>(s[row / q_len]);
-        const int64_t d0 = q_offset + row % q_len - k_offset;  // distance to key 0
-        scalar_t* orow = o + row * k_len;
-        for (int64_t j = 0; j < k_len; ++j) {
-          const int64_t d = detail::alibi_distance(d0, j, causal);
-          orow[j] = static_cast<scalar_t>(static_cast<opmath_t>(-d) * slope);  // +0 on the diagonal
-        }
-      }
-    });
-  });
+  auto out = at::empty({slopes.size(0), q_len, k_len}, slopes.options());
+  if (out.numel() > 0) alibi_bias_fill(slopes, q_len, k_len, q_offset, k_offset, causal, out);
   return out;
+}
+
+void alibi_bias_out_kernel(const at::Tensor& slopes_in, int64_t q_len, int64_t k_len,
+                           int64_t q_offset, int64_t k_offset, bool causal,
+                           at::Tensor& out) {
+  detail::check_alibi_bias("alibi_bias", slopes_in, q_len, k_len);
+  detail::check_offsets("alibi_bias", q_offset, k_offset);
+  detail::check_bias_out("alibi_bias", out, slopes_in.size(0), q_len, k_len, slopes_in, "slopes");
+  const auto slopes = slopes_in.contiguous();
+  detail::check_finite("alibi_bias", "slopes", slopes);
+  if (out.numel() > 0) alibi_bias_fill(slopes, q_len, k_len, q_offset, k_offset, causal, out);
 }
 
 at::Tensor alibi_bias_backward_kernel(const at::Tensor& grad_in, const at::Tensor& slopes,
@@ -48,23 +70,19 @@ at::Tensor alibi_bias_backward_kernel(const at::Tensor& grad_in, const at::Tenso
   const auto grad = grad_in.to(slopes.scalar_type()).contiguous();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, slopes.scalar_type(), "alibi_bias_backward_cpu", [&] {
-    const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    scalar_t* gs = grad_slopes.mutable_data_ptr<scalar_t>();
-    // One head per task and a fixed summation order: deterministic.
-    at::parallel_for(0, heads, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t h = begin; h < end; ++h) {
-        double acc = 0.0;
-        for (int64_t i = 0; i < q_len; ++i) {
-          const int64_t d0 = q_offset + i - k_offset;
-          const scalar_t* grow = g + (h * q_len + i) * k_len;
-          for (int64_t j = 0; j < k_len; ++j) {
-            const int64_t d = detail::alibi_distance(d0, j, causal);
-            acc -= static_cast<double>(grow[j]) * static_cast<double>(d);
+    // d bias / d slope = -d on every diagonal.
+    const auto total = detail::reduce_bias_gradient(
+        grad.const_data_ptr<scalar_t>(), heads, q_len, k_len, 1,
+        [&](int64_t, int64_t t_lo, const double* diag, int64_t n, double* partial) {
+          double acc = 0.0;
+          for (int64_t u = 0; u < n; ++u) {
+            acc -= diag[u] * static_cast<double>(
+                                 diagonal_distance(t_lo + u, q_len, q_offset, k_offset, causal));
           }
-        }
-        gs[h] = static_cast<scalar_t>(acc);
-      }
-    });
+          partial[0] += acc;
+        });
+    scalar_t* gs = grad_slopes.mutable_data_ptr<scalar_t>();
+    for (int64_t h = 0; h < heads; ++h) gs[h] = static_cast<scalar_t>(total[h]);
   });
   return grad_slopes;
 }
@@ -74,5 +92,6 @@ at::Tensor alibi_bias_backward_kernel(const at::Tensor& grad_in, const at::Tenso
 
 TORCH_LIBRARY_IMPL(posenc, CPU, m) {
   m.impl("alibi_bias", &posenc::alibi_bias_forward_kernel);
+  m.impl("alibi_bias.out", &posenc::alibi_bias_out_kernel);
   m.impl("alibi_bias_backward", &posenc::alibi_bias_backward_kernel);
 }

@@ -25,7 +25,7 @@
   /* acc[(rows - 1 - r) + j] += g[r * row_stride + j], r < rows, j < k_len: the sums along   \
      the rows + k_len - 1 diagonals of a block of rows (acc in the accumulation type). */   \
   void diagonal_sums(const float* g, int64_t rows, int64_t k_len, int64_t row_stride,       \
-                     float* acc);                                                            \
+                     double* acc);                                                           \
   void diagonal_sums(const double* g, int64_t rows, int64_t k_len, int64_t row_stride,      \
                      double* acc);                                                           \
   void diagonal_sums(const c10::Half* g, int64_t rows, int64_t k_len, int64_t row_stride,   \
@@ -39,7 +39,7 @@ namespace posenc {
 namespace detail {
 
 // Rows per backward task. Fixed (not derived from the thread count) so that results are
-// bit-identical for any number of threads; 64 rows keep a block's fp32 diagonal sums short.
+// bit-identical for any number of threads.
 constexpr int64_t kBiasRowBlock = 64;
 
 // out[h, i, :] = lut[h * (q_len + k_len - 1) + q_len - 1 - i, ... + k_len). out is
@@ -59,8 +59,10 @@ void fill_bias_from_diagonals(scalar_t* out, const scalar_t* lut, int64_t heads,
   });
 }
 
+// fp32 and fp64 gradients sum in fp64 (an fp32 parameter gradient is then the correctly
+// rounded sum of thousands of terms); fp16/bf16 in fp32, whose rounding is far below theirs.
 template <typename scalar_t>
-using bias_acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+using bias_acc_t = std::conditional_t<std::is_same_v<scalar_t, double> || std::is_same_v<scalar_t, float>, double, float>;
 
 // Calls reduce(h, t_lo, diag, n, partial) once per (head, block of rows), with diag[u] (fp64)
 // the block's gradient sum along diagonal t_lo + u, u < n; reduce adds the block's share to

@@ -76,17 +76,10 @@ __global__ void alibi_grad_final_kernel(const double* __restrict__ partial,
   }
 }
 
-at::Tensor alibi_bias_cuda(const at::Tensor& slopes_in, int64_t q_len, int64_t k_len,
-                           int64_t q_offset, int64_t k_offset, bool causal) {
-  detail::check_alibi_bias("alibi_bias", slopes_in, q_len, k_len);
-  detail::check_offsets("alibi_bias", q_offset, k_offset);
-  const c10::cuda::CUDAGuard guard(slopes_in.device());
-  const auto slopes = slopes_in.contiguous();
-  const int64_t heads = slopes.size(0);
-  auto out = at::empty({heads, q_len, k_len}, slopes.options());
+void alibi_bias_fill_cuda(const at::Tensor& slopes, int64_t q_len, int64_t k_len,
+                          int64_t q_offset, int64_t k_offset, bool causal, const at::Tensor& out) {
   const int64_t n = out.numel();
-  if (n == 0) return out;
-
+  if (n == 0) return;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, slopes.scalar_type(), "alibi_bias_cuda", [&] {
     alibi_bias_kernel<scalar_t><<<cuda::num_blocks(n, kThreads), kThreads, 0, stream>>>(
@@ -94,7 +87,26 @@ at::Tensor alibi_bias_cuda(const at::Tensor& slopes_in, int64_t q_len, int64_t k
         q_offset, k_offset, causal);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+at::Tensor alibi_bias_cuda(const at::Tensor& slopes_in, int64_t q_len, int64_t k_len,
+                           int64_t q_offset, int64_t k_offset, bool causal) {
+  detail::check_alibi_bias("alibi_bias", slopes_in, q_len, k_len);
+  detail::check_offsets("alibi_bias", q_offset, k_offset);
+  const c10::cuda::CUDAGuard guard(slopes_in.device());
+  const auto slopes = slopes_in.contiguous();
+  auto out = at::empty({slopes.size(0), q_len, k_len}, slopes.options());
+  alibi_bias_fill_cuda(slopes, q_len, k_len, q_offset, k_offset, causal, out);
   return out;
+}
+
+void alibi_bias_out_cuda(const at::Tensor& slopes_in, int64_t q_len, int64_t k_len,
+                         int64_t q_offset, int64_t k_offset, bool causal, at::Tensor& out) {
+  detail::check_alibi_bias("alibi_bias", slopes_in, q_len, k_len);
+  detail::check_offsets("alibi_bias", q_offset, k_offset);
+  detail::check_bias_out("alibi_bias", out, slopes_in.size(0), q_len, k_len, slopes_in, "slopes");
+  const c10::cuda::CUDAGuard guard(slopes_in.device());
+  alibi_bias_fill_cuda(slopes_in.contiguous(), q_len, k_len, q_offset, k_offset, causal, out);
 }
 
 at::Tensor alibi_bias_backward_cuda(const at::Tensor& grad_in, const at::Tensor& slopes,
@@ -135,5 +147,6 @@ at::Tensor alibi_bias_backward_cuda(const at::Tensor& grad_in, const at::Tensor&
 
 TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
   m.impl("alibi_bias", &posenc::alibi_bias_cuda);
+  m.impl("alibi_bias.out", &posenc::alibi_bias_out_cuda);
   m.impl("alibi_bias_backward", &posenc::alibi_bias_backward_cuda);
 }

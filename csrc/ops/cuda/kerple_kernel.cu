@@ -110,6 +110,22 @@ __global__ void kerple_grad_kernel(const double* __restrict__ diag, const scalar
   }
 }
 
+void kerple_bias_fill_cuda(const at::Tensor& r1, const at::Tensor& r2, int64_t q_len,
+                           int64_t k_len, int64_t q_offset, int64_t k_offset, KerpleKind kind,
+                           bool causal, const at::Tensor& out) {
+  if (out.numel() == 0) return;
+  const int64_t heads = r1.size(0);
+  const auto launch = bias_cuda::row_launch(heads * q_len, k_len);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r1.scalar_type(), "kerple_bias_cuda", [&] {
+    kerple_bias_kernel<scalar_t><<<launch.grid, launch.block, 0, stream>>>(
+        r1.const_data_ptr<scalar_t>(), r2.const_data_ptr<scalar_t>(),
+        out.mutable_data_ptr<scalar_t>(), heads, q_len, k_len, q_offset, k_offset,
+        kind == KerpleKind::Log, causal);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 at::Tensor kerple_bias_cuda(const at::Tensor& r1_in, const at::Tensor& r2_in, int64_t q_len,
                             int64_t k_len, int64_t q_offset, int64_t k_offset,
                             c10::string_view kind_str, bool causal) {
@@ -120,19 +136,23 @@ at::Tensor kerple_bias_cuda(const at::Tensor& r1_in, const at::Tensor& r2_in, in
   const auto r1 = r1_in.contiguous();
   const auto r2 = r2_in.contiguous();
   check_r2_values_cuda(op, r2, kind);
-  const int64_t heads = r1.size(0);
-  auto out = at::empty({heads, q_len, k_len}, r1.options());
-  if (out.numel() == 0) return out;
-  const auto launch = bias_cuda::row_launch(heads * q_len, k_len);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r1.scalar_type(), "kerple_bias_cuda", [&] {
-    kerple_bias_kernel<scalar_t><<<launch.grid, launch.block, 0, stream>>>(
-        r1.const_data_ptr<scalar_t>(), r2.const_data_ptr<scalar_t>(),
-        out.mutable_data_ptr<scalar_t>(), heads, q_len, k_len, q_offset, k_offset,
-        kind == KerpleKind::Log, causal);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  auto out = at::empty({r1.size(0), q_len, k_len}, r1.options());
+  kerple_bias_fill_cuda(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal, out);
   return out;
+}
+
+void kerple_bias_out_cuda(const at::Tensor& r1_in, const at::Tensor& r2_in, int64_t q_len,
+                          int64_t k_len, int64_t q_offset, int64_t k_offset,
+                          c10::string_view kind_str, bool causal, at::Tensor& out) {
+  const char* op = "kerple_bias";
+  const auto kind = detail::check_kerple_bias(op, r1_in, r2_in, q_len, k_len, kind_str);
+  detail::check_offsets(op, q_offset, k_offset);
+  detail::check_bias_out(op, out, r1_in.size(0), q_len, k_len, r1_in, "r1");
+  const c10::cuda::CUDAGuard guard(r1_in.device());
+  const auto r1 = r1_in.contiguous();
+  const auto r2 = r2_in.contiguous();
+  check_r2_values_cuda(op, r2, kind);
+  kerple_bias_fill_cuda(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal, out);
 }
 
 std::tuple<at::Tensor, at::Tensor> kerple_bias_backward_cuda(
@@ -172,5 +192,6 @@ std::tuple<at::Tensor, at::Tensor> kerple_bias_backward_cuda(
 
 TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
   m.impl("kerple_bias", &posenc::kerple_bias_cuda);
+  m.impl("kerple_bias.out", &posenc::kerple_bias_out_cuda);
   m.impl("kerple_bias_backward", &posenc::kerple_bias_backward_cuda);
 }

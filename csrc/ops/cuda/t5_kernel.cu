@@ -73,17 +73,12 @@ at::Tensor t5_relative_bucket_cuda(const at::Tensor& relative_position_in, bool 
   return out;
 }
 
-at::Tensor t5_bias_cuda(const at::Tensor& table_in, int64_t q_len, int64_t k_len,
-                        int64_t q_offset, int64_t k_offset, bool bidirectional,
-                        int64_t max_distance) {
-  detail::check_t5_bias("t5_bias", table_in, q_len, k_len, bidirectional, max_distance);
-  detail::check_offsets("t5_bias", q_offset, k_offset);
-  const c10::cuda::CUDAGuard guard(table_in.device());
-  const auto table = table_in.contiguous();
+void t5_bias_fill_cuda(const at::Tensor& table, int64_t q_len, int64_t k_len, int64_t q_offset,
+                       int64_t k_offset, bool bidirectional, int64_t max_distance,
+                       const at::Tensor& out) {
+  if (out.numel() == 0) return;
   const int64_t num_buckets = table.size(0);
   const int64_t heads = table.size(1);
-  auto out = at::empty({heads, q_len, k_len}, table.options());
-  if (out.numel() == 0) return out;
   const int64_t groups = (heads + kHeadGroup - 1) / kHeadGroup;
   const int64_t d0 = k_offset - q_offset - (q_len - 1);  // k_pos - q_pos on diagonal 0
   const auto launch = bias_cuda::row_launch(groups * q_len, k_len);
@@ -94,7 +89,29 @@ at::Tensor t5_bias_cuda(const at::Tensor& table_in, int64_t q_len, int64_t k_len
         k_len, d0, bidirectional, num_buckets, max_distance);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+at::Tensor t5_bias_cuda(const at::Tensor& table_in, int64_t q_len, int64_t k_len,
+                        int64_t q_offset, int64_t k_offset, bool bidirectional,
+                        int64_t max_distance) {
+  detail::check_t5_bias("t5_bias", table_in, q_len, k_len, bidirectional, max_distance);
+  detail::check_offsets("t5_bias", q_offset, k_offset);
+  const c10::cuda::CUDAGuard guard(table_in.device());
+  const auto table = table_in.contiguous();
+  auto out = at::empty({table.size(1), q_len, k_len}, table.options());
+  t5_bias_fill_cuda(table, q_len, k_len, q_offset, k_offset, bidirectional, max_distance, out);
   return out;
+}
+
+void t5_bias_out_cuda(const at::Tensor& table_in, int64_t q_len, int64_t k_len,
+                      int64_t q_offset, int64_t k_offset, bool bidirectional,
+                      int64_t max_distance, at::Tensor& out) {
+  detail::check_t5_bias("t5_bias", table_in, q_len, k_len, bidirectional, max_distance);
+  detail::check_offsets("t5_bias", q_offset, k_offset);
+  detail::check_bias_out("t5_bias", out, table_in.size(1), q_len, k_len, table_in, "table");
+  const c10::cuda::CUDAGuard guard(table_in.device());
+  t5_bias_fill_cuda(table_in.contiguous(), q_len, k_len, q_offset, k_offset, bidirectional,
+                    max_distance, out);
 }
 
 // grad_table[b, h] = sum over the diagonals t with bucket(d0 + t) == b of diag[h, t]. Block per
@@ -150,5 +167,6 @@ at::Tensor t5_bias_backward_cuda(const at::Tensor& grad_in, const at::Tensor& ta
 TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
   m.impl("t5_relative_bucket", &posenc::t5_relative_bucket_cuda);
   m.impl("t5_bias", &posenc::t5_bias_cuda);
+  m.impl("t5_bias.out", &posenc::t5_bias_out_cuda);
   m.impl("t5_bias_backward", &posenc::t5_bias_backward_cuda);
 }

@@ -20,6 +20,14 @@ at::Tensor t5_bias_meta(const at::Tensor& table, c10::SymInt q_len, c10::SymInt 
   return at::empty_symint({table.sym_size(1), q_len, k_len}, table.options());
 }
 
+void t5_bias_out_meta(const at::Tensor& table, c10::SymInt q_len, c10::SymInt k_len,
+                      c10::SymInt q_offset, c10::SymInt k_offset, bool bidirectional,
+                      int64_t max_distance, at::Tensor& out) {
+  detail::check_t5_bias("t5_bias", table, q_len, k_len, bidirectional, max_distance);
+  detail::check_offsets("t5_bias", q_offset, k_offset);
+  detail::check_bias_out("t5_bias", out, table.sym_size(1), q_len, k_len, table, "table");
+}
+
 at::Tensor t5_bias_backward_meta(const at::Tensor& grad, const at::Tensor& table,
                                  c10::SymInt q_len, c10::SymInt k_len, c10::SymInt q_offset,
                                  c10::SymInt k_offset, bool bidirectional, int64_t max_distance) {
@@ -35,5 +43,6 @@ at::Tensor t5_bias_backward_meta(const at::Tensor& grad, const at::Tensor& table
 TORCH_LIBRARY_IMPL(posenc, Meta, m) {
   m.impl("t5_relative_bucket", &posenc::t5_relative_bucket_meta);
   m.impl("t5_bias", &posenc::t5_bias_meta);
+  m.impl("t5_bias.out", &posenc::t5_bias_out_meta);
   m.impl("t5_bias_backward", &posenc::t5_bias_backward_meta);
 }
