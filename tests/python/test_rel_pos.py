@@ -352,3 +352,90 @@ def test_bad_inputs_raise_under_fake_tensors():
         q, e = torch.randn(1, 2, 3, 4), torch.randn(2, 6, 4)
         with pytest.raises(RuntimeError, match=r"posenc\.rel_pos_scores: argument 'rel_emb' must have an odd"):
             torch.ops.posenc.rel_pos_scores(q, e, 0, 0, 3)
+
+
+# The CPU kernel works in tiles of 64 queries and blocks of 512 keys (csrc/ops/cpu/
+# rel_pos_kernel.cpp): lengths on both sides of those edges, several key blocks, and offsets
+# that put the diagonal, or the clipping edges, inside or outside a tile.
+# (B, H, Lq, D, R, q_offset, k_offset, k_len, max_distance)
+TILE_SHAPES = [
+    (2, 2, 1, 5, 3, 0, 0, 1, None),
+    (1, 2, 63, 5, 125, 0, 0, 63, None),
+    (1, 2, 64, 5, 127, 6, 0, 70, None),
+    (2, 1, 65, 7, 129, 0, 0, 65, 10),
+    (1, 2, 130, 5, 1199, 470, 0, 600, None),  # two key blocks, diagonal in the second
+    (1, 1, 130, 5, 2061, 0, 900, 1030, None),  # every key after every query
+    (1, 2, 65, 5, 301, 1000, 0, 700, 150),  # far past: most keys clipped to c + M
+    (1, 2, 64, 6, 17, 300, 0, 520, 8),  # small M: a few unclipped keys per row
+    (1, 2, 130, 5, 257, -100, 0, 200, 128),  # keys before and after, Shaw M = 128
+    (1, 1, 63, 4, 2001, 250, 0, 600, 3),  # M far below c
+    (2, 1, 65, 3, 5, 3, 0, 530, 0),  # M = 0 across key blocks
+    (1, 1, 130, 4, 2301, 1100, 0, 1150, None),  # k_len > 2 blocks, diagonal past the first
+]
+
+
+def grads(fn, q, e, g):
+    q, e = q.detach().clone().requires_grad_(), e.detach().clone().requires_grad_()
+    out = fn(q, e)
+    return (out, *torch.autograd.grad(out, (q, e), g))
+
+
+@pytest.mark.parametrize("shape", TILE_SHAPES)
+def test_tile_edges_forward_backward_match_reference(shape):
+    b, h, q_len, d, r, q_off, k_off, k_len, m = shape
+    q, e = make(b, h, q_len, d, r)
+    g = torch.randn(b, h, q_len, k_len, dtype=torch.float64)
+    args = (q_off, k_off, k_len, m)
+    got = grads(lambda q, e: ops.rel_pos_scores(q, e, *args), q, e, g)
+    want = grads(lambda q, e: ref_scores(q, e, *args), q, e, g)
+    for name, a, w in zip(("out", "grad_q", "grad_rel_emb"), got, want):
+        torch.testing.assert_close(a, w, msg=lambda s: f"{name}: {s}")
+    # fp32: the forward within the tolerance of the small shapes above; the gradients sum up
+    # to k_len (grad_q) or B * Lq (grad_rel_emb) products, so their tolerance scales with size
+    got32 = grads(lambda q, e: ops.rel_pos_scores(q, e, *args), q.float(), e.float(), g.float())
+    for name, a, w in zip(("out", "grad_q", "grad_rel_emb"), got32, want):
+        atol = 1e-5 if name == "out" else 1e-5 * max(1.0, w.abs().max().item() / 4)
+        torch.testing.assert_close(a.double(), w, rtol=1e-5, atol=atol, msg=lambda s: f"{name}: {s}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [TILE_SHAPES[3], TILE_SHAPES[4], TILE_SHAPES[8], TILE_SHAPES[10]])
+def test_tile_edges_low_precision_match_reference(dtype, shape):
+    # fp32 math on the rounded inputs: within the dtype's tolerance of the fp64 reference
+    b, h, q_len, d, r, q_off, k_off, k_len, m = shape
+    q, e = (t.to(dtype) for t in make(b, h, q_len, d, r))
+    g = torch.randn(b, h, q_len, k_len, dtype=torch.float64).to(dtype)
+    args = (q_off, k_off, k_len, m)
+    got = grads(lambda q, e: ops.rel_pos_scores(q, e, *args), q, e, g)
+    want = grads(lambda q, e: ref_scores(q, e, *args), q.double(), e.double(), g.double())
+    for name, a, w in zip(("out", "grad_q", "grad_rel_emb"), got, want):
+        assert a.dtype == dtype, name
+        # grad_rel_emb sums up to B * Lq products: scale the tolerance by the values' size
+        scale = max(1.0, w.abs().max().item() / 8) if name == "grad_rel_emb" else 1.0
+        tol = {k: v * scale for k, v in TOL[dtype].items()}
+        torch.testing.assert_close(a.double(), w, **tol, msg=lambda s: f"{name}: {s}")
+
+
+def with_threads(n, fn):
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(n)
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [TILE_SHAPES[4], TILE_SHAPES[8], TILE_SHAPES[11]])
+def test_forward_backward_bit_identical_across_thread_counts(dtype, shape):
+    b, h, q_len, d, r, q_off, k_off, k_len, m = shape
+    q, e = (t.to(dtype) for t in make(b, h, q_len, d, r))
+    g = torch.randn(b, h, q_len, k_len).to(dtype)
+    args = (q_off, k_off, k_len, m)
+
+    def run():
+        return (ops.rel_pos_scores(q, e, *args), *torch.ops.posenc.rel_pos_scores_backward(g, q, e, *args))
+
+    one, two, again = with_threads(1, run), with_threads(2, run), with_threads(2, run)
+    for a, b_, c in zip(one, two, again):
+        assert torch.equal(a, b_) and torch.equal(b_, c)

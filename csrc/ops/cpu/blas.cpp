@@ -13,6 +13,9 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b,
             const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+// MKL's thread-local thread count, C interface (returns the previous one; 0 means "the global
+// setting"). The lower-case mkl_set_num_threads_local is the Fortran one, taking int*.
+int MKL_Set_Num_Threads_Local(int nt) __attribute__((weak));
 }
 
 namespace posenc {
@@ -73,6 +76,14 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const
 }
 
 bool gemm_uses_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+SequentialBlas::SequentialBlas() {
+  if (MKL_Set_Num_Threads_Local != nullptr) previous_ = MKL_Set_Num_Threads_Local(1);
+}
+
+SequentialBlas::~SequentialBlas() {
+  if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous_);
+}
 
 }  // namespace cpu
 }  // namespace posenc

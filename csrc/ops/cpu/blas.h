@@ -23,5 +23,20 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double al
 // Whether gemm reaches a BLAS library (false: the at::mm_out fallback).
 bool gemm_uses_blas();
 
+// Keeps gemm on the calling thread while alive (MKL: MKL_Set_Num_Threads_Local(1); a no-op
+// for other BLAS). at::parallel_for runs a lone task inline, outside any parallel region,
+// where MKL may split one GEMM over threads and so change its rounding with the thread
+// count; kernels that promise thread-count-independent results hold one per task chunk.
+class SequentialBlas {
+ public:
+  SequentialBlas();
+  ~SequentialBlas();
+  SequentialBlas(const SequentialBlas&) = delete;
+  SequentialBlas& operator=(const SequentialBlas&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
 }  // namespace cpu
 }  // namespace posenc
