@@ -203,11 +203,14 @@ def test_scaled_model_uses_the_scaling_and_dynamic_is_plain_up_to_L():
     model = extrapolate.ByteLM("rope", L, 16, 2, 2).eval()
     x = torch.randint(0, 256, (2, 4 * L))
     with torch.no_grad():
-        plain_short, plain_long = model(x[:, :L]), model(x)
+        # Compared at equal shapes: a shorter pass need not equal the longer one's prefix to
+        # the bit (BLAS/SDPA kernels may block a 4-row problem differently from an 8-row one).
+        plain_half, plain_short, plain_long = model(x[:, : L // 2]), model(x[:, :L]), model(x)
+        torch.testing.assert_close(plain_half, plain_short[:, : L // 2])  # causal: same prefix
         for kind in extrapolate.SCALINGS:
             model.rope_scaling = extrapolate.RopeScaling(kind, 8, L)
             assert torch.equal(model(x[:, :L]), plain_short), kind
-            assert torch.equal(model(x[:, : L // 2]), plain_short[:, : L // 2]), kind
+            assert torch.equal(model(x[:, : L // 2]), plain_half), kind
             scaled = model(x)
             assert not torch.allclose(scaled, plain_long, atol=1e-4), kind
             # Causal: the first L positions of a longer dynamic pass see the longer length's base.
