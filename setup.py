@@ -4,12 +4,18 @@ setup.py only drives CMake: the same build directory serves `pip install` and ct
 tests exercise the very binaries that `import posenc` loads. Build against the torch that is
 already installed: `pip install --no-build-isolation .` (or `-e .`).
 
+The package carries what a C++ project needs to link the installed posenc: the public headers
+(posenc/include), libposenc.so and a CMake package config (posenc/share/cmake/posenc, found
+through posenc.cmake_prefix_path).
+
 Environment:
   POSENC_BUILD_DIR     CMake build directory (default: build/cmake)
   POSENC_WITH_CUDA     0 to skip the CUDA kernels even with a CUDA torch and nvcc
-  POSENC_BUILD_TESTS   0 to skip the GoogleTest suite
+  POSENC_BUILD_TESTS   1 to also build the GoogleTest suite (needs GoogleTest; default 0)
   TORCH_CUDA_ARCH_LIST CUDA architectures (default 9.0)
   MAX_JOBS             parallel compile jobs
+  CCACHE_BASEDIR       ccache base directory (default: this checkout, so that every clone or
+                       unpacked sdist hits the same cache entries)
 """
 import os
 import shutil
@@ -43,9 +49,13 @@ class CMakeBuild(build_ext):
             f"-DPython3_EXECUTABLE={sys.executable}",
             f"-DCMAKE_BUILD_TYPE={os.environ.get('CMAKE_BUILD_TYPE', 'Release')}",
             f"-DPOSENC_WITH_CUDA={flag('POSENC_WITH_CUDA')}",
-            f"-DPOSENC_BUILD_TESTS={flag('POSENC_BUILD_TESTS')}",
+            f"-DPOSENC_BUILD_TESTS={flag('POSENC_BUILD_TESTS', '0')}",
             "-DPOSENC_BUILD_PYTHON=ON",
+            "-DPOSENC_WHEEL_LAYOUT=ON",
         ]
+        env = dict(os.environ)
+        env.setdefault("CCACHE_BASEDIR", str(ROOT))
+        env.setdefault("CCACHE_NOHASHDIR", "true")
         # Editable installs (pip install -e .) import from python/posenc: put the libraries
         # there, and let every later `cmake --build` (scripts/test.sh) refresh them.
         pkg_dir = ROOT / "python" / "posenc"
@@ -53,15 +63,17 @@ class CMakeBuild(build_ext):
         args.append(f"-DPOSENC_PYTHON_PACKAGE_DIR={pkg_dir if editable else ''}")
         if shutil.which("ninja"):
             args += ["-G", "Ninja"]
-        subprocess.check_call(args)
+        subprocess.check_call(args, env=env)
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
-        subprocess.check_call(["cmake", "--build", str(build_dir), "--parallel", jobs])
+        subprocess.check_call(["cmake", "--build", str(build_dir), "--parallel", jobs], env=env)
 
         targets = {out_dir, pkg_dir} if editable else {out_dir}
-        for pattern in ("libposenc.so", "_C*.so"):
-            for lib in build_dir.glob(pattern):
-                for target in targets:
-                    shutil.copy2(lib, target / lib.name)
+        for target in targets:
+            # libposenc.so (install RPATH), include/ and share/cmake/posenc.
+            subprocess.check_call(["cmake", "--install", str(build_dir), "--prefix", str(target)],
+                                  env=env, stdout=subprocess.DEVNULL)
+            for lib in build_dir.glob("_C*.so"):
+                shutil.copy2(lib, target / lib.name)
 
 
 setup(

@@ -9,6 +9,7 @@ GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 cmake -S . -B "$BUILD_DIR" "${GEN[@]}" -DPython3_EXECUTABLE="$PY" \
   -DCMAKE_BUILD_TYPE="${CMAKE_BUILD_TYPE:-Release}" \
-  -DPOSENC_WITH_CUDA="${POSENC_WITH_CUDA:-ON}" \
+  -DPOSENC_WITH_CUDA="${POSENC_WITH_CUDA:-ON}" -DPOSENC_BUILD_TESTS="${POSENC_BUILD_TESTS:-ON}" \
+  -DPOSENC_WHEEL_LAYOUT=ON \
   -DPOSENC_PYTHON_PACKAGE_DIR="$PWD/python/posenc" >/dev/null
 cmake --build "$BUILD_DIR" --parallel "${MAX_JOBS:-$(nproc)}"

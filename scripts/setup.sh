@@ -26,8 +26,10 @@ fi
 source .venv/bin/activate
 python -m pip install -q --upgrade pip setuptools wheel
 python -m pip install -q "${TORCH_SPEC:-torch==2.14.1}" "cmake>=3.30,<4"
-python -m pip install -q pytest hypothesis expecttest numpy tqdm matplotlib "transformers>=5"
+python -m pip install -q pytest hypothesis expecttest numpy tqdm matplotlib "transformers>=5" build
 
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
-MAX_JOBS=${MAX_JOBS:-$(nproc)} python -m pip install -q --no-build-isolation -e .
+# Developer install: editable, with the GoogleTest suite (a plain user install skips it).
+POSENC_BUILD_TESTS=${POSENC_BUILD_TESTS:-1} MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+  python -m pip install -q --no-build-isolation -e .
 python -c "import posenc, torch; print('posenc', posenc.__version__, 'with torch', torch.__version__)"

@@ -35,6 +35,12 @@ def _check_cuda_version() -> None:
 
 _check_cuda_version()
 
+#: Folder to add to ``CMAKE_PREFIX_PATH`` so that a C++ project's ``find_package(posenc)`` finds
+#: this installed package (headers, ``libposenc.so``, ``posencConfig.cmake``), as
+#: ``torch.utils.cmake_prefix_path`` does for torch. Pass both:
+#: ``-DCMAKE_PREFIX_PATH="$(python -c 'import torch, posenc; print(torch.utils.cmake_prefix_path + ";" + posenc.cmake_prefix_path)')"``.
+cmake_prefix_path: str = str(_here / "share" / "cmake")
+
 from . import ops  # noqa: E402
 from . import nn  # noqa: E402
 from . import cpp  # noqa: E402
@@ -55,4 +61,5 @@ __all__ = [
     "context_parallel",
     "RopeKVCache",
     "__version__",
+    "cmake_prefix_path",
 ]

@@ -2,9 +2,9 @@
 in the standalone examples/cpp program (find_package(posenc), torch::jit::load) and gives
 Python's outputs.
 
-The example binary comes from $POSENC_EXAMPLE_BIN; without it, this test installs the build in
-$POSENC_BUILD_DIR (default build/cmake) into a temporary prefix and builds examples/cpp
-against it with scripts/build_example.sh. It never skips: a missing build is a failure.
+The example binary comes from $POSENC_EXAMPLE_BIN; without it, this test builds examples/cpp
+against the installed posenc package (posenc.cmake_prefix_path, as a C++ user does after
+`pip install`) with scripts/build_example.sh. It never skips: a missing build is a failure.
 """
 import os
 import subprocess
@@ -45,32 +45,33 @@ def example_bin(tmp_path_factory):
         assert path.is_file() and os.access(path, os.X_OK), f"POSENC_EXAMPLE_BIN={given} is not an executable"
         return path
     tmp = tmp_path_factory.mktemp("posenc_example")
-    build_dir = Path(os.environ.get("POSENC_BUILD_DIR", ROOT / "build" / "cmake"))
-    if not build_dir.is_absolute():
-        build_dir = ROOT / build_dir
+    # What find_package users need ships inside the package itself.
+    package = Path(posenc.__file__).resolve().parent
+    assert (package / "include" / "posenc" / "nn" / "rotary.h").is_file()
+    assert (Path(posenc.cmake_prefix_path) / "posenc" / "posencConfig.cmake").is_file()
+    assert list(package.glob("libposenc.so"))
     env = dict(
         os.environ,
-        POSENC_BUILD_DIR=str(build_dir),
-        POSENC_INSTALL_PREFIX=str(tmp / "install"),
         POSENC_EXAMPLE_BUILD_DIR=str(tmp / "build"),
         PYTHON=sys.executable,
         # Temporary paths differ per run; let ccache hash them relative to the temp root.
         CCACHE_BASEDIR=str(tmp),
     )
+    env.pop("POSENC_PREFIX", None)
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "build_example.sh")],
         cwd=ROOT, env=env, capture_output=True, text=True,
     )
     assert proc.returncode == 0, (
-        f"building examples/cpp failed (rc {proc.returncode}); build posenc first "
-        f"(scripts/build.sh) or set POSENC_EXAMPLE_BIN\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        f"building examples/cpp against the installed package failed (rc {proc.returncode}); "
+        f"install posenc first (pip install --no-build-isolation .) or set POSENC_EXAMPLE_BIN"
+        f"\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     )
     path = Path(proc.stdout.strip().splitlines()[-1])
     assert path.is_file(), proc.stdout
-    # The installed package holds what find_package users need.
-    prefix = tmp / "install"
-    assert (prefix / "include" / "posenc" / "nn" / "rotary.h").is_file()
-    assert list(prefix.glob("lib*/cmake/posenc/posencConfig.cmake"))
+    # Built against the package: its CMake cache names the package's config folder.
+    cache = (tmp / "build" / "CMakeCache.txt").read_text()
+    assert f"posenc_DIR:PATH={Path(posenc.cmake_prefix_path) / 'posenc'}" in cache, cache[:2000]
     return path
 
 
