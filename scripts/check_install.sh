@@ -61,7 +61,8 @@ step "examples/cpp against the installed wheel, running a scripted model"
 EXAMPLE_BIN=$(cd "$WORK/clone" && PYTHON=$(command -v python) POSENC_EXAMPLE_BUILD_DIR="$WORK/example" \
   bash scripts/build_example.sh | tail -n 1)
 grep -q "posenc_DIR:PATH=$WORK/venv/.*/site-packages/posenc/share/cmake/posenc" "$WORK/example/CMakeCache.txt"
-(cd "$WORK" && python - "$EXAMPLE_BIN" <<'PY'
+# torch.jit.script reads the module's source: from a file, not stdin.
+cat > "$WORK/run_example.py" <<'PY'
 import subprocess, sys, torch, posenc
 
 class Model(torch.nn.Module):
@@ -92,6 +93,6 @@ for g, w in zip(got, want):
     torch.testing.assert_close(g, w, rtol=0, atol=0)
 print("examples/cpp against the installed wheel: outputs equal eager")
 PY
-)
+(cd "$WORK" && python run_example.py "$EXAMPLE_BIN")
 if [ -z "${POSENC_CHECK_DIR:-}" ]; then rm -rf "$WORK"; fi
 step "ok"
