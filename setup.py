@@ -67,7 +67,8 @@ class CMakeBuild(build_ext):
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         subprocess.check_call(["cmake", "--build", str(build_dir), "--parallel", jobs], env=env)
 
-        targets = {out_dir, pkg_dir} if editable else {out_dir}
+        # Editable: the build's posenc_python_package target has already installed into pkg_dir.
+        targets = {out_dir} - {pkg_dir} if editable else {out_dir}
         for target in targets:
             # libposenc.so (install RPATH), include/ and share/cmake/posenc.
             subprocess.check_call(["cmake", "--install", str(build_dir), "--prefix", str(target)],
