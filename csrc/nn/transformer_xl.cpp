@@ -69,14 +69,16 @@ static torch::Tensor projected_rel_emb(TransformerXLRelativeScoreImpl& m, int64_
   return m.r_proj->forward(table).view({r, h, d}).permute({1, 0, 2}).to(dtype);
 }
 
-torch::Tensor TransformerXLRelativeScoreImpl::forward(const torch::Tensor& q, int64_t mem_len) {
+torch::Tensor TransformerXLRelativeScoreImpl::forward(const torch::Tensor& q, int64_t mem_len,
+                                                      bool causal) {
   check_q(q, options);
   POSENC_CHECK_INPUT(mem_len >= 0, kName, "mem_len", "must be >= 0", mem_len);
   const int64_t k_len = mem_len + q.size(2);
   auto qv = q + v.view({1, options.num_heads(), 1, options.head_dim()});
   // The op wants one dtype: follow q + v's (type promotion of the input and the parameters).
   auto rel_emb = projected_rel_emb(*this, k_len, qv.scalar_type(), q.device());
-  return ops::rel_pos_scores(qv, rel_emb, /*q_offset=*/mem_len, /*k_offset=*/0, k_len);
+  return ops::rel_pos_scores(qv, rel_emb, /*q_offset=*/mem_len, /*k_offset=*/0, k_len,
+                             /*max_distance=*/std::nullopt, causal);
 }
 
 torch::Tensor TransformerXLRelativeScoreImpl::attention(

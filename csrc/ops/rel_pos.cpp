@@ -9,13 +9,14 @@ namespace ops {
 
 at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_t q_offset,
                           int64_t k_offset, std::optional<int64_t> k_len,
-                          std::optional<int64_t> max_distance) {
+                          std::optional<int64_t> max_distance, bool causal) {
   if (!k_len.has_value()) {
     // q's rank is checked before q.size(-2) is read for the default k_len.
     detail::check_dim("rel_pos_scores", "q", q, 4, "(batch, heads, q_len, head_dim)");
   }
   const int64_t kl = k_len.has_value() ? *k_len : q_offset + q.size(2) - k_offset;
-  return detail::rel_pos_scores_op().call(q, rel_emb, q_offset, k_offset, kl, max_distance);
+  return detail::rel_pos_scores_op().call(q, rel_emb, q_offset, k_offset, kl, max_distance,
+                                           causal);
 }
 
 }  // namespace ops
@@ -24,8 +25,8 @@ at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_
 TORCH_LIBRARY_FRAGMENT(posenc, m) {
   m.def(
       "rel_pos_scores(Tensor q, Tensor rel_emb, SymInt q_offset, SymInt k_offset, SymInt k_len, "
-      "int? max_distance=None) -> Tensor");
+      "int? max_distance=None, bool causal=False) -> Tensor");
   m.def(
       "rel_pos_scores_backward(Tensor grad, Tensor q, Tensor rel_emb, SymInt q_offset, "
-      "SymInt k_offset, SymInt k_len, int? max_distance) -> (Tensor, Tensor)");
+      "SymInt k_offset, SymInt k_len, int? max_distance, bool causal=False) -> (Tensor, Tensor)");
 }

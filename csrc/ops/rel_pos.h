@@ -18,7 +18,8 @@ inline auto& rel_pos_scores_op() {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("posenc::rel_pos_scores", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt,
-                                         c10::SymInt, c10::SymInt, std::optional<int64_t>)>();
+                                         c10::SymInt, c10::SymInt, std::optional<int64_t>,
+                                         bool)>();
   return op;
 }
 
@@ -28,7 +29,7 @@ inline auto& rel_pos_scores_backward_op() {
           .findSchemaOrThrow("posenc::rel_pos_scores_backward", "")
           .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                     const at::Tensor&, c10::SymInt, c10::SymInt,
-                                                    c10::SymInt, std::optional<int64_t>)>();
+                                                    c10::SymInt, std::optional<int64_t>, bool)>();
   return op;
 }
 
@@ -108,6 +109,13 @@ struct RelPosSpan {
 // Host and device (the CUDA kernels share it), hence no std::clamp.
 C10_HOST_DEVICE inline int64_t rel_pos_clamp(int64_t v, int64_t lo, int64_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// Keys [0, visible) of query row d0 are scored: every key without `causal`, else the keys
+// with k_pos <= q_pos (j <= d0); the rest are masked (written as 0, not read).
+C10_HOST_DEVICE inline int64_t rel_pos_visible(int64_t d0, int64_t k_len, bool causal) {
+  if (!causal) return k_len;
+  return d0 < 0 ? 0 : (d0 >= k_len ? k_len : d0 + 1);
 }
 
 C10_HOST_DEVICE inline RelPosSpan rel_pos_span(int64_t d0, int64_t k_len, int64_t max_distance) {

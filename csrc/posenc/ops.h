@@ -114,12 +114,15 @@ at::Tensor& kerple_bias_out(at::Tensor& out, const at::Tensor& r1, const at::Ten
 /// (keys end with the last query); offsets may be any int64. Computed directly: no (Lq x R)
 /// product, no shift. q and rel_emb share dtype (fp32, fp64, fp16/bf16 with fp32 math) and
 /// device, any strides; the result is contiguous in q's dtype. Differentiable in q and
-/// rel_emb (deterministic). Throws c10::Error naming the argument for wrong rank/dtype/device,
-/// mismatched heads or head_dim, even R, max_distance outside [0, c], k_len < 0, or an
-/// output whose size in bytes overflows int64.
+/// rel_emb (deterministic). causal: keys after the query (k_pos > q_pos) are neither
+/// computed nor read and are written as 0 (a causal mask removes them anyway); about half
+/// the work for Transformer-XL's causal attention, and their gradient is 0. Throws c10::Error
+/// naming the argument for wrong rank/dtype/device, mismatched heads or head_dim, even R,
+/// max_distance outside [0, c], k_len < 0, or an output whose size in bytes overflows int64.
 at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_t q_offset = 0,
                           int64_t k_offset = 0, std::optional<int64_t> k_len = std::nullopt,
-                          std::optional<int64_t> max_distance = std::nullopt);
+                          std::optional<int64_t> max_distance = std::nullopt,
+                          bool causal = false);
 
 /// RoPE inverse frequencies base^(-2i/dim), i < dim/2 (Su et al. 2021, eq. 15), computed in
 /// fp64, returned as (dim/2,) in dtype: at::kFloat (reference precision, the default) or

@@ -195,7 +195,8 @@ void init_nn(py::module& m) {
             }),
             py::arg("d_model"), py::arg("num_heads"), py::arg("head_dim"),
             py::arg("base") = 10000.0);
-    bind_forward(cls, &Impl::forward, py::arg("q"), py::arg("mem_len") = 0);
+    bind_forward(cls, &Impl::forward, py::arg("q"), py::arg("mem_len") = 0,
+                 py::arg("causal") = false);
     cls.def("content_query", &Impl::content_query, py::arg("q"));
     cls.def("attention", &Impl::attention, py::arg("q"), py::arg("k"), py::arg("v"),
             py::arg("mem_len") = 0, py::arg("key_padding_mask") = py::none(),

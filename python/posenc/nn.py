@@ -437,13 +437,13 @@ class RotaryEmbedding(nn.Module):
         # Negative offsets/positions are valid for the op; they hold no length, so clamp at 0
         # (else frequencies() would reject a 'seq_len' the caller never passed).
         if self.layout == "thd":
-            if cu_seqlens is None or cu_seqlens.dim() != 1 or cu_seqlens.dtype != torch.int64:
+            if cu_seqlens is None or cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int64, torch.int32):
                 return max(offset, 0)
             if cu_seqlens.numel() < 2:
                 return max(offset, 0)
             return max(offset + int((cu_seqlens[1:] - cu_seqlens[:-1]).max()), 0)
         if positions is not None:
-            if positions.dtype != torch.int64 or positions.numel() == 0:
+            if positions.dtype not in (torch.int64, torch.int32) or positions.numel() == 0:
                 return max(offset, 0)
             return max(offset + int(positions.max()) + 1, 0)
         sdim = 2 if self.layout == "bhsd" else 1
@@ -757,14 +757,16 @@ class KERPLEBias(nn.Module):
 class TransformerXLRelativeScore(nn.Module):
     """Position terms of Transformer-XL attention (Dai et al. 2019, §3.3).
 
-    With ``A_ij = (a) + (b) + (c) + (d)``, ``forward(q, mem_len=0)`` gives ``(b) + (d)``:
+    With ``A_ij = (a) + (b) + (c) + (d)``, ``forward(q, mem_len=0, causal=False)`` gives ``(b) + (d)``:
     ``out[b, h, i, j] = (q_i + v_h) · W_R R_{(mem_len + i) - j}`` for keys over
     ``[memory; segment]``, shape ``(B, H, Lq, mem_len + Lq)`` for ``q`` of shape
     ``(B, H, Lq, head_dim)``. ``R`` is :func:`posenc.ops.sinusoidal_table` (interleaved,
     ``d_model`` wide) at distances ``-c .. c`` with ``c = mem_len + Lq - 1``, projected by
     ``r_proj`` (``nn.Linear(d_model, H * head_dim, bias=False)``, ``W_R``), and the scores
     come from :func:`posenc.ops.rel_pos_scores` — exact for both signs of the distance, no
-    pad-and-shift (case C14). ``content_query(q) = q + u`` is the query for ``(a) + (c)``.
+    pad-and-shift (case C14). ``causal=True`` writes 0 for the keys after each query without
+    computing them (half the work for a causal language model; the causal mask removes them).
+    ``content_query(q) = q + u`` is the query for ``(a) + (c)``.
 
     Parameters: ``r_proj.weight`` ``(H * head_dim, d_model)``, ``u``, ``v`` ``(H, head_dim)``
     (N(0, 0.02)).
@@ -812,7 +814,7 @@ class TransformerXLRelativeScore(nn.Module):
                 f"(float16, bfloat16, float32 or float64), but got dtype {q.dtype}"
             )
 
-    def forward(self, q: Tensor, mem_len: int = 0) -> Tensor:
+    def forward(self, q: Tensor, mem_len: int = 0, causal: bool = False) -> Tensor:
         self._check_q(q)
         if mem_len < 0:
             raise RuntimeError(
@@ -822,7 +824,7 @@ class TransformerXLRelativeScore(nn.Module):
         qv = q + self.v.view(1, self.num_heads, 1, self.head_dim)
         # The op wants one dtype: follow q + v's (type promotion of input and parameters).
         rel_emb = self._rel_emb(k_len, qv.dtype, q.device)
-        return ops.rel_pos_scores(qv, rel_emb, mem_len, 0, k_len)
+        return ops.rel_pos_scores(qv, rel_emb, mem_len, 0, k_len, None, causal)
 
     def _rel_emb(self, k_len: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         # W_R R as (H, 2c + 1, D): distances q_pos - k_pos span [-(Lq - 1), k_len - 1] with

@@ -235,6 +235,7 @@ def rel_pos_scores(
     k_offset: int = 0,
     k_len: Optional[int] = None,
     max_distance: Optional[int] = None,
+    causal: bool = False,
 ) -> Tensor:
     """Relative position scores ``q · R[dist(i, j)]``, ``(B, H, Lq, k_len)``.
 
@@ -248,14 +249,16 @@ def rel_pos_scores(
     Offsets may be any int64 (negative too). ``q`` and ``rel_emb`` share a dtype (float32,
     float64, or float16/bfloat16 with float32 accumulation) and a device; any strides.
     Returns a fresh contiguous tensor of ``q``'s dtype. Gradients flow to ``q`` and
-    ``rel_emb`` (deterministic). Raises ``RuntimeError`` naming the argument for a wrong
+    ``rel_emb`` (deterministic). ``causal=True``: keys after the query (``k_pos > q_pos``)
+    are neither computed nor read and are written as 0 (the causal mask removes them); about
+    half the work for causal Transformer-XL, and those entries pass no gradient. Raises ``RuntimeError`` naming the argument for a wrong
     rank, dtype or device, mismatched heads or head_dim, even ``R``, ``max_distance``
     outside ``[0, c]``, ``k_len < 0``, or an output whose size in bytes overflows int64.
     """
     if k_len is None:
         # a q of the wrong rank gets the op's own error, not an IndexError here
         k_len = q_offset + (q.size(-2) if q.dim() >= 2 else 0) - k_offset
-    return torch.ops.posenc.rel_pos_scores(q, rel_emb, q_offset, k_offset, k_len, max_distance)
+    return torch.ops.posenc.rel_pos_scores(q, rel_emb, q_offset, k_offset, k_len, max_distance, causal)
 
 
 def rope_inv_freq(

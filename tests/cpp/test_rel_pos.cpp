@@ -105,6 +105,29 @@ TEST(RelPos, AutogradMatchesReferenceGradient) {
   }
 }
 
+TEST(RelPos, CausalZeroesFutureKeysAndMatchesReference) {
+  // Keys after the query are written as 0 and pass no gradient; the rest equal the reference.
+  torch::manual_seed(3);
+  for (const auto& c : kCases) {
+    auto q = torch::randn({c.b, c.h, c.lq, c.d}, torch::kDouble).requires_grad_();
+    auto e = torch::randn({c.h, c.r, c.d}, torch::kDouble).requires_grad_();
+    auto g = torch::randn({c.b, c.h, c.lq, c.k_len}, torch::kDouble);
+    auto got = posenc::ops::rel_pos_scores(q, e, c.q_offset, c.k_offset, c.k_len, c.m, true);
+    (got * g).sum().backward();
+    auto opts = torch::TensorOptions().dtype(torch::kLong);
+    auto qp = torch::arange(c.lq, opts) + c.q_offset;
+    auto kp = torch::arange(c.k_len, opts) + c.k_offset;
+    auto fut = kp.unsqueeze(0) > qp.unsqueeze(1);
+    auto q2 = q.detach().clone().requires_grad_();
+    auto e2 = e.detach().clone().requires_grad_();
+    auto want = ref_scores(q2, e2, c.q_offset, c.k_offset, c.k_len, c.m).masked_fill(fut, 0.0);
+    (want * g).sum().backward();
+    EXPECT_TRUE(torch::allclose(got, want, 1e-12, 1e-12)) << "lq=" << c.lq << " q_offset=" << c.q_offset;
+    EXPECT_TRUE(torch::allclose(q.grad(), q2.grad(), 1e-12, 1e-12));
+    EXPECT_TRUE(torch::allclose(e.grad(), e2.grad(), 1e-12, 1e-12));
+  }
+}
+
 TEST(RelPos, EmptyInputs) {
   auto q = torch::randn({1, 2, 0, 4}).requires_grad_();
   auto e = torch::randn({2, 5, 4}).requires_grad_();

@@ -228,3 +228,19 @@ def test_opcheck_backward(args, kwargs):
     g = torch.randn(*q.shape[:3], k_len, dtype=q.dtype, device=q.device)
     bargs = (g, q.detach(), e.detach(), q_off, k_off, k_len, kwargs.get("max_distance"))
     torch.library.opcheck(torch.ops.posenc.rel_pos_scores_backward.default, bargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_causal_matches_cpu(shape, dtype):
+    # causal=True: keys after the query are 0 and pass no gradient, as on the CPU
+    b, h, q_len, d, r, q_off, k_off, k_len, m = shape
+    q, e = (t.to(dtype) for t in make(b, h, q_len, d, r))
+    g = torch.randn(b, h, q_len, k_len, dtype=F64).to(dtype)
+    args = (q_off, k_off, k_len, m, True)
+    got = grads_on(DEV, q, e, g, args)
+    want = grads_on("cpu", q, e, g, args)
+    for name, a, w in zip(("out", "grad_q", "grad_rel_emb"), got, want):
+        scale = max(1.0, w.abs().max().item() / 8) if name == "grad_rel_emb" else 1.0
+        t = {k_: v_ * scale for k_, v_ in tol(dtype).items()}
+        torch.testing.assert_close(a.cpu(), w, **t, msg=lambda s: f"{name}: {s}")

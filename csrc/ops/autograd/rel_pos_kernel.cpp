@@ -14,14 +14,16 @@ class RelPosScoresFunction : public torch::autograd::Function<RelPosScoresFuncti
  public:
   static Variable forward(AutogradContext* ctx, const Variable& q, const Variable& rel_emb,
                           c10::SymInt q_offset, c10::SymInt k_offset, c10::SymInt k_len,
-                          std::optional<int64_t> max_distance) {
+                          std::optional<int64_t> max_distance, bool causal) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({q, rel_emb});
     ctx->saved_data["q_offset"] = q_offset;
     ctx->saved_data["k_offset"] = k_offset;
     ctx->saved_data["k_len"] = k_len;
     ctx->saved_data["max_distance"] = max_distance;
-    return detail::rel_pos_scores_op().call(q, rel_emb, q_offset, k_offset, k_len, max_distance);
+    ctx->saved_data["causal"] = causal;
+    return detail::rel_pos_scores_op().call(q, rel_emb, q_offset, k_offset, k_len, max_distance,
+                                            causal);
   }
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
@@ -30,16 +32,17 @@ class RelPosScoresFunction : public torch::autograd::Function<RelPosScoresFuncti
     auto [grad_q, grad_emb] = detail::rel_pos_scores_backward_op().call(
         grad_outputs[0], saved[0], saved[1], ctx->saved_data["q_offset"].toSymInt(),
         ctx->saved_data["k_offset"].toSymInt(), ctx->saved_data["k_len"].toSymInt(),
-        md.isNone() ? std::nullopt : std::optional<int64_t>(md.toInt()));
-    return {grad_q, grad_emb, Variable(), Variable(), Variable(), Variable()};
+        md.isNone() ? std::nullopt : std::optional<int64_t>(md.toInt()),
+        ctx->saved_data["causal"].toBool());
+    return {grad_q, grad_emb, Variable(), Variable(), Variable(), Variable(), Variable()};
   }
 };
 
 at::Tensor rel_pos_scores_autograd(const at::Tensor& q, const at::Tensor& rel_emb,
                                    c10::SymInt q_offset, c10::SymInt k_offset, c10::SymInt k_len,
-                                   std::optional<int64_t> max_distance) {
+                                   std::optional<int64_t> max_distance, bool causal) {
   return RelPosScoresFunction::apply(q, rel_emb, std::move(q_offset), std::move(k_offset),
-                                     std::move(k_len), max_distance);
+                                     std::move(k_len), max_distance, causal);
 }
 
 }  // namespace

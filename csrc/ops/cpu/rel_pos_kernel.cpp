@@ -105,7 +105,7 @@ struct RowKeys {
 inline RowKeys row_keys(const Geometry& G, bool causal, int64_t d0, int64_t jb, int64_t je) {
   const auto span = detail::rel_pos_span(d0, G.k_len, G.m);
   // Keys j <= d0 have k_pos <= q_pos; with M >= 0 the keys clipped to c - M all come after.
-  const int64_t visible = causal ? detail::rel_pos_clamp(d0 + 1, 0, G.k_len) : G.k_len;
+  const int64_t visible = detail::rel_pos_visible(d0, G.k_len, causal);
   const int64_t top = detail::rel_pos_clamp(span.j1, jb, je);
   const int64_t copy = detail::rel_pos_clamp(std::min(span.j2, visible), top, je);
   const int64_t bottom = detail::rel_pos_clamp(visible, copy, je);
@@ -398,15 +398,15 @@ std::tuple<at::Tensor, at::Tensor> rel_pos_scores_backward_cpu(
 
 at::Tensor rel_pos_scores_forward_kernel(const at::Tensor& q, const at::Tensor& rel_emb,
                                          int64_t q_offset, int64_t k_offset, int64_t k_len,
-                                         std::optional<int64_t> max_distance) {
-  return rel_pos_scores_cpu(q, rel_emb, q_offset, k_offset, k_len, max_distance, false);
+                                         std::optional<int64_t> max_distance, bool causal) {
+  return rel_pos_scores_cpu(q, rel_emb, q_offset, k_offset, k_len, max_distance, causal);
 }
 
 std::tuple<at::Tensor, at::Tensor> rel_pos_scores_backward_kernel(
     const at::Tensor& grad, const at::Tensor& q, const at::Tensor& rel_emb, int64_t q_offset,
-    int64_t k_offset, int64_t k_len, std::optional<int64_t> max_distance) {
+    int64_t k_offset, int64_t k_len, std::optional<int64_t> max_distance, bool causal) {
   return rel_pos_scores_backward_cpu(grad, q, rel_emb, q_offset, k_offset, k_len, max_distance,
-                                     false);
+                                     causal);
 }
 
 }  // namespace

@@ -36,10 +36,12 @@ using Geometry = detail::RelPosGeometry;
 // One block per query row (b, h, i), grid-stride. The q row is staged in shared memory (in
 // opmath) when it fits; each thread then takes keys j. Keys clipped to an edge row share one
 // dot product, computed once by the whole block; the other keys each use their own row.
+// causal: keys after the query (j >= visible) are written as 0 without reading rel_emb.
 template <typename scalar_t, bool kSharedQ>
 __global__ void rel_pos_scores_kernel(const scalar_t* __restrict__ q, Strides4 qs,
                                       const scalar_t* __restrict__ emb,
-                                      scalar_t* __restrict__ out, Geometry G, int64_t n_rows) {
+                                      scalar_t* __restrict__ out, Geometry G, int64_t n_rows,
+                                      bool causal) {
   using opmath_t = at::opmath_type<scalar_t>;
   extern __shared__ __align__(sizeof(double)) unsigned char smem_raw[];
   opmath_t* qsh = reinterpret_cast<opmath_t*>(smem_raw);
@@ -62,6 +64,7 @@ __global__ void rel_pos_scores_kernel(const scalar_t* __restrict__ q, Strides4 q
     const scalar_t* eh = emb + h * G.rows * D;
     const int64_t d0 = G.base + i;
     const auto span = detail::rel_pos_span(d0, G.k_len, G.m);
+    const int64_t visible = detail::rel_pos_visible(d0, G.k_len, causal);
     // Edge values; the conditions are the same in every thread of the block.
     opmath_t v_top = 0, v_bottom = 0;
     if (span.j1 > 0) {
@@ -70,7 +73,7 @@ __global__ void rel_pos_scores_kernel(const scalar_t* __restrict__ q, Strides4 q
       for (int64_t e = threadIdx.x; e < D; e += blockDim.x) part += qv(e) * static_cast<opmath_t>(er[e]);
       v_top = cuda::block_sum(part, scratch);
     }
-    if (span.j2 < G.k_len) {
+    if (span.j2 < visible) {
       opmath_t part = 0;
       const scalar_t* er = eh + (G.c - G.m) * D;
       for (int64_t e = threadIdx.x; e < D; e += blockDim.x) part += qv(e) * static_cast<opmath_t>(er[e]);
@@ -79,7 +82,9 @@ __global__ void rel_pos_scores_kernel(const scalar_t* __restrict__ q, Strides4 q
     scalar_t* orow = out + row * G.k_len;
     for (int64_t j = threadIdx.x; j < G.k_len; j += blockDim.x) {
       opmath_t v;
-      if (j < span.j1) {
+      if (j >= visible) {
+        v = 0;
+      } else if (j < span.j1) {
         v = v_top;
       } else if (j >= span.j2) {
         v = v_bottom;
@@ -101,7 +106,7 @@ template <typename scalar_t>
 __global__ void rel_pos_grad_q_kernel(const scalar_t* __restrict__ g, Strides4 gs,
                                       const scalar_t* __restrict__ emb,
                                       scalar_t* __restrict__ grad_q, double* __restrict__ edge_sums,
-                                      Geometry G, int64_t n_rows) {
+                                      Geometry G, int64_t n_rows, bool causal) {
   __shared__ double scratch[33];
   const int64_t D = G.dim;
   for (int64_t row = blockIdx.x; row < n_rows; row += gridDim.x) {
@@ -111,9 +116,13 @@ __global__ void rel_pos_grad_q_kernel(const scalar_t* __restrict__ g, Strides4 g
     const scalar_t* grow = g + b * gs.s0 + h * gs.s1 + i * gs.s2;
     const int64_t d0 = G.base + i;
     const auto span = detail::rel_pos_span(d0, G.k_len, G.m);
+    // Masked keys (causal) carry no gradient: with M >= 0 they all lie past j1, so only the
+    // bottom edge and the unclipped run end early.
+    const int64_t visible = detail::rel_pos_visible(d0, G.k_len, causal);
+    const int64_t j_copy = span.j2 < visible ? span.j2 : visible;
     double top = 0.0, bottom = 0.0;
     for (int64_t j = threadIdx.x; j < span.j1; j += blockDim.x) top += static_cast<double>(grow[j * gs.s3]);
-    for (int64_t j = span.j2 + threadIdx.x; j < G.k_len; j += blockDim.x) {
+    for (int64_t j = span.j2 + threadIdx.x; j < visible; j += blockDim.x) {
       bottom += static_cast<double>(grow[j * gs.s3]);
     }
     top = cuda::block_sum(top, scratch);
@@ -123,7 +132,7 @@ __global__ void rel_pos_grad_q_kernel(const scalar_t* __restrict__ g, Strides4 g
       edge_sums[2 * row + 1] = bottom;
     }
     const scalar_t* eh = emb + h * G.rows * D;
-    const bool has_top = span.j1 > 0, has_bottom = span.j2 < G.k_len;
+    const bool has_top = span.j1 > 0, has_bottom = span.j2 < visible;
     for (int64_t e = threadIdx.x; e < D; e += blockDim.x) {
       double acc = 0.0;
       if (G.m == 0) {
@@ -132,7 +141,7 @@ __global__ void rel_pos_grad_q_kernel(const scalar_t* __restrict__ g, Strides4 g
         if (has_top) acc += top * static_cast<double>(eh[(G.c + G.m) * D + e]);
         if (has_bottom) acc += bottom * static_cast<double>(eh[(G.c - G.m) * D + e]);
       }
-      for (int64_t j = span.j1; j < span.j2; ++j) {
+      for (int64_t j = span.j1; j < j_copy; ++j) {
         acc += static_cast<double>(grow[j * gs.s3]) * static_cast<double>(eh[(G.c + d0 - j) * D + e]);
       }
       grad_q[row * D + e] = static_cast<scalar_t>(acc);
@@ -151,7 +160,7 @@ __global__ void rel_pos_grad_emb_partial_kernel(const scalar_t* __restrict__ g, 
                                                 const double* __restrict__ edge_sums,
                                                 double* __restrict__ partial,
                                                 scalar_t* __restrict__ grad_emb, Geometry G,
-                                                int64_t splits, int64_t per_split) {
+                                                int64_t splits, int64_t per_split, bool causal) {
   const int64_t D = G.dim;
   const int64_t n_bi = G.batch * G.q_len;
   const int64_t units = splits * G.heads * G.rows;
@@ -160,7 +169,9 @@ __global__ void rel_pos_grad_emb_partial_kernel(const scalar_t* __restrict__ g, 
     const int64_t h = (u / G.rows) % G.heads;
     const int64_t sp = u / (G.rows * G.heads);
     const int64_t dist = r - G.c;  // the (clipped) distance that row r stands for
-    const bool used = dist >= -G.m && dist <= G.m;
+    // Causal: keys at negative distances are masked, so those rows get no gradient (the
+    // bottom edge sums of pass 1 are 0 then, and M = 0 adds only the top sums).
+    const bool used = dist >= -G.m && dist <= G.m && !(causal && dist < 0);
     const int64_t t0 = sp * per_split;
     const int64_t t1 = used ? (t0 + per_split < n_bi ? t0 + per_split : n_bi) : t0;
     for (int64_t e = threadIdx.x; e < D; e += blockDim.x) {
@@ -212,7 +223,7 @@ __global__ void rel_pos_grad_emb_final_kernel(const double* __restrict__ partial
 
 at::Tensor rel_pos_scores_cuda(const at::Tensor& q, const at::Tensor& rel_emb_in,
                                int64_t q_offset, int64_t k_offset, int64_t k_len,
-                               std::optional<int64_t> max_distance) {
+                               std::optional<int64_t> max_distance, bool causal) {
   detail::check_rel_pos_scores("rel_pos_scores", q, rel_emb_in, k_len, max_distance);
   const c10::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({q.size(0), q.size(1), q.size(2), k_len}, q.options());
@@ -229,11 +240,11 @@ at::Tensor rel_pos_scores_cuda(const at::Tensor& q, const at::Tensor& rel_emb_in
     if (q_bytes <= kMaxSharedQBytes) {
       rel_pos_scores_kernel<scalar_t, true><<<blocks, kThreads, q_bytes, stream>>>(
           q.const_data_ptr<scalar_t>(), strides4(q), rel_emb.const_data_ptr<scalar_t>(),
-          out.mutable_data_ptr<scalar_t>(), G, n_rows);
+          out.mutable_data_ptr<scalar_t>(), G, n_rows, causal);
     } else {
       rel_pos_scores_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(
           q.const_data_ptr<scalar_t>(), strides4(q), rel_emb.const_data_ptr<scalar_t>(),
-          out.mutable_data_ptr<scalar_t>(), G, n_rows);
+          out.mutable_data_ptr<scalar_t>(), G, n_rows, causal);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -242,7 +253,8 @@ at::Tensor rel_pos_scores_cuda(const at::Tensor& q, const at::Tensor& rel_emb_in
 
 std::tuple<at::Tensor, at::Tensor> rel_pos_scores_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& q, const at::Tensor& rel_emb_in,
-    int64_t q_offset, int64_t k_offset, int64_t k_len, std::optional<int64_t> max_distance) {
+    int64_t q_offset, int64_t k_offset, int64_t k_len, std::optional<int64_t> max_distance,
+    bool causal) {
   detail::check_rel_pos_scores_backward("rel_pos_scores_backward", grad_in, q, rel_emb_in, k_len,
                                         max_distance);
   const c10::cuda::CUDAGuard guard(q.device());
@@ -272,12 +284,13 @@ std::tuple<at::Tensor, at::Tensor> rel_pos_scores_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "rel_pos_scores_backward_cuda", [&] {
     rel_pos_grad_q_kernel<scalar_t><<<cuda::num_blocks(n_rows), kThreads, 0, stream>>>(
         grad.const_data_ptr<scalar_t>(), strides4(grad), rel_emb.const_data_ptr<scalar_t>(),
-        grad_q.mutable_data_ptr<scalar_t>(), edge_sums.mutable_data_ptr<double>(), G, n_rows);
+        grad_q.mutable_data_ptr<scalar_t>(), edge_sums.mutable_data_ptr<double>(), G, n_rows,
+        causal);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     rel_pos_grad_emb_partial_kernel<scalar_t><<<cuda::num_blocks(splits * hr), emb_threads, 0, stream>>>(
         grad.const_data_ptr<scalar_t>(), strides4(grad), q.const_data_ptr<scalar_t>(), strides4(q),
         edge_sums.const_data_ptr<double>(), partial.mutable_data_ptr<double>(),
-        grad_emb.mutable_data_ptr<scalar_t>(), G, splits, per_split);
+        grad_emb.mutable_data_ptr<scalar_t>(), G, splits, per_split, causal);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (splits > 1) {
       const int64_t n = grad_emb.numel();

@@ -10,14 +10,14 @@ namespace {
 // Same checks and the same fresh contiguous outputs as the CPU kernel.
 at::Tensor rel_pos_scores_meta(const at::Tensor& q, const at::Tensor& rel_emb,
                                c10::SymInt q_offset, c10::SymInt k_offset, c10::SymInt k_len,
-                               std::optional<int64_t> max_distance) {
+                               std::optional<int64_t> max_distance, bool causal) {
   detail::check_rel_pos_scores("rel_pos_scores", q, rel_emb, k_len, max_distance);
   return at::empty_symint({q.sym_size(0), q.sym_size(1), q.sym_size(2), k_len}, q.options());
 }
 
 std::tuple<at::Tensor, at::Tensor> rel_pos_scores_backward_meta(
     const at::Tensor& grad, const at::Tensor& q, const at::Tensor& rel_emb, c10::SymInt q_offset,
-    c10::SymInt k_offset, c10::SymInt k_len, std::optional<int64_t> max_distance) {
+    c10::SymInt k_offset, c10::SymInt k_len, std::optional<int64_t> max_distance, bool causal) {
   detail::check_rel_pos_scores_backward("rel_pos_scores_backward", grad, q, rel_emb, k_len,
                                         max_distance);
   return {at::empty_symint(q.sym_sizes(), q.options()),

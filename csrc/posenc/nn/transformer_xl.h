@@ -58,7 +58,9 @@ class TransformerXLRelativeScoreImpl
 
   /// q: (B, H, Lq, D), the current segment's queries (after the query projection);
   /// mem_len: number of cached memory positions before them. -> (B, H, Lq, mem_len + Lq).
-  torch::Tensor forward(const torch::Tensor& q, int64_t mem_len = 0);
+  /// causal: the entries of keys after each query are written as 0 and not computed
+  /// (posenc::ops::rel_pos_scores' causal mode; Transformer-XL's language model is causal).
+  torch::Tensor forward(const torch::Tensor& q, int64_t mem_len = 0, bool causal = false);
 
   /// Full Transformer-XL attention, fused (no (Lq, k_len) tensor): softmax(scale ((q + u) . k_j
   /// + (q + v) . W_R R_{i - j}) + mask) v_j by posenc::ops::relative_attention, i.e. the
