@@ -176,14 +176,16 @@ int64_t RotaryEmbeddingImpl::infer_seq_len(const torch::Tensor& q, const torch::
   // (else frequencies() would reject a 'seq_len' the caller never passed).
   if (options.layout() == "thd") {
     const auto& cu = *cu_seqlens;
-    if (cu.dim() != 1 || cu.scalar_type() != torch::kLong || cu.numel() < 2) {
+    const bool index = cu.scalar_type() == torch::kLong || cu.scalar_type() == torch::kInt;
+    if (cu.dim() != 1 || !index || cu.numel() < 2) {
       return std::max<int64_t>(offset, 0);
     }
     return std::max<int64_t>(
         offset + (cu.slice(0, 1) - cu.slice(0, 0, -1)).max().item<int64_t>(), 0);
   }
   if (positions.has_value() && positions->defined()) {
-    if (positions->scalar_type() != torch::kLong || positions->numel() == 0) {
+    const auto t = positions->scalar_type();
+    if ((t != torch::kLong && t != torch::kInt) || positions->numel() == 0) {
       return std::max<int64_t>(offset, 0);
     }
     return std::max<int64_t>(offset + positions->max().item<int64_t>() + 1, 0);

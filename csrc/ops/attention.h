@@ -240,14 +240,14 @@ AttentionConfig check_relative_attention(const char* op, const at::Tensor& q, co
                      "must be given with layout \"thd\"", "None");
     const at::Tensor& cq = *a.cu_seqlens_q;
     check_dim(op, "cu_seqlens_q", cq, 1, "(num_seqs + 1,)");
-    check_dtype(op, "cu_seqlens_q", cq, at::kLong);
+    check_index_dtype(op, "cu_seqlens_q", cq);
     check_same_device(op, "cu_seqlens_q", cq, "q", q);
     POSENC_CHECK_ARG(cq.sym_size(0) >= 1, op, "cu_seqlens_q",
                      "must hold at least one element (the start 0)", "shape ", shape_str(cq));
     if (a.cu_seqlens_k.has_value()) {
       const at::Tensor& ck = *a.cu_seqlens_k;
       check_dim(op, "cu_seqlens_k", ck, 1, "(num_seqs + 1,)");
-      check_dtype(op, "cu_seqlens_k", ck, at::kLong);
+      check_index_dtype(op, "cu_seqlens_k", ck);
       check_same_device(op, "cu_seqlens_k", ck, "q", q);
       POSENC_CHECK_ARG(ck.sym_size(0) == cq.sym_size(0), op, "cu_seqlens_k",
                        c10::str("must have the length of 'cu_seqlens_q' (", cq.sym_size(0), ")"),

@@ -56,6 +56,13 @@ inline void check_dtype(const char* op, const char* arg, const at::Tensor& t,
                    "dtype ", t.scalar_type());
 }
 
+// Index tensors (cu_seqlens, position ids): int64, or int32 as flash-attn and vLLM pass them.
+inline void check_index_dtype(const char* op, const char* arg, const at::Tensor& t) {
+  check_defined(op, arg, t);
+  POSENC_CHECK_ARG(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, op, arg,
+                   "must have dtype int64 or int32", "dtype ", t.scalar_type());
+}
+
 inline void check_same_dtype(const char* op, const char* arg, const at::Tensor& t,
                              const char* other_arg, const at::Tensor& other) {
   POSENC_CHECK_ARG(t.scalar_type() == other.scalar_type(), op, arg,

@@ -319,7 +319,7 @@ at::Tensor xpos_zeta_impl(int64_t rotary_dim, double gamma, std::optional<at::De
 at::Tensor xpos_scale_impl(const at::Tensor& positions, const at::Tensor& zeta, double scale_base,
                            int64_t centre, bool inverse) {
   constexpr const char* op = "xpos_scale";
-  detail::check_dtype(op, "positions", positions, at::kLong);
+  detail::check_index_dtype(op, "positions", positions);
   detail::check_dim(op, "zeta", zeta, 1, "(n,)");
   POSENC_CHECK_ARG(zeta.scalar_type() == at::kFloat || zeta.scalar_type() == at::kDouble, op,
                    "zeta", "must have dtype float32 or float64", "dtype ", zeta.scalar_type());
@@ -329,7 +329,7 @@ at::Tensor xpos_scale_impl(const at::Tensor& positions, const at::Tensor& zeta, 
   // Exponent (p - centre) / scale_base: the difference is exact in int64, the rest in fp64.
   // Contiguous inputs: the same loop (vectorised pow or not) for every layout, so that strided
   // and contiguous calls give the same bits.
-  at::Tensor e = (positions.contiguous() - centre).to(at::kDouble) / scale_base;
+  at::Tensor e = (positions.contiguous().to(at::kLong) - centre).to(at::kDouble) / scale_base;
   if (inverse) e = -e;
   return at::pow(zeta.contiguous().to(at::kDouble), e.unsqueeze(-1)).to(zeta.scalar_type());
 }

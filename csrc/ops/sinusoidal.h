@@ -30,7 +30,7 @@ inline at::ScalarType sinusoidal_dtype(std::optional<at::ScalarType> dtype) {
 inline void check_sinusoidal_table(const char* op, const at::Tensor& positions, int64_t dim,
                                    double base, std::optional<at::ScalarType> dtype) {
   check_dim(op, "positions", positions, 1, "(N,)");
-  check_dtype(op, "positions", positions, at::kLong);
+  check_index_dtype(op, "positions", positions);
   POSENC_CHECK_ARG(dim > 0 && dim % 2 == 0, op, "dim", "must be even and > 0", dim);
   // base <= 0 (or nan/inf) makes every frequency nan or 0.
   POSENC_CHECK_ARG(std::isfinite(base) && base > 0, op, "base", "must be finite and > 0", base);

@@ -48,6 +48,7 @@ from . import rope_config  # noqa: E402
 from . import hf  # noqa: E402
 from . import kv_cache  # noqa: E402
 from . import context_parallel  # noqa: E402
+from . import flash_attn  # noqa: E402
 from .kv_cache import RopeKVCache  # noqa: E402
 
 __version__: str = _torch.ops.posenc.version()
@@ -58,6 +59,7 @@ __all__ = [
     "rope_config",
     "hf",
     "kv_cache",
+    "flash_attn",
     "context_parallel",
     "RopeKVCache",
     "__version__",

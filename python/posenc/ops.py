@@ -51,7 +51,7 @@ def sinusoidal_table(
 
     Values are rounded once from fp64 to ``dtype`` (float16/bfloat16/float32/float64). Not
     differentiable. ``torch.ops.posenc.sinusoidal_table(positions, dim, base, interleaved,
-    dtype)`` takes explicit int64 positions ``(N,)``.
+    dtype)`` takes explicit int64 or int32 positions ``(N,)``.
 
     Errors: ``dim`` must be even and > 0, ``num_positions`` >= 0, ``base`` finite and > 0,
     ``dtype`` floating; a table whose size in bytes overflows int64 (checked before the
@@ -444,7 +444,7 @@ def relative_attention(
 
     Shapes: layout ``"bhsd"``: ``q`` ``(B, H, Lq, D)``, ``k`` ``(B, H_kv, Lk, D)``, ``v``
     ``(B, H_kv, Lk, Dv)``; ``"thd"`` (packed varlen): ``q`` ``(Tq, H, D)``, ``k``/``v``
-    ``(Tk, H_kv, D/Dv)`` with int64 ``cu_seqlens_q`` (and ``cu_seqlens_k``, default the same)
+    ``(Tk, H_kv, D/Dv)`` with int64 or int32 ``cu_seqlens_q`` (and ``cu_seqlens_k``, default the same)
     ``(num_seqs + 1,)``; positions restart in every sequence and a query sees only its own
     sequence's keys. ``H % H_kv == 0`` (GQA / MQA); ``D, Dv <= 256``. ``q``, ``k``, ``v`` share a
     float dtype (fp16/bf16 computed in fp32, fp64 in fp64) and a device; any strides.
@@ -468,7 +468,7 @@ def relative_attention(
     head_dim > 256; two position terms; ``q_rel`` without ``rel_emb``; ``bidirectional`` /
     ``max_distance`` / ``kerple_kind`` for a term without that option; parameter shapes not
     matching ``H``; T5's bucket rules; even ``R``; ``max_distance`` outside ``[0, c]``;
-    non-finite ``scale``; offsets outside ``+-2**61``; ``cu_seqlens`` not int64 1-D or (CPU) not
+    non-finite ``scale``; offsets outside ``+-2**61``; ``cu_seqlens`` not int64/int32 1-D or (CPU) not
     ``0 .. T`` non-decreasing; ``key_padding_mask`` not ``(B, Lk)`` bool or given with "thd".
     Parameter values are checked on CPU tensors (finite slopes/table/r1/r2/rel_emb, ``r2 >= 0``
     for the log kernel); on CUDA, as for the bias ops, only KERPLE log's ``r2`` is read.

@@ -104,7 +104,7 @@ TEST(Sinusoidal, Errors) {
                "posenc.sinusoidal_table: argument 'num_positions' must be >= 0, but got -1");
   expect_error([] { posenc::ops::sinusoidal_table(3, 4, -2.0); }, "argument 'base' must be finite and > 0");
   expect_error([] { posenc::ops::sinusoidal_table_at(at::arange(3, at::kFloat), 4); },
-               "posenc.sinusoidal_table: argument 'positions' must have dtype Long");
+               "posenc.sinusoidal_table: argument 'positions' must have dtype int64 or int32, but got dtype Float");
   expect_error([] { posenc::ops::sinusoidal_table_at(at::zeros({2, 2}, at::kLong), 4); },
                "argument 'positions' must be a 1-D tensor");
   expect_error([] { posenc::ops::sinusoidal_table_at(at::arange(3, at::kLong), 4, 1e4, true, at::kInt); },

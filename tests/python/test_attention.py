@@ -480,7 +480,7 @@ def _bad_cases():
         ("thd no cu", dict(q=qt, k=kt, v=kt, layout="thd"), "'cu_seqlens_q'"),
         ("cu not ending at T", dict(q=qt, k=kt, v=kt, layout="thd", cu_seqlens_q=torch.tensor([0, 3, 7])), "'cu_seqlens_q'"),
         ("cu unsorted", dict(q=qt, k=kt, v=kt, layout="thd", cu_seqlens_q=torch.tensor([0, 5, 3, 8])), "'cu_seqlens_q'"),
-        ("cu dtype", dict(q=qt, k=kt, v=kt, layout="thd", cu_seqlens_q=cu.int()), "'cu_seqlens_q'.*dtype"),
+        ("cu dtype", dict(q=qt, k=kt, v=kt, layout="thd", cu_seqlens_q=cu.float()), "'cu_seqlens_q' must have dtype int64 or int32"),
         ("cu with bhsd", dict(q=q, k=k, v=v, cu_seqlens_q=cu), "'cu_seqlens_q'"),
         ("kpm with thd", dict(q=qt, k=kt, v=kt, layout="thd", cu_seqlens_q=cu, key_padding_mask=torch.zeros(1, 8, dtype=torch.bool)), "'key_padding_mask'"),
     ]

@@ -99,6 +99,10 @@ def test_padding_thd_and_empty_rows(family):
     for x, y in zip(a, c):
         fin = torch.isfinite(y)
         torch.testing.assert_close(x.cpu()[fin], y[fin], rtol=2e-5, atol=2e-5 * max(1.0, y[fin].abs().max().item()))
+    # int32 cu_seqlens (flash-attn's convention): the same bits as int64
+    a32, _, _ = run(DEV, qt, kt, kt, extra, **{**kw, "cu_seqlens_q": cu.to(DEV, torch.int32)})
+    for x, y in zip(a, a32):
+        assert torch.equal(x, y)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -94,7 +94,7 @@ def test_default_dtype_and_no_grad():
         (lambda: ops.sinusoidal_table(3, 5, device=DEV), r"posenc\.sinusoidal_table: argument 'dim' must be even and > 0, but got 5"),
         (lambda: ops.sinusoidal_table(3, 4, base=0.0, device=DEV), r"argument 'base' must be finite and > 0, but got 0"),
         (lambda: ops.sinusoidal_table(3, 4, dtype=torch.int32, device=DEV), r"argument 'dtype' must be float16, bfloat16, float32 or float64, but got Int"),
-        (lambda: torch.ops.posenc.sinusoidal_table(torch.arange(3.0, device=DEV), 4), r"argument 'positions' must have dtype Long, but got dtype Float"),
+        (lambda: torch.ops.posenc.sinusoidal_table(torch.arange(3.0, device=DEV), 4), r"argument 'positions' must have dtype int64 or int32, but got dtype Float"),
         (lambda: torch.ops.posenc.sinusoidal_table(torch.zeros(2, 2, dtype=torch.long, device=DEV), 4), r"argument 'positions' must be a 1-D tensor of shape \(N,\), but got a 2-D tensor"),
         (lambda: ops.sinusoidal_table(2**62, 64, device=DEV), r"posenc\.sinusoidal_table: argument 'num_positions' is too large: the output's size in bytes must fit in int64, but got an output of shape \[4611686018427387904, 64\]"),
         (lambda: torch.ops.posenc.sinusoidal_table(torch.arange(3, device=DEV), 2**62), r"posenc\.sinusoidal_table: argument 'dim' is too large: .* shape \[3, 4611686018427387904\] and dtype Float"),

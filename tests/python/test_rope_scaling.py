@@ -890,7 +890,7 @@ def test_C07_xpos_scale_non_contiguous():
 
 def test_xpos_bad_inputs():
     z = xpos_zeta(8)
-    with pytest.raises(RuntimeError, match=r"posenc.xpos_scale: argument 'positions' must have dtype Long, but got dtype Float"):
+    with pytest.raises(RuntimeError, match=r"posenc.xpos_scale: argument 'positions' must have dtype int64 or int32, but got dtype Float"):
         xpos_scale(torch.zeros(3), z)
     with pytest.raises(RuntimeError, match=r"posenc.xpos_scale: argument 'zeta' must be a 1-D tensor of shape \(n,\), but got a 2-D"):
         xpos_scale(torch.arange(3), z[None])

@@ -164,7 +164,7 @@ def test_script():
         (lambda: ops.sinusoidal_table(-1, 4), r"posenc\.sinusoidal_table: argument 'num_positions' must be >= 0, but got -1"),
         (lambda: ops.sinusoidal_table(3, 4, base=0.0), r"argument 'base' must be finite and > 0, but got 0"),
         (lambda: ops.sinusoidal_table(3, 4, dtype=torch.int32), r"argument 'dtype' must be float16, bfloat16, float32 or float64, but got Int"),
-        (lambda: torch.ops.posenc.sinusoidal_table(torch.arange(3.0), 4), r"argument 'positions' must have dtype Long, but got dtype Float"),
+        (lambda: torch.ops.posenc.sinusoidal_table(torch.arange(3.0), 4), r"argument 'positions' must have dtype int64 or int32, but got dtype Float"),
         (lambda: torch.ops.posenc.sinusoidal_table(torch.zeros(2, 2, dtype=torch.long), 4), r"argument 'positions' must be a 1-D tensor of shape \(N,\), but got a 2-D tensor"),
     ],
 )

@@ -115,7 +115,7 @@ struct Geometry {
 
 std::vector<int64_t> read_cu_seqlens(const at::Tensor& cu, int64_t total, const char* op,
                                      const char* arg, const char* len_arg) {
-  const auto c = cu.contiguous();
+  const auto c = cu.to(at::kLong).contiguous();  // int32 (flash-attn's convention) too
   const int64_t* p = c.const_data_ptr<int64_t>();
   std::vector<int64_t> v(p, p + c.numel());
   POSENC_CHECK_ARG(v.front() == 0, op, arg, "must start at 0", arg, "[0] = ", v.front());

@@ -1327,7 +1327,7 @@ __global__ void __launch_bounds__(kThreads)
 
 std::vector<int64_t> read_cu_seqlens(const at::Tensor& cu_dev, int64_t total, const char* op,
                                      const char* arg, const char* len_arg) {
-  const auto c = cu_dev.to(at::kCPU).contiguous();  // waits for the stream
+  const auto c = cu_dev.to(at::kCPU).to(at::kLong).contiguous();  // waits for the stream
   const int64_t* p = c.const_data_ptr<int64_t>();
   std::vector<int64_t> v(p, p + c.numel());
   POSENC_CHECK_ARG(v.front() == 0, op, arg, "must start at 0", arg, "[0] = ", v.front());
@@ -1368,8 +1368,9 @@ HostGeo make_geometry(const char* op, const at::Tensor& q, const at::Tensor& k,
     g.total_q = g.lq;
     g.total_k = g.lk;
   } else {
-    hg.cu_q = a.cu_seqlens_q->contiguous();
-    hg.cu_k = a.cu_seqlens_k.has_value() ? a.cu_seqlens_k->contiguous() : hg.cu_q;
+    // The kernels index with int64: an int32 cu_seqlens (flash-attn's convention) is widened.
+    hg.cu_q = a.cu_seqlens_q->to(at::kLong).contiguous();
+    hg.cu_k = a.cu_seqlens_k.has_value() ? a.cu_seqlens_k->to(at::kLong).contiguous() : hg.cu_q;
     g.n_seq = hg.cu_q.size(0) - 1;
     g.total_q = q.size(0);
     g.total_k = k.size(0);

@@ -66,7 +66,7 @@ at::Tensor sinusoidal_table_cuda(const at::Tensor& positions_in, int64_t dim, do
                                  bool interleaved, std::optional<at::ScalarType> dtype) {
   detail::check_sinusoidal_table("sinusoidal_table", positions_in, dim, base, dtype);
   const c10::cuda::CUDAGuard guard(positions_in.device());
-  const auto positions = positions_in.contiguous();
+  const auto positions = positions_in.to(at::kLong).contiguous();  // int32 ids widened
   const int64_t n = positions.size(0);
   auto out = at::empty({n, dim}, positions.options().dtype(detail::sinusoidal_dtype(dtype)));
   if (out.numel() == 0) return out;
