@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build examples/cpp against the installed posenc Python package (find_package(posenc) through
 # posenc.cmake_prefix_path, torch through torch.utils.cmake_prefix_path): what a C++ user does
-# after `pip install`. Prints the example binary's absolute path as the last line of stdout.
+# after `pip install`. Prints the example binary's absolute path as the last line of stdout;
+# the AOTInductor runner posenc_aoti_example is built next to it.
 #
 # Environment:
 #   PYTHON                    interpreter whose torch and posenc to use (default: python on PATH)
