@@ -171,6 +171,34 @@ def test_thd_with_empty_sequences(lengths, interleaved):
     torch.testing.assert_close(g.double(), want_g, **tol(torch.float32))
 
 
+@pytest.mark.parametrize("backward", [False, True])
+def test_reference_cos_sin_within_one_ulp(backward):
+    # Reference precision with fp32 math evaluates cos/sin of the fp32 angle float(p) * inv_freq
+    # in fp64 vectors and rounds once: within 1 ulp of the correctly rounded fp32 value (as the
+    # C library's and torch's cos/sin are), equal to it but in rare near-halfway cases. With
+    # x = (1, .., 1, 0, .., 0) the output is (cos, sin) itself (products by 1 and 0 are exact).
+    rot = 128
+    inv = ops.rope_inv_freq(rot, 500000.0)
+    positions = torch.cat([torch.arange(-3000, 3000), torch.arange(0, 4_000_000, 997),
+                           torch.tensor([2**24 + 1, 2**31, 2**40])])
+    x = torch.zeros(1, 1, len(positions), rot)
+    x[..., : rot // 2] = 1
+    if backward:
+        out = torch.ops.posenc.rope_backward(x, positions, inv, 0, None, False, "bhsd")
+    else:
+        out = ops.rope(x, positions, inv)
+    c, s = out[0, 0, :, : rot // 2].double(), out[0, 0, :, rot // 2 :].double()
+    ang = (positions.float()[:, None] * inv).double()  # the fp32 angle, exactly
+    want_c = ang.cos().float().double()
+    want_s = (-1.0 if backward else 1.0) * ang.sin().float().double()
+    for got, want in ((c, want_c), (s, want_s)):
+        ulp = torch.finfo(torch.float32).eps * want.abs().clamp_min(2.0**-126)
+        assert ((got - want).abs() <= ulp).all()
+        # angles from 1e6 up go to the C library's cosf/sinf, not always correctly rounded
+        small = ang.abs() < 1e6
+        assert (got[small] != want[small]).double().mean() < 1e-5
+
+
 def test_exact_precision_large_positions():
     # float64 inv_freq: the angle is the fp64 product; the fp32 result stays within 1e-6 of the
     # fp64 rotation at positions around 1e6 (the fp32 angle alone would be off by ~0.03 rad).

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../rope.h"
@@ -49,6 +50,11 @@ int64_t rotate_grain(int64_t D) { return detail::row_grain(D); }
 // Bytes of cos/sin table per block of positions: small enough to stay in L2 while every head
 // (and batch row) of the block reads it.
 constexpr int64_t kTableBytes = int64_t{512} << 10;
+
+inline void fast_cos_sin(float p, const float* freq, int64_t n, float* c, float* s) {
+  POSENC_CPU_DISPATCH(rope_cos_sin_f32, p, freq, n, c, s);
+}
+inline void fast_cos_sin(float, const float*, int64_t, double*, double*) {}  // fp64: not used
 
 // Shared by rope (conjugate = false) and rope_backward (conjugate = true). The forward is the
 // linear map m_k(p) * R(angle) on each pair; its adjoint is m_k(p) * R(-angle), the same
@@ -122,9 +128,29 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
                        : (packed ? s - detail::rope_seq_start(cup, n_cu, s) : s)) + offset;
           opmath_t* cs = tab + t * row;
           opmath_t* sn = cs + half;
+          // Reference precision in fp32 math: cos/sin of the fp32 angles in vectors.
+          const bool fast = std::is_same_v<opmath_t, float> && freq32 != nullptr;
+          if (fast) {
+            fast_cos_sin(static_cast<float>(p), freq32, half, cs, sn);
+            if (zp == nullptr) {  // magnitude = factor for every pair
+              if (factor != opmath_t(1) || conjugate) {
+                for (int64_t k = 0; k < half; ++k) {
+                  cs[k] *= factor;
+                  const opmath_t sv = sn[k] * factor;
+                  sn[k] = conjugate ? -sv : sv;
+                }
+              }
+              continue;
+            }
+          }
           for (int64_t k = 0; k < half; ++k) {
             opmath_t c, sv;
-            detail::rope_cos_sin<opmath_t>(p, freq32, freq64, k, c, sv);
+            if (fast) {
+              c = cs[k];
+              sv = sn[k];
+            } else {
+              detail::rope_cos_sin<opmath_t>(p, freq32, freq64, k, c, sv);
+            }
             const opmath_t m = detail::rope_magnitude<opmath_t>(factor, zp, k, p, a.xpos_centre,
                                                                 scale_base, a.xpos_inverse);
             cs[k] = m * c;

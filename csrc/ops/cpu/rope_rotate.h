@@ -9,6 +9,11 @@
 // the vector lanes, the scalar tails and both capability copies give the same bits. Dims
 // [2 * half, D) are copied bit-exactly.
 //
+// rope_cos_sin_f32: a table row's cos and sin of fp32 angles, evaluated in fp64 vectors (a
+// Cody-Waite reduction by pi/2 and fdlibm's polynomials, ~1e-16 relative) and rounded once to
+// fp32: the correctly rounded value except in rare near-halfway cases, always within 1 ulp --
+// as glibc's cosf/sinf and torch's (Sleef) cos/sin are. The same bits in both capability copies.
+//
 // rope_rotate_table: the same for apply_rotary_pos_emb's caller-given full-width tables (one
 // cos and one sin per element, in x's dtype); transpose = true applies R^T (its grad_x).
 #pragma once
@@ -38,7 +43,10 @@
                                   int64_t half, bool interleaved, double* acc_c,             \
                                   double* acc_s);
 
-#define POSENC_ROPE_ROTATE_DECLS                         \
+#define POSENC_ROPE_ROTATE_DECLS                                                             \
+  /* c[k] = cos(a_k), s[k] = sin(a_k) rounded to fp32, a_k = the fp32 product p * freq[k]     \
+     (reference precision: the angle rounded where Hugging Face rounds it), k < n. */         \
+  void rope_cos_sin_f32(float p, const float* freq, int64_t n, float* c, float* s);          \
   POSENC_ROPE_ROTATE_DECLS_T(float, float)               \
   POSENC_ROPE_ROTATE_DECLS_T(double, double)             \
   POSENC_ROPE_ROTATE_DECLS_T(c10::Half, float)           \

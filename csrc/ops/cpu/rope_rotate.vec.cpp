@@ -6,6 +6,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <tuple>
 #include <type_traits>
@@ -249,7 +250,90 @@ void grad_accumulate(const T* __restrict x, int64_t xd, const T* __restrict g, i
   }
 }
 
+// cos/sin for |a| below this take the vector path: n = round(a * 2 / pi) < 2^20, so n times
+// the 33-bit parts of pi/2 are exact and the reduced angle is accurate to ~1e-16. Larger angles
+// (positions beyond ~1e6 at the highest frequency) go to the C library.
+constexpr double kMaxFastAngle = 1.0e6;
+
+// r = a - q pi/2 in [-pi/4, pi/4] (fdlibm's three-part split of pi/2), sin and cos of r by
+// fdlibm's minimax polynomials, then the quadrant q mod 4 picks and negates them:
+// (sin, cos)(r + q pi/2) = (s, c), (c, -s), (-s, -c), (-c, s). Selections and negations are
+// exact, and branch-free (quadrants of consecutive frequencies are random).
+void sin_cos(const double* a, int64_t n, double* so, double* co) {
+  using V = Vectorized<double>;
+  constexpr int64_t W = V::size();
+  const V inv_pio2(6.36619772367581382433e-01), shifter(0x1.8p52);
+  const V p1(1.57079632673412561417e+00), p2(6.07710050630396597660e-11),
+      p3(2.02226624871116645580e-21);
+  const V S1(-1.66666666666666324348e-01), S2(8.33333333332248946124e-03),
+      S3(-1.98412698298579493134e-04), S4(2.75573137070700676789e-06),
+      S5(-2.50507602534068634195e-08), S6(1.58969099521155010221e-10);
+  const V C1(4.16666666666666019037e-02), C2(-1.38888888888741095749e-03),
+      C3(2.48015872894767294178e-05), C4(-2.75573143513906633035e-07),
+      C5(2.08757232129817482790e-09), C6(-1.13596475577881948265e-11);
+  const V one(1.0), half(0.5), quarter(0.25), three_eighths(0.375), four(4.0), two(2.0);
+  for (int64_t i = 0; i < n; i += W) {
+    const int64_t m = std::min(W, n - i);
+    const V x = m == W ? V::loadu(a + i) : V::loadu(a + i, m);
+    const V q = (x * inv_pio2 + shifter) - shifter;  // round to nearest integer
+    const V r = ((x - q * p1) - q * p2) - q * p3;
+    const V z = r * r;
+    const V ps = S1 + z * (S2 + z * (S3 + z * (S4 + z * (S5 + z * S6))));
+    const V pc = C1 + z * (C2 + z * (C3 + z * (C4 + z * (C5 + z * C6))));
+    const V sr = r + (r * z) * ps;
+    const V cr = (one - half * z) + (z * z) * pc;
+    // q mod 4 (q an integer, |q| < 2^50): floor(q / 4) is round(q / 4 - 3/8)
+    const V fl = ((q * quarter - three_eighths) + shifter) - shifter;
+    const V qm = q - four * fl;  // in {0, 1, 2, 3}
+    const V odd = (qm == one) | (qm == V(3.0));
+    const V sv = V::blendv(sr, cr, odd);
+    const V cv = V::blendv(cr, sr, odd);
+    const V sn = V::blendv(sv, sv.neg(), qm >= two);
+    const V cn = V::blendv(cv, cv.neg(), (qm == one) | (qm == two));
+    if (m == W) {
+      sn.store(so + i);
+      cn.store(co + i);
+    } else {
+      sn.store(so + i, m);
+      cn.store(co + i, m);
+    }
+  }
+}
+
 }  // namespace
+
+void rope_cos_sin_f32(float p, const float* freq, int64_t n, float* c, float* s) {
+  constexpr int64_t kChunk = 64;
+  float af[kChunk];
+  double a[kChunk], so[kChunk], co[kChunk];
+  using VF = Vectorized<float>;
+  for (int64_t k0 = 0; k0 < n; k0 += kChunk) {
+    const int64_t m = std::min(kChunk, n - k0);
+    int64_t j = 0;
+    for (; j + VF::size() <= m; j += VF::size()) {
+      (VF(p) * VF::loadu(freq + k0 + j)).store(af + j);  // the fp32 angle, one rounding
+    }
+    for (; j < m; ++j) af[j] = p * freq[k0 + j];
+    float big = 0.0f;
+    for (j = 0; j < m; ++j) {
+      big = std::max(big, std::fabs(af[j]));
+      a[j] = static_cast<double>(af[j]);  // exact
+    }
+    sin_cos(a, m, so, co);
+    for (j = 0; j < m; ++j) {
+      c[k0 + j] = static_cast<float>(co[j]);  // the one rounding to fp32
+      s[k0 + j] = static_cast<float>(so[j]);
+    }
+    if (!(big < kMaxFastAngle)) {
+      for (j = 0; j < m; ++j) {
+        if (!(std::fabs(af[j]) < kMaxFastAngle)) {
+          c[k0 + j] = std::cos(af[j]);
+          s[k0 + j] = std::sin(af[j]);
+        }
+      }
+    }
+  }
+}
 
 #define POSENC_ROPE_ROTATE_DEFINE(T, O)                                                         \
   void rope_rotate(const T* x, int64_t xs, int64_t xd, T* out, int64_t os, const O* table,      \
