@@ -49,7 +49,7 @@ int64_t rotate_grain(int64_t D) { return detail::row_grain(D); }
 
 // Bytes of cos/sin table per block of positions: small enough to stay in L2 while every head
 // (and batch row) of the block reads it.
-constexpr int64_t kTableBytes = int64_t{512} << 10;
+constexpr int64_t kTableBytes = int64_t{256} << 10;
 
 inline void fast_cos_sin(float p, const float* freq, int64_t n, float* c, float* s) {
   POSENC_CPU_DISPATCH(rope_cos_sin_f32, p, freq, n, c, s);
