@@ -47,9 +47,10 @@ void for_row_runs(int64_t B, int64_t H, int64_t S, bool s_inner, int64_t grain, 
 // the threads and a small one is not split into tasks that cost more than they do.
 int64_t rotate_grain(int64_t D) { return detail::row_grain(D); }
 
-// Bytes of cos/sin table per block of positions: small enough to stay in L2 while every head
-// (and batch row) of the block reads it.
-constexpr int64_t kTableBytes = int64_t{256} << 10;
+// Bytes of cos/sin table per block of positions (64 positions at rotary_dim 128 in fp32): it
+// stays in L1/L2 while every head (and batch row) of the block reads it, and the blocks of a
+// long sequence are many tasks.
+constexpr int64_t kTableBytes = int64_t{32} << 10;
 
 inline void fast_cos_sin(float p, const float* freq, int64_t n, float* c, float* s) {
   POSENC_CPU_DISPATCH(rope_cos_sin_f32, p, freq, n, c, s);
@@ -109,24 +110,40 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
     const auto factor = static_cast<opmath_t>(a.attention_factor);
     const auto scale_base = static_cast<opmath_t>(a.xpos_scale_base);
     const int64_t row = 2 * half;  // table row: cos[0, half) then sin[0, half)
+    // One parallel region (a barrier per block stalls both threads whenever one is
+    // descheduled). A task is a block of positions -- of one batch row for (B, S) positions --
+    // and a range of heads: it computes the block's cos/sin table (L1-sized) and rotates every
+    // row of the block from it. Heads are split only when there are too few blocks to keep
+    // every thread busy; the split recomputes the (then small) table, never changes a value.
     const int64_t block =
-        half == 0 ? S
-                  : std::clamp<int64_t>(
-                        kTableBytes / (nb * row * static_cast<int64_t>(sizeof(opmath_t))), 1, S);
-    std::vector<opmath_t> table(static_cast<size_t>(nb * std::min(block, S) * row));
-    opmath_t* tab = table.data();
-    for (int64_t s0 = 0; s0 < S; s0 += block) {
-      const int64_t n = std::min(block, S - s0);
-      // The magnitude scales cos and sin, as HF's attention_scaling does, so only the rotary
-      // dims are scaled. ~64 cos/sin pairs cost about as much as rotating a row.
-      at::parallel_for(0, nb * n, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, half)),
-                       [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t b = t / n, s = s0 + t % n;
+        std::clamp<int64_t>(kTableBytes / std::max<int64_t>(1, row * static_cast<int64_t>(sizeof(opmath_t))), 1, S);
+    const int64_t nblocks = (S + block - 1) / block;
+    const int64_t want_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
+    const int64_t hsplit = std::clamp<int64_t>((want_tasks + nb * nblocks - 1) / (nb * nblocks), 1, H);
+    const int64_t hchunk = (H + hsplit - 1) / hsplit;
+    const int64_t ntasks = nb * nblocks * hsplit;
+    const bool s_inner = !bshd && !packed;
+    // Rows of a task: B / nb batch rows x hchunk heads x block positions.
+    const int64_t task_elems = (B / nb) * hchunk * block * D;
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, task_elems));
+    at::parallel_for(0, ntasks, grain, [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t> table(static_cast<size_t>(block * row));
+      opmath_t* tab = table.data();
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t hs = task % hsplit;
+        const int64_t blk = (task / hsplit) % nblocks;
+        const int64_t bb = task / (hsplit * nblocks);  // the batch row of (B, S) positions
+        const int64_t s0 = blk * block, n = std::min(block, S - s0);
+        const int64_t h0 = hs * hchunk, h1 = std::min(H, h0 + hchunk);
+        if (h0 >= h1) continue;
+        // The magnitude scales cos and sin, as HF's attention_scaling does, so only the rotary
+        // dims are scaled.
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t s = s0 + j;
           const int64_t p =
-              (has_pos ? pos[b * pos_sb + s * pos_ss]
+              (has_pos ? pos[bb * pos_sb + s * pos_ss]
                        : (packed ? s - detail::rope_seq_start(cup, n_cu, s) : s)) + offset;
-          opmath_t* cs = tab + t * row;
+          opmath_t* cs = tab + j * row;
           opmath_t* sn = cs + half;
           // Reference precision in fp32 math: cos/sin of the fp32 angles in vectors.
           const bool fast = std::is_same_v<opmath_t, float> && freq32 != nullptr;
@@ -158,20 +175,26 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
             sn[k] = conjugate ? -sv : sv;
           }
         }
-      });
-      // Rows of the block in the output's memory order: along s ("bhsd": one table row per
-      // row) or along heads ("bshd", "thd": one table row for the run).
-      const bool s_inner = !bshd && !packed;
-      for_row_runs(B, H, n, s_inner, rotate_grain(D), [&](int64_t b, int64_t h, int64_t j,
-                                                          int64_t len) {
-        const int64_t s = s0 + j;
-        const opmath_t* t = tab + ((batched ? b : 0) * n + j) * row;
-        POSENC_CPU_DISPATCH(rope_rotate, xp + xg.offset(b, h, s), s_inner ? xg.stride[2] : xg.stride[1],
-                            xg.stride[3], op_ + og.offset(b, h, s),
-                            s_inner ? og.stride[2] : og.stride[1], t, s_inner ? row : 0, len,
-                            half, D, a.interleaved);
-      });
-    }
+        // The block's rows in the output's memory order: runs along s ("bhsd": one table row
+        // per row) or along heads ("bshd", "thd": one table row for the run).
+        const int64_t b_lo = batched ? bb : 0, b_hi = batched ? bb + 1 : B;
+        for (int64_t b = b_lo; b < b_hi; ++b) {
+          if (s_inner) {
+            for (int64_t h = h0; h < h1; ++h) {
+              POSENC_CPU_DISPATCH(rope_rotate, xp + xg.offset(b, h, s0), xg.stride[2],
+                                  xg.stride[3], op_ + og.offset(b, h, s0), og.stride[2], tab,
+                                  row, n, half, D, a.interleaved);
+            }
+          } else {
+            for (int64_t j = 0; j < n; ++j) {
+              POSENC_CPU_DISPATCH(rope_rotate, xp + xg.offset(b, h0, s0 + j), xg.stride[1],
+                                  xg.stride[3], op_ + og.offset(b, h0, s0 + j), og.stride[1],
+                                  tab + j * row, 0, h1 - h0, half, D, a.interleaved);
+            }
+          }
+        }
+      }
+    });
   });
   return out;
 }
