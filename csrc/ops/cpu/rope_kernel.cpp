@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../rope.h"
+#include "rope_rotate.h"
 
 namespace posenc {
 namespace {
@@ -20,9 +22,48 @@ using detail::thd;
 using detail::rope_pair_index;
 
 
+// Calls fn(b, h, s, n) for runs of n rows of a (B, H, S) grid of rows, in the memory order of
+// the contiguous output: s innermost for "bhsd" (s_inner), h innermost otherwise. Runs never
+// cross the inner dim; a thread's range is contiguous in memory, so both threads stream.
+template <typename Fn>
+void for_row_runs(int64_t B, int64_t H, int64_t S, bool s_inner, int64_t grain, const Fn& fn) {
+  const int64_t inner = s_inner ? S : H;
+  at::parallel_for(0, B * H * S, grain, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    while (i < end) {
+      const int64_t o = i / inner, j = i % inner;
+      const int64_t n = std::min(inner - j, end - i);
+      if (s_inner) {
+        fn(o / H, o % H, j, n);
+      } else {
+        fn(o / S, j, o % S, n);
+      }
+      i += n;
+    }
+  });
+}
+
+// Rows per parallel chunk: ~32K elements (128 KiB of fp32), so a big tensor splits evenly over
+// the threads and a small one is not split into tasks that cost more than they do.
+int64_t rotate_grain(int64_t D) { return detail::row_grain(D); }
+
+// Bytes of cos/sin table per block of positions (64 positions at rotary_dim 128 in fp32): it
+// stays in L1/L2 while every head (and batch row) of the block reads it, and the blocks of a
+// long sequence are many tasks.
+constexpr int64_t kTableBytes = int64_t{32} << 10;
+
+inline void fast_cos_sin(float p, const float* freq, int64_t n, float* c, float* s) {
+  POSENC_CPU_DISPATCH(rope_cos_sin_f32, p, freq, n, c, s);
+}
+inline void fast_cos_sin(float, const float*, int64_t, double*, double*) {}  // fp64: not used
+
 // Shared by rope (conjugate = false) and rope_backward (conjugate = true). The forward is the
 // linear map m_k(p) * R(angle) on each pair; its adjoint is m_k(p) * R(-angle), the same
 // magnitude with the rotation by the negative angle.
+//
+// cos/sin are computed once per (position, frequency) -- per (batch row, position) only for
+// (B, S) positions -- into a table for a block of positions, then every head and batch row of
+// the block is rotated from it by the vectorised rope_rotate (rope_rotate.vec.cpp).
 at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const RopeParams& a,
                     bool conjugate) {
   const detail::RopeLayout lay =
@@ -48,6 +89,9 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
     pos_ss = a.positions->stride(-1);
     if (a.positions->dim() == 2) pos_sb = a.positions->stride(0);
   }
+  // Table rows: one per position, or one per (batch row, position) for (B, S) positions.
+  const bool batched = has_pos && a.positions->dim() == 2;
+  const int64_t nb = batched ? B : 1;
   at::Tensor cu;
   if (packed) cu = a.cu_seqlens->contiguous();
   const int64_t* cup = packed ? cu.const_data_ptr<int64_t>() : nullptr;
@@ -63,41 +107,91 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
     const bool exact = inv_freq.scalar_type() == at::kDouble;
     const float* freq32 = exact ? nullptr : inv_freq.const_data_ptr<float>();
     const double* freq64 = exact ? inv_freq.const_data_ptr<double>() : nullptr;
-    const int64_t xd = xg.stride[3], od = og.stride[3];
-    const bool interleaved = a.interleaved;
     const auto factor = static_cast<opmath_t>(a.attention_factor);
     const auto scale_base = static_cast<opmath_t>(a.xpos_scale_base);
-    // One task per (batch, position): cos/sin computed once, applied to every head.
-    at::parallel_for(0, B * S, detail::row_grain(H * D), [&](int64_t begin, int64_t end) {
-      std::vector<opmath_t> cs(half), sn(half);
-      for (int64_t bs = begin; bs < end; ++bs) {
-        const int64_t b = bs / S, s = bs % S;
-        const int64_t p =
-            (has_pos ? pos[b * pos_sb + s * pos_ss]
-                     : (packed ? s - detail::rope_seq_start(cup, n_cu, s) : s)) + offset;
-        // The magnitude scales cos and sin, as HF's attention_scaling does, so only the
-        // rotary dims are scaled.
-        for (int64_t k = 0; k < half; ++k) {
-          opmath_t c, sv;
-          detail::rope_cos_sin<opmath_t>(p, freq32, freq64, k, c, sv);
-          const opmath_t m = detail::rope_magnitude<opmath_t>(factor, zp, k, p, a.xpos_centre,
-                                                              scale_base, a.xpos_inverse);
-          cs[k] = m * c;
-          sv *= m;
-          sn[k] = conjugate ? -sv : sv;
-        }
-        for (int64_t h = 0; h < H; ++h) {
-          const scalar_t* xr = xp + xg.offset(b, h, s);
-          scalar_t* orow = op_ + og.offset(b, h, s);
-          for (int64_t k = 0; k < half; ++k) {
-            int64_t i1, i2;
-            rope_pair_index(k, half, interleaved, i1, i2);
-            const opmath_t u = static_cast<opmath_t>(xr[i1 * xd]);
-            const opmath_t c = static_cast<opmath_t>(xr[i2 * xd]);
-            orow[i1 * od] = static_cast<scalar_t>(u * cs[k] - c * sn[k]);
-            orow[i2 * od] = static_cast<scalar_t>(c * cs[k] + u * sn[k]);
+    const int64_t row = 2 * half;  // table row: cos[0, half) then sin[0, half)
+    // One parallel region (a barrier per block stalls both threads whenever one is
+    // descheduled). A task is a block of positions -- of one batch row for (B, S) positions --
+    // and a range of heads: it computes the block's cos/sin table (L1-sized) and rotates every
+    // row of the block from it. Heads are split only when there are too few blocks to keep
+    // every thread busy; the split recomputes the (then small) table, never changes a value.
+    const int64_t block =
+        std::clamp<int64_t>(kTableBytes / std::max<int64_t>(1, row * static_cast<int64_t>(sizeof(opmath_t))), 1, S);
+    const int64_t nblocks = (S + block - 1) / block;
+    const int64_t want_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
+    const int64_t hsplit = std::clamp<int64_t>((want_tasks + nb * nblocks - 1) / (nb * nblocks), 1, H);
+    const int64_t hchunk = (H + hsplit - 1) / hsplit;
+    const int64_t ntasks = nb * nblocks * hsplit;
+    const bool s_inner = !bshd && !packed;
+    // Rows of a task: B / nb batch rows x hchunk heads x block positions.
+    const int64_t task_elems = (B / nb) * hchunk * block * D;
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, task_elems));
+    at::parallel_for(0, ntasks, grain, [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t> table(static_cast<size_t>(block * row));
+      opmath_t* tab = table.data();
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t hs = task % hsplit;
+        const int64_t blk = (task / hsplit) % nblocks;
+        const int64_t bb = task / (hsplit * nblocks);  // the batch row of (B, S) positions
+        const int64_t s0 = blk * block, n = std::min(block, S - s0);
+        const int64_t h0 = hs * hchunk, h1 = std::min(H, h0 + hchunk);
+        if (h0 >= h1) continue;
+        // The magnitude scales cos and sin, as HF's attention_scaling does, so only the rotary
+        // dims are scaled.
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t s = s0 + j;
+          const int64_t p =
+              (has_pos ? pos[bb * pos_sb + s * pos_ss]
+                       : (packed ? s - detail::rope_seq_start(cup, n_cu, s) : s)) + offset;
+          opmath_t* cs = tab + j * row;
+          opmath_t* sn = cs + half;
+          // Reference precision in fp32 math: cos/sin of the fp32 angles in vectors.
+          const bool fast = std::is_same_v<opmath_t, float> && freq32 != nullptr;
+          if (fast) {
+            fast_cos_sin(static_cast<float>(p), freq32, half, cs, sn);
+            if (zp == nullptr) {  // magnitude = factor for every pair
+              if (factor != opmath_t(1) || conjugate) {
+                for (int64_t k = 0; k < half; ++k) {
+                  cs[k] *= factor;
+                  const opmath_t sv = sn[k] * factor;
+                  sn[k] = conjugate ? -sv : sv;
+                }
+              }
+              continue;
+            }
           }
-          for (int64_t d = 2 * half; d < D; ++d) orow[d * od] = xr[d * xd];  // bit-exact copy
+          for (int64_t k = 0; k < half; ++k) {
+            opmath_t c, sv;
+            if (fast) {
+              c = cs[k];
+              sv = sn[k];
+            } else {
+              detail::rope_cos_sin<opmath_t>(p, freq32, freq64, k, c, sv);
+            }
+            const opmath_t m = detail::rope_magnitude<opmath_t>(factor, zp, k, p, a.xpos_centre,
+                                                                scale_base, a.xpos_inverse);
+            cs[k] = m * c;
+            sv *= m;
+            sn[k] = conjugate ? -sv : sv;
+          }
+        }
+        // The block's rows in the output's memory order: runs along s ("bhsd": one table row
+        // per row) or along heads ("bshd", "thd": one table row for the run).
+        const int64_t b_lo = batched ? bb : 0, b_hi = batched ? bb + 1 : B;
+        for (int64_t b = b_lo; b < b_hi; ++b) {
+          if (s_inner) {
+            for (int64_t h = h0; h < h1; ++h) {
+              POSENC_CPU_DISPATCH(rope_rotate, xp + xg.offset(b, h, s0), xg.stride[2],
+                                  xg.stride[3], op_ + og.offset(b, h, s0), og.stride[2], tab,
+                                  row, n, half, D, a.interleaved);
+            }
+          } else {
+            for (int64_t j = 0; j < n; ++j) {
+              POSENC_CPU_DISPATCH(rope_rotate, xp + xg.offset(b, h0, s0 + j), xg.stride[1],
+                                  xg.stride[3], op_ + og.offset(b, h0, s0 + j), og.stride[1],
+                                  tab + j * row, 0, h1 - h0, half, D, a.interleaved);
+            }
+          }
         }
       }
     });
@@ -129,34 +223,20 @@ at::Tensor apply_rotary_pos_emb_forward_kernel(const at::Tensor& x, const at::Te
   const Table ct = table(cos), st = table(sin);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply_rotary_pos_emb_cpu", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* cp = cos.const_data_ptr<scalar_t>();
     const scalar_t* sp = sin.const_data_ptr<scalar_t>();
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
-    const int64_t xd = xg.stride[3], od = og.stride[3];
-    at::parallel_for(0, B * S, detail::row_grain(H * D), [&](int64_t begin, int64_t end) {
-      for (int64_t bs = begin; bs < end; ++bs) {
-        const int64_t b = bs / S, s = bs % S;
-        const scalar_t* cr = cp + b * ct.sb + s * ct.ss;
-        const scalar_t* sr = sp + b * st.sb + s * st.ss;
-        for (int64_t h = 0; h < H; ++h) {
-          const scalar_t* xr = xp + xg.offset(b, h, s);
-          scalar_t* orow = op_ + og.offset(b, h, s);
-          for (int64_t k = 0; k < half; ++k) {
-            int64_t i1, i2;
-            rope_pair_index(k, half, interleaved, i1, i2);
-            const opmath_t a = static_cast<opmath_t>(xr[i1 * xd]);
-            const opmath_t c = static_cast<opmath_t>(xr[i2 * xd]);
-            // rotate(x) is -c at i1 and a at i2; each element has its own cos and sin.
-            orow[i1 * od] = static_cast<scalar_t>(a * static_cast<opmath_t>(cr[i1 * ct.sr]) -
-                                                  c * static_cast<opmath_t>(sr[i1 * st.sr]));
-            orow[i2 * od] = static_cast<scalar_t>(c * static_cast<opmath_t>(cr[i2 * ct.sr]) +
-                                                  a * static_cast<opmath_t>(sr[i2 * st.sr]));
-          }
-          for (int64_t d = 2 * half; d < D; ++d) orow[d * od] = xr[d * xd];
-        }
-      }
+    // Rows in the output's memory order; a run along s ("bhsd") steps through the tables.
+    const bool s_inner = !bshd;
+    for_row_runs(B, H, S, s_inner, rotate_grain(D), [&](int64_t b, int64_t h, int64_t s,
+                                                        int64_t len) {
+      POSENC_CPU_DISPATCH(rope_rotate_table, xp + xg.offset(b, h, s),
+                          s_inner ? xg.stride[2] : xg.stride[1], xg.stride[3],
+                          op_ + og.offset(b, h, s), s_inner ? og.stride[2] : og.stride[1],
+                          cp + b * ct.sb + s * ct.ss, s_inner ? ct.ss : 0, ct.sr,
+                          sp + b * st.sb + s * st.ss, s_inner ? st.ss : 0, st.sr, len, half, D,
+                          interleaved, false);
     });
   });
   return out;
@@ -183,71 +263,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_ker
   const int64_t table_rows = (batched ? B : 1) * S;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply_rotary_pos_emb_backward_cpu", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     const scalar_t* cp = cos.const_data_ptr<scalar_t>();
     const scalar_t* sp = sin.const_data_ptr<scalar_t>();
     scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
-    const int64_t xd = xg.stride[3], gd = gg.stride[3], od = og.stride[3];
+    const int64_t xd = xg.stride[3], gd = gg.stride[3];
 
-    // grad_x = R^T g per element: dx[i1] = g1 cos[i1] + g2 sin[i2], dx[i2] = g2 cos[i2] - g1 sin[i1].
-    at::parallel_for(0, B * S, detail::row_grain(H * D), [&](int64_t begin, int64_t end) {
-      for (int64_t bs = begin; bs < end; ++bs) {
-        const int64_t b = bs / S, s = bs % S;
-        const scalar_t* cr = cp + b * ct.sb + s * ct.ss;
-        const scalar_t* sr = sp + b * st.sb + s * st.ss;
-        for (int64_t h = 0; h < H; ++h) {
-          const scalar_t* gr = gp + gg.offset(b, h, s);
-          scalar_t* orow = gxp + og.offset(b, h, s);
-          for (int64_t k = 0; k < half; ++k) {
-            int64_t i1, i2;
-            rope_pair_index(k, half, interleaved, i1, i2);
-            const opmath_t g1 = static_cast<opmath_t>(gr[i1 * gd]);
-            const opmath_t g2 = static_cast<opmath_t>(gr[i2 * gd]);
-            orow[i1 * od] = static_cast<scalar_t>(g1 * static_cast<opmath_t>(cr[i1 * ct.sr]) +
-                                                  g2 * static_cast<opmath_t>(sr[i2 * st.sr]));
-            orow[i2 * od] = static_cast<scalar_t>(g2 * static_cast<opmath_t>(cr[i2 * ct.sr]) -
-                                                  g1 * static_cast<opmath_t>(sr[i1 * st.sr]));
-          }
-          for (int64_t d = rot; d < D; ++d) orow[d * od] = gr[d * gd];
-        }
-      }
-    });
-
-    // grad_cos = sum g * x, grad_sin = sum g * rotate(x) over heads (and batch for an (S, R)
-    // table): one task per table row, fixed summation order, double accumulators.
+    // One pass, one task per table row: grad_x = R^T g for each of the row's (batch, head)
+    // rows (dx[i1] = g1 cos[i1] + g2 sin[i2], dx[i2] = g2 cos[i2] - g1 sin[i1]), and, while
+    // x and g are in L1, grad_cos += g * x, grad_sin += g * rotate(x) in fp64, batch rows then
+    // heads in order: the sums do not depend on the thread count.
     scalar_t* gcp = grad_cos.mutable_data_ptr<scalar_t>();  // contiguous (.., S, R)
     scalar_t* gsp = grad_sin.mutable_data_ptr<scalar_t>();
     const int64_t nb = batched ? 1 : B;
-    at::parallel_for(0, table_rows, detail::row_grain(nb * H * rot), [&](int64_t begin, int64_t end) {
-      std::vector<double> acc_c(rot), acc_s(rot);
+    at::parallel_for(0, table_rows, detail::row_grain(nb * H * D), [&](int64_t begin, int64_t end) {
+      std::vector<double> acc(2 * rot);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t s = row % S;
         const int64_t b0 = batched ? row / S : 0;
-        std::fill(acc_c.begin(), acc_c.end(), 0.0);
-        std::fill(acc_s.begin(), acc_s.end(), 0.0);
+        std::fill(acc.begin(), acc.end(), 0.0);
+        const scalar_t* cr = cp + b0 * ct.sb + s * ct.ss;
+        const scalar_t* sr = sp + b0 * st.sb + s * st.ss;
         for (int64_t b = b0; b < b0 + nb; ++b) {
           for (int64_t h = 0; h < H; ++h) {
             const scalar_t* xr = xp + xg.offset(b, h, s);
             const scalar_t* gr = gp + gg.offset(b, h, s);
-            for (int64_t k = 0; k < half; ++k) {
-              int64_t i1, i2;
-              rope_pair_index(k, half, interleaved, i1, i2);
-              const double a = static_cast<double>(xr[i1 * xd]);
-              const double c = static_cast<double>(xr[i2 * xd]);
-              const double g1 = static_cast<double>(gr[i1 * gd]);
-              const double g2 = static_cast<double>(gr[i2 * gd]);
-              acc_c[i1] += g1 * a;
-              acc_c[i2] += g2 * c;
-              acc_s[i1] -= g1 * c;
-              acc_s[i2] += g2 * a;
-            }
+            POSENC_CPU_DISPATCH(rope_rotate_table, gr, 0, gd, gxp + og.offset(b, h, s), 0, cr, 0,
+                                ct.sr, sr, 0, st.sr, 1, half, D, interleaved, true);
+            POSENC_CPU_DISPATCH(rope_table_grad_accumulate, xr, xd, gr, gd, half, interleaved,
+                                acc.data(), acc.data() + rot);
           }
         }
         for (int64_t j = 0; j < rot; ++j) {
-          gcp[row * rot + j] = static_cast<scalar_t>(acc_c[j]);
-          gsp[row * rot + j] = static_cast<scalar_t>(acc_s[j]);
+          gcp[row * rot + j] = static_cast<scalar_t>(acc[j]);
+          gsp[row * rot + j] = static_cast<scalar_t>(acc[rot + j]);
         }
       }
     });
