@@ -205,10 +205,10 @@ inline RopeLayout check_rope(const char* op, const char* arg, const at::Tensor& 
                      "sequence of 'cu_seqlens')",
                      "a tensor of shape ", shape_str(*positions));
     POSENC_CHECK_ARG(has_cu, op, "cu_seqlens",
-                     "must be an int64 (num_seqs + 1,) tensor with layout \"thd\"", "None");
+                     "must be an int64 or int32 (num_seqs + 1,) tensor with layout \"thd\"", "None");
     const at::Tensor& cu = *cu_seqlens;
     check_dim(op, "cu_seqlens", cu, 1, "(num_seqs + 1,)");
-    check_dtype(op, "cu_seqlens", cu, at::kLong);
+    check_index_dtype(op, "cu_seqlens", cu);
     POSENC_CHECK_ARG(!known_gt(c10::SymInt(1), cu.sym_size(0)), op, "cu_seqlens",
                      "must have at least one element (num_seqs + 1 >= 1)", "shape ",
                      shape_str(cu));
@@ -224,7 +224,7 @@ inline RopeLayout check_rope(const char* op, const char* arg, const at::Tensor& 
     head_dim = x.sym_size(3);
     if (has_pos) {
       const at::Tensor& pos = *positions;
-      check_dtype(op, "positions", pos, at::kLong);
+      check_index_dtype(op, "positions", pos);
       POSENC_CHECK_ARG(pos.dim() == 1 || pos.dim() == 2, op, "positions",
                        "must be a 1-D (seq,) or 2-D (batch, seq) tensor", "a ", pos.dim(),
                        "-D tensor of shape ", shape_str(pos));
@@ -293,7 +293,7 @@ inline void check_rope_values(const char* op, const std::optional<at::Tensor>& c
     }
   }
   if (cu_seqlens.has_value() && cu_seqlens->defined()) {
-    const at::Tensor cu = cu_seqlens->contiguous();
+    const at::Tensor cu = cu_seqlens->to(at::kLong).contiguous();
     const int64_t* c = cu.const_data_ptr<int64_t>();
     const int64_t n = cu.size(0);
     POSENC_CHECK_ARG(c[0] == 0, op, "cu_seqlens", "must start at 0", "cu_seqlens[0] = ", c[0]);

@@ -132,7 +132,7 @@ at::Tensor rope_inv_freq(int64_t dim, double base = 10000.0, at::Device device =
                          at::ScalarType dtype = at::kFloat);
 
 /// Rotary position embedding (Su et al. 2021, eq. 34). x (B,H,S,D) for layout "bhsd",
-/// (B,S,H,D) for "bshd", or packed (T,H,D) for "thd", any strides; positions int64 (S,) or
+/// (B,S,H,D) for "bshd", or packed (T,H,D) for "thd", any strides; positions int64 or int32 (S,) or
 /// (B,S), or none for offset + arange(S) (offset is added to given positions too); inv_freq
 /// float32 (R/2,) with R = rotary_dim <= D even. Pairs (i, i + R/2) (half-split,
 /// GPT-NeoX/Llama) or (2i, 2i+1) (interleaved, GPT-J/RoFormer); dims >= R pass through
@@ -141,7 +141,7 @@ at::Tensor rope_inv_freq(int64_t dim, double base = 10000.0, at::Device device =
 /// fp64 for double x. Returns a new contiguous tensor of x's shape and dtype; differentiable in
 /// x only (the backward is the same magnitude times the rotation by the negative angle).
 ///
-/// Packed sequences (layout "thd"): cu_seqlens int64 (num_seqs + 1,) on x's device holds the
+/// Packed sequences (layout "thd"): cu_seqlens int64 or int32 (num_seqs + 1,) on x's device holds the
 /// cumulative sequence starts (0, ..., T, non-decreasing); token t of the sequence starting at
 /// cu_seqlens[i] has position t - cu_seqlens[i] + offset. positions must be none (for explicit
 /// per-token positions use "bshd" on x.unsqueeze(0) with positions (T,)). The cu_seqlens
@@ -156,7 +156,7 @@ at::Tensor rope_inv_freq(int64_t dim, double base = 10000.0, at::Device device =
 /// magnitude is computed in opmath (fp32, fp64 for double x).
 ///
 /// Throws c10::Error naming the argument for a non-4-D (non-3-D for "thd") or non-float x, an
-/// unknown layout, positions not int64 (S,)/(B,S) or given with "thd", cu_seqlens missing with
+/// unknown layout, positions not int64/int32 (S,)/(B,S) or given with "thd", cu_seqlens missing with
 /// "thd", given otherwise, not int64 1-D non-empty, or (CPU) not 0..T non-decreasing, inv_freq
 /// not float32 1-D, xpos_zeta not float32 (R/2,) or (CPU) not > 0, a non-finite
 /// attention_factor, xpos_scale_base <= 0, a tensor on another device, or rotary_dim odd,

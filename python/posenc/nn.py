@@ -166,9 +166,9 @@ class RotaryEmbedding(nn.Module):
     * ``q``/``k``: ``(B, H, S, D)`` (``layout="bhsd"``), ``(B, S, H, D)`` (``"bshd"``) or packed
       ``(T, H, D)`` (``"thd"``), any float dtype and strides, with ``D == dim`` (head counts may
       differ, as in GQA). Outputs have the inputs' shapes and dtypes.
-    * ``positions``: int64 ``(S,)`` or ``(B, S)``, or ``None`` for ``arange(S)`` (must be
+    * ``positions``: int64 or int32 ``(S,)`` or ``(B, S)``, or ``None`` for ``arange(S)`` (must be
       ``None`` with ``"thd"``); ``offset`` is added in every case (KV-cache decoding).
-    * ``cu_seqlens``: int64 ``(num_seqs + 1,)`` cumulative sequence starts, required with
+    * ``cu_seqlens``: int64 or int32 ``(num_seqs + 1,)`` cumulative sequence starts, required with
       ``"thd"`` and only then; positions restart at ``offset`` in every packed sequence.
     * ``seq_len``: the current total length, read by the length-dependent types ``"dynamic"``
       and ``"longrope"`` (ignored otherwise). ``None`` infers it as transformers does (max

@@ -297,7 +297,7 @@ def rope(
 
     ``x``: ``(B, H, S, D)`` for ``layout="bhsd"``, ``(B, S, H, D)`` for ``"bshd"`` or packed
     ``(T, H, D)`` for ``"thd"``, any strides (views into a packed qkv buffer work without a
-    copy). ``positions``: int64 ``(S,)`` or ``(B, S)``, or ``None`` for ``arange(S)``;
+    copy). ``positions``: int64 or int32 ``(S,)`` or ``(B, S)``, or ``None`` for ``arange(S)``;
     ``offset`` is added in both cases (KV-cache decoding). ``inv_freq``: float32 or float64
     ``(R/2,)``, ``R = rotary_dim`` (default ``2 * len(inv_freq)``, must be even and <= D);
     dims ``>= R`` pass through unchanged. Half-split pairs ``(i, i + R/2)`` (GPT-NeoX,
@@ -321,7 +321,7 @@ def rope(
     same magnitude times the rotation by the negative angle, op ``rope_backward``);
     ``positions``, ``inv_freq``, ``cu_seqlens`` and ``xpos_zeta`` get none.
 
-    Packed sequences (``layout="thd"``, varlen / FlashAttention style): ``cu_seqlens`` int64
+    Packed sequences (``layout="thd"``, varlen / FlashAttention style): ``cu_seqlens`` int64 or int32
     ``(num_seqs + 1,)`` on ``x``'s device, the cumulative starts ``0 = c_0 <= c_1 <= ... = T``;
     token ``t`` with ``c_i <= t < c_{i+1}`` has position ``t - c_i + offset`` (positions restart
     in every sequence). ``positions`` must be ``None`` with ``"thd"``; for explicit per-token
@@ -347,7 +347,7 @@ def rope(
     The magnitude is computed in fp32 (fp64 for fp64 ``x``).
 
     Raises ``RuntimeError`` ("posenc.rope: argument '<arg>' ...") for: ``x`` not 4-D (3-D for
-    ``"thd"``) float; ``layout`` not "bhsd"/"bshd"/"thd"; ``positions`` not int64, not
+    ``"thd"``) float; ``layout`` not "bhsd"/"bshd"/"thd"; ``positions`` not int64/int32, not
     ``(S,)``/``(B, S)``, on another device, or given with ``"thd"``; ``cu_seqlens`` missing
     with ``"thd"``, given with another layout, not int64 1-D non-empty, on another device, or
     (CPU) not starting at 0, decreasing, or not ending at ``T``; ``inv_freq`` not float32 1-D

@@ -219,8 +219,8 @@ TEST(Rope, Errors) {
                "posenc.rope: argument 'inv_freq' must have at most head_dim / 2 elements");
   expect_error([&] { rope(x, torch::arange(4), inv); },
                "posenc.rope: argument 'positions' must have shape (3,) or (1, 3)");
-  expect_error([&] { rope(x, torch::arange(3).to(torch::kInt), inv); },
-               "argument 'positions' must have dtype Long, but got dtype Int");
+  expect_error([&] { rope(x, torch::arange(3).to(torch::kShort), inv); },
+               "argument 'positions' must have dtype int64 or int32, but got dtype Short");
   expect_error([&] { rope(x, std::nullopt, inv.to(torch::kInt)); },
                "argument 'inv_freq' must have dtype float32 (reference precision) or float64 "
                "(exact precision), but got dtype Int");
@@ -309,7 +309,7 @@ TEST(Rope, PackedAndMagnitudeErrors) {
   auto inv = rope_inv_freq(8);
   auto cu = torch::tensor({0, 2, 5}, torch::kLong);
   expect_error([&] { rope(x, std::nullopt, inv, 0, std::nullopt, false, "thd"); },
-               "posenc.rope: argument 'cu_seqlens' must be an int64 (num_seqs + 1,) tensor");
+               "posenc.rope: argument 'cu_seqlens' must be an int64 or int32 (num_seqs + 1,) tensor");
   expect_error([&] { rope(x, torch::arange(5), inv, 0, std::nullopt, false, "thd", cu); },
                "argument 'positions' must be None with layout \"thd\"");
   expect_error([&] { rope(x.unsqueeze(0), std::nullopt, inv, 0, std::nullopt, false, "bhsd", cu); },

@@ -411,7 +411,7 @@ TEST(RopeScaling, Errors) {
   expect_error([] { posenc::ops::xpos_zeta(0); }, "posenc.xpos_zeta: argument 'rotary_dim' must be > 0, but got 0");
   auto z = posenc::ops::xpos_zeta(8);
   expect_error([&] { posenc::ops::xpos_scale(torch::zeros({3}), z); },
-               "posenc.xpos_scale: argument 'positions' must have dtype Long, but got dtype Float");
+               "posenc.xpos_scale: argument 'positions' must have dtype int64 or int32, but got dtype Float");
   expect_error([&] { posenc::ops::xpos_scale(torch::arange(3), z, 0.0); },
                "posenc.xpos_scale: argument 'scale_base' must be finite and > 0, but got 0");
 }

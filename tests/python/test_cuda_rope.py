@@ -493,10 +493,10 @@ def test_thd_deterministic_and_unchecked_cu_seqlens_is_safe():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda X, I: ops.rope(X, None, I, layout="thd"), r"posenc\.rope: argument 'cu_seqlens' must be an int64"),
+        (lambda X, I: ops.rope(X, None, I, layout="thd"), r"posenc\.rope: argument 'cu_seqlens' must be an int64 or int32"),
         (lambda X, I: ops.rope(X, torch.arange(5, device=X.device), I, layout="thd", cu_seqlens=torch.tensor([0, 5], device=X.device)),
          r"argument 'positions' must be None with layout \"thd\""),
-        (lambda X, I: ops.rope(X, None, I, layout="thd", cu_seqlens=torch.tensor([0, 5], device=X.device).int()), r"argument 'cu_seqlens' must have dtype Long"),
+        (lambda X, I: ops.rope(X, None, I, layout="thd", cu_seqlens=torch.tensor([0, 5], device=X.device).float()), r"argument 'cu_seqlens' must have dtype int64 or int32"),
         (lambda X, I: ops.rope(X, None, I, layout="thd", cu_seqlens=torch.tensor([0, 5], device=X.device), xpos_zeta=torch.ones(3, device=X.device)),
          r"argument 'xpos_zeta' must have len\(inv_freq\) = 4 elements"),
         (lambda X, I: ops.rope(X, None, I, layout="thd", cu_seqlens=torch.tensor([0, 5], device=X.device), attention_factor=float("nan")),

@@ -221,3 +221,44 @@ def test_xpos_scale_int32_positions():
     assert torch.equal(torch.ops.posenc.xpos_scale(pos.int(), zeta, 512.0, 0, False), want)
     far = torch.ops.posenc.xpos_scale(pos, zeta, 512.0, -(2**40), False)
     assert torch.equal(torch.ops.posenc.xpos_scale(pos.int(), zeta, 512.0, -(2**40), False), far)
+
+
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+@pytest.mark.parametrize("batched", [False, True])
+def test_rope_int32_positions_equal_int64(layout, batched):
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 7, 16) if layout == "bhsd" else torch.randn(2, 7, 3, 16)
+    pos = torch.randint(-50, 2**20, (2, 7) if batched else (7,))
+    inv = ops.rope_inv_freq(16)
+    want = ops.rope(x, pos, inv, layout=layout)
+    xg = x.clone().requires_grad_()
+    got = ops.rope(xg, pos.int(), inv, layout=layout)
+    assert torch.equal(got, want)
+    g = torch.randn_like(got)
+    (gx,) = torch.autograd.grad(got, xg, g)
+    xg64 = x.clone().requires_grad_()
+    (gx64,) = torch.autograd.grad(ops.rope(xg64, pos, inv, layout=layout), xg64, g)
+    assert torch.equal(gx, gx64)
+
+
+def test_rope_thd_int32_cu_seqlens_equal_int64():
+    torch.manual_seed(6)
+    x = torch.randn(12, 2, 8)
+    cu = torch.tensor([0, 5, 5, 12])
+    inv = ops.rope_inv_freq(8)
+    want = ops.rope(x, None, inv, offset=3, layout="thd", cu_seqlens=cu)
+    assert torch.equal(ops.rope(x, None, inv, offset=3, layout="thd", cu_seqlens=cu.int()), want)
+    with pytest.raises(RuntimeError, match=r"posenc.rope: argument 'cu_seqlens' must end at"):
+        ops.rope(x, None, inv, layout="thd", cu_seqlens=torch.tensor([0, 5, 11], dtype=torch.int32))
+
+
+def test_rotary_module_int32_ids():
+    import posenc.cpp as pcpp
+    from posenc import nn as pnn
+
+    q, k = torch.randn(1, 7, 2, 8), torch.randn(1, 7, 2, 8)
+    pos = torch.arange(3, 10)
+    for mod in (pnn.RotaryEmbedding(8, layout="bshd"), pcpp.RotaryEmbedding(8, layout="bshd")):
+        a = mod(q, k, pos)
+        b = mod(q, k, pos.int())
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -605,7 +605,7 @@ INV = ops.rope_inv_freq(8)
         (lambda: ops.rope(X, None, INV, layout="sbhd"), r"posenc\.rope: argument 'layout' must be one of \"bhsd\", \"bshd\", \"thd\", but got \"sbhd\""),
         (lambda: ops.rope(X[0], None, INV), r"posenc\.rope: argument 'x' must be a 4-D tensor of shape \(batch, heads, seq, head_dim\), but got a 3-D"),
         (lambda: ops.rope(X.long(), None, INV), r"argument 'x' must have dtype float16, bfloat16, float32 or float64, but got dtype Long"),
-        (lambda: ops.rope(X, torch.arange(5).int(), INV), r"argument 'positions' must have dtype Long, but got dtype Int"),
+        (lambda: ops.rope(X, torch.arange(5).short(), INV), r"argument 'positions' must have dtype int64 or int32, but got dtype Short"),
         (lambda: ops.rope(X, torch.arange(6), INV), r"argument 'positions' must have shape \(5,\) or \(2, 5\) to match 'x' of shape \[2, 3, 5, 8\].*but got shape \[6\]"),
         (lambda: ops.rope(X, torch.zeros(3, 5, dtype=torch.long), INV), r"argument 'positions' must have shape \(5,\) or \(2, 5\).*but got shape \[3, 5\]"),
         (lambda: ops.rope(X, torch.arange(5), INV, layout="bshd"), r"argument 'positions' must have shape \(3,\) or \(2, 3\).*layout \"bshd\"\), but got shape \[5\]"),
@@ -942,11 +942,11 @@ CU = torch.tensor([0, 2, 5])
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: ops.rope(XT, None, INV, layout="thd"), r"posenc\.rope: argument 'cu_seqlens' must be an int64 \(num_seqs \+ 1,\) tensor with layout \"thd\", but got None"),
+        (lambda: ops.rope(XT, None, INV, layout="thd"), r"posenc\.rope: argument 'cu_seqlens' must be an int64 or int32 \(num_seqs \+ 1,\) tensor with layout \"thd\", but got None"),
         (lambda: ops.rope(X, None, INV, cu_seqlens=CU), r"posenc\.rope: argument 'cu_seqlens' must be None unless layout is \"thd\", but got a tensor of shape \[3\] with layout \"bhsd\""),
         (lambda: ops.rope(X, None, INV, layout="thd", cu_seqlens=CU), r"posenc\.rope: argument 'x' must be a 3-D tensor of shape \(total_tokens, heads, head_dim\), but got a 4-D"),
         (lambda: ops.rope(XT, torch.arange(5), INV, layout="thd", cu_seqlens=CU), r"argument 'positions' must be None with layout \"thd\".*but got a tensor of shape \[5\]"),
-        (lambda: ops.rope(XT, None, INV, layout="thd", cu_seqlens=CU.int()), r"argument 'cu_seqlens' must have dtype Long, but got dtype Int"),
+        (lambda: ops.rope(XT, None, INV, layout="thd", cu_seqlens=CU.float()), r"argument 'cu_seqlens' must have dtype int64 or int32, but got dtype Float"),
         (lambda: ops.rope(XT, None, INV, layout="thd", cu_seqlens=CU[None]), r"argument 'cu_seqlens' must be a 1-D tensor of shape \(num_seqs \+ 1,\), but got a 2-D"),
         (lambda: ops.rope(XT, None, INV, layout="thd", cu_seqlens=CU[:0]), r"argument 'cu_seqlens' must have at least one element.*but got shape \[0\]"),
         (lambda: ops.rope(XT, None, INV, layout="thd", cu_seqlens=torch.tensor([1, 2, 5])), r"argument 'cu_seqlens' must start at 0, but got cu_seqlens\[0\] = 1"),
@@ -971,7 +971,7 @@ def test_bad_inputs_thd_and_magnitudes(call, match):
 def test_bad_thd_inputs_on_meta_same_message():
     x = torch.empty(5, 3, 8, device="meta")
     inv = INV.to("meta")
-    with pytest.raises(RuntimeError, match=r"posenc\.rope: argument 'cu_seqlens' must be an int64"):
+    with pytest.raises(RuntimeError, match=r"posenc\.rope: argument 'cu_seqlens' must be an int64 or int32"):
         ops.rope(x, None, inv, layout="thd")
     with pytest.raises(RuntimeError, match=r"argument 'cu_seqlens' must be on the device of 'x'"):
         ops.rope(x, None, inv, layout="thd", cu_seqlens=CU)

@@ -83,17 +83,20 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
   const int64_t offset = a.offset;
 
   const bool has_pos = a.positions.has_value() && a.positions->defined();
-  const int64_t* pos = has_pos ? a.positions->const_data_ptr<int64_t>() : nullptr;
+  // int32 position ids are widened (a (B, S) copy, small beside x); int64 ones read in place.
+  at::Tensor pos_t;
+  if (has_pos) pos_t = a.positions->scalar_type() == at::kLong ? *a.positions : a.positions->to(at::kLong);
+  const int64_t* pos = has_pos ? pos_t.const_data_ptr<int64_t>() : nullptr;
   int64_t pos_sb = 0, pos_ss = 0;  // a (S,) table is shared by every batch row
   if (has_pos) {
-    pos_ss = a.positions->stride(-1);
-    if (a.positions->dim() == 2) pos_sb = a.positions->stride(0);
+    pos_ss = pos_t.stride(-1);
+    if (pos_t.dim() == 2) pos_sb = pos_t.stride(0);
   }
   // Table rows: one per position, or one per (batch row, position) for (B, S) positions.
   const bool batched = has_pos && a.positions->dim() == 2;
   const int64_t nb = batched ? B : 1;
   at::Tensor cu;
-  if (packed) cu = a.cu_seqlens->contiguous();
+  if (packed) cu = a.cu_seqlens->to(at::kLong).contiguous();
   const int64_t* cup = packed ? cu.const_data_ptr<int64_t>() : nullptr;
   const int64_t n_cu = packed ? cu.size(0) : 0;
   at::Tensor zeta;

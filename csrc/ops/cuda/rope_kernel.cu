@@ -267,14 +267,17 @@ at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const
   const int64_t B = xg.size[0], H = xg.size[1], S = xg.size[2], D = xg.size[3];
 
   const bool has_pos = a.positions.has_value() && a.positions->defined();
-  const int64_t* pos = has_pos ? a.positions->const_data_ptr<int64_t>() : nullptr;
+  // int32 position ids are widened (a (B, S) copy, small beside x); int64 ones read in place.
+  at::Tensor pos_t;
+  if (has_pos) pos_t = a.positions->scalar_type() == at::kLong ? *a.positions : a.positions->to(at::kLong);
+  const int64_t* pos = has_pos ? pos_t.const_data_ptr<int64_t>() : nullptr;
   int64_t pos_sb = 0, pos_ss = 0;  // a (S,) table is shared by every batch row
   if (has_pos) {
-    pos_ss = a.positions->stride(-1);
-    if (a.positions->dim() == 2) pos_sb = a.positions->stride(0);
+    pos_ss = pos_t.stride(-1);
+    if (pos_t.dim() == 2) pos_sb = pos_t.stride(0);
   }
   at::Tensor cu;  // tiny; .contiguous() is an async device copy at most
-  if (packed) cu = a.cu_seqlens->contiguous();
+  if (packed) cu = a.cu_seqlens->to(at::kLong).contiguous();
   at::Tensor zeta;
   if (a.xpos_zeta.has_value() && a.xpos_zeta->defined()) zeta = a.xpos_zeta->contiguous();
 

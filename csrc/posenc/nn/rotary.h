@@ -99,8 +99,8 @@ class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
 
   /// q, k: (B, H, S, D) ("bhsd"), (B, S, H, D) ("bshd") or packed (T, H, D) ("thd"), any float
   /// dtype and strides (q and k may have different head counts, as in grouped-query
-  /// attention). positions: int64 (S,) or (B, S), or none for arange(S) (not with "thd");
-  /// offset is added to the positions in every case (KV-cache decoding). cu_seqlens: int64
+  /// attention). positions: int64 or int32 (S,) or (B, S), or none for arange(S) (not with "thd");
+  /// offset is added to the positions in every case (KV-cache decoding). cu_seqlens: int64 or int32
   /// (num_seqs + 1,) cumulative sequence starts, required with "thd" (positions restart per
   /// sequence). seq_len: the current total length for "dynamic" / "longrope" (ignored by the
   /// other types); unset, it is inferred as transformers does (max position + 1): offset + S
