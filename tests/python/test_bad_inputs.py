@@ -669,7 +669,13 @@ row("cfg-longrope-short-len", F, lambda: hf.rope_from_config(cfg(rope_scaling={"
 row("cfg-head-dim-odd-as-hf", F, lambda: hf.rope_from_config(cfg(head_dim=63)).compute(16)[0],
     check=close(10000.0 ** (-torch.arange(0, 63, 2, dtype=F64) / 63), atol=1e-7))
 row("cfg-theta-string", F, lambda: hf.rope_from_config(cfg(rope_theta="big")),
-    exc=(ValueError, TypeError, RuntimeError), pattern=r"rope_theta.*big|could not convert string to float: 'big'")
+    **err("rope_scaling_inv_freq", "rope_theta", "a number", "str 'big'"))
+row("cfg-theta-numeric-string", F, lambda: hf.rope_from_config(cfg(rope_theta="5e5")).rope_theta,
+    check=lambda v: None if v == 5e5 else pytest.fail(f"rope_theta {v}"))  # as float() reads it
+row("cfg-head-dim-string", F, lambda: hf.rope_from_config(cfg(head_dim="wide")),
+    **err("rope_scaling_inv_freq", "head_dim", "an integer", "str 'wide'"))
+row("cfg-partial-list", F, lambda: hf.rope_from_config(cfg(partial_rotary_factor=[0.5])),
+    **err("rope_scaling_inv_freq", "partial_rotary_factor", "a number", r"list \[0\.5\]"))
 row("json-not-json", F, lambda: hf.rope_config_from_json("{\"head_dim\": 64,"),
     exc=ValueError, pattern=r"posenc\.rope_config_from_json: .*JSON")
 row("json-not-object", F, lambda: hf.rope_config_from_json("[1, 2]"),
