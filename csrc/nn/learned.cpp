@@ -41,7 +41,7 @@ torch::Tensor LearnedPositionalEmbeddingImpl::forward(const torch::Tensor& x, in
                      x.defined() ? c10::str(x.sizes()) : std::string("an undefined tensor"));
   POSENC_CHECK_INPUT(offset >= 0, kName, "offset", "must be >= 0", offset);
   const int64_t seq = x.size(1);
-  // A learned table cannot extrapolate: say which position fell off, before any work (C15).
+  // A learned table cannot extrapolate: say which position fell off, before any work.
   // Compared as offset > max_len - seq (both >= 0): offset + seq may overflow for huge offsets,
   // and so may the last position, which is then printed as a sum.
   TORCH_CHECK(offset <= options.max_len() - seq, "posenc.", kName, ": position ",

@@ -65,7 +65,7 @@ void RotaryEmbeddingImpl::reset() {
                         options.base());
   }
   const int64_t rd = rotary_dim();
-  // Case C05: an odd rotary dim has a dim without a partner; refuse it here rather than at
+  // An odd rotary dim has a dim without a partner; refuse it here rather than at
   // the first forward.
   POSENC_CHECK_OPTION(rd > 0 && rd % 2 == 0, kName, "rotary_dim",
                       "must be even and > 0 (dims are rotated in pairs)", rd);
@@ -83,7 +83,7 @@ void RotaryEmbeddingImpl::reset() {
 }
 
 void RotaryEmbeddingImpl::compute_tables(torch::Device device) {
-  // Kept unregistered: module.to(kBFloat16) must not round the frequencies (C01). Computed
+  // Kept unregistered: module.to(kBFloat16) must not round the frequencies. Computed
   // (on the CPU, then copied) rather than moved, so a module on the meta device can move.
   const auto& scaling = options.scaling();
   const auto dt = freq_dtype();
@@ -208,6 +208,14 @@ std::tuple<torch::Tensor, torch::Tensor> RotaryEmbeddingImpl::forward(
   POSENC_CHECK_INPUT(k.defined() && k.dim() >= 1 && k.size(-1) == d, kName, "k",
                      c10::str("must have last dimension dim (", d, ")"),
                      k.defined() ? c10::str("shape ", k.sizes()) : std::string("undefined"));
+  // q and k rotate with one set of tables and are multiplied together next: a mixed pair
+  // would silently return two dtypes (or fail on inv_freq's device).
+  POSENC_CHECK_INPUT(k.scalar_type() == q.scalar_type(), kName, "k",
+                     c10::str("must have the dtype of 'q' (", q.scalar_type(), ")"), "dtype ",
+                     k.scalar_type());
+  POSENC_CHECK_INPUT(k.device() == q.device(), kName, "k",
+                     c10::str("must be on the device of 'q' (", q.device(), ")"), "device ",
+                     k.device());
   const bool thd = options.layout() == "thd";
   const bool has_cu = cu_seqlens.has_value() && cu_seqlens->defined();
   POSENC_CHECK_INPUT(!thd || has_cu, kName, "cu_seqlens", "must be given with layout \"thd\"",

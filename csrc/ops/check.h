@@ -124,6 +124,49 @@ inline void check_output_size(const char* op, const char* arg, c10::SymIntArrayR
                    "an output of shape ", sizes, " and dtype ", dtype);
 }
 
+// Outputs larger than this cannot be allocated on any machine posenc runs on: 2^47 bytes
+// (128 TiB) is the whole user address space of x86-64 and arm64 with 48-bit virtual
+// addresses. Refusing them up front matters where the kernel overcommits memory
+// (vm.overcommit_memory = 1): there a huge allocation "succeeds" and the process is killed
+// when the kernel writes it.
+constexpr uint64_t kMaxAllocBytes = uint64_t{1} << 47;
+
+inline uint64_t size_bytes(at::IntArrayRef sizes, at::ScalarType dtype) {
+  uint64_t bytes = at::elementSize(dtype);  // sizes already fit int64 bytes (check_output_size)
+  for (const int64_t s : sizes) bytes *= static_cast<uint64_t>(s);
+  return bytes;
+}
+
+// "posenc.<op>: argument '<arg>' is too large: the output cannot be allocated, ..."
+inline void check_allocatable(const char* op, const char* arg, at::IntArrayRef sizes,
+                              at::ScalarType dtype) {
+  const uint64_t bytes = size_bytes(sizes, dtype);
+  POSENC_CHECK_ARG(bytes <= kMaxAllocBytes, op, arg,
+                   "is too large: the output cannot be allocated (more than 2^47 bytes, the "
+                   "address space)",
+                   "an output of shape ", sizes, " and dtype ", dtype, " (", bytes, " bytes)");
+}
+
+// Allocates an op's output. One that fits in int64 bytes (check_output_size) but not in memory
+// gets a posenc error naming the op, the argument and the size in bytes, instead of the
+// allocator's bare message; nothing is left allocated, so the process stays usable. With valid
+// sizes, at::empty can only fail in the allocator, so every c10::Error here is that failure
+// (c10::OutOfMemoryError on CUDA, a plain c10::Error from the CPU allocator).
+inline at::Tensor empty_output(const char* op, const char* arg, at::IntArrayRef sizes,
+                               const at::TensorOptions& options) {
+  const auto dtype = at::typeMetaToScalarType(options.dtype());
+  check_allocatable(op, arg, sizes, dtype);
+  try {
+    return at::empty(sizes, options);
+  } catch (const c10::Error& e) {
+    const std::string why = e.what_without_backtrace();
+    POSENC_CHECK_ARG(false, op, arg, "is too large: the output cannot be allocated",
+                     "an output of shape ", sizes, " and dtype ", dtype, " (",
+                     size_bytes(sizes, dtype), " bytes; ", why.substr(0, why.find('\n')), ")");
+  }
+  return at::Tensor();  // unreachable
+}
+
 // The (num_heads, q_len, k_len) bias ops name the longer of their two lengths.
 template <typename Int>
 inline void check_bias_size(const char* op, const c10::SymInt& heads, const Int& q_len,

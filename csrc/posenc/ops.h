@@ -27,9 +27,10 @@ namespace ops {
 ///                     h = dim/2 (tensor2tensor's get_timing_signal_1d, used by fairseq and TXL ports).
 /// Values are computed in fp64 and rounded once to `dtype` (float16/bfloat16/float32/float64).
 /// Not differentiable (positions are integers). Errors: dim must be even and > 0;
-/// num_positions >= 0; base finite and > 0; dtype floating; a table whose size in bytes
-/// overflows int64 ("argument 'num_positions' is too large: ...", checked before the
-/// positions are allocated).
+/// num_positions >= 0; base finite and > 0; dtype floating; offset + num_positions - 1 within
+/// int64; a table whose size in bytes overflows int64 ("argument 'num_positions' is too
+/// large: ...", checked before the positions are allocated) or that cannot be allocated
+/// ("... the output cannot be allocated", with its size in bytes).
 at::Tensor sinusoidal_table(int64_t num_positions, int64_t dim, double base = 10000.0,
                             int64_t offset = 0, bool interleaved = true,
                             at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);

@@ -93,7 +93,8 @@ Flags (``--help`` lists the defaults):
 * RoPE scaling: ``--rope-scalings`` (``linear,ntk,dynamic,yarn``; ``none``),
   ``--finetune-steps`` (10% of ``--steps``), ``--finetune-lr`` (0.1 x ``--lr``);
 * running: ``--out``, ``--threads`` (``torch.set_num_threads``; default 1, ``0`` for all
-  usable cores: see below), ``--no-plot``, ``--no-progress`` (tqdm bars go to stderr);
+  usable cores: see below), ``--no-plot``, ``--no-progress`` (tqdm bars go to stderr, drawn
+  only when it is a terminal);
 * ``--quick``: L=32, a 1-layer d_model 32 model, 200 steps, evaluated at 1x, 2x and 4x L on
   8192 bytes: the whole pipeline in seconds (explicit flags still override it).
 
@@ -393,6 +394,13 @@ def lr_at(step: int, steps: int, lr: float) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
+def _bar_disable(quiet: bool) -> Optional[bool]:
+    """tqdm's ``disable``: off with --no-progress, and None (tqdm's own test: no bar unless
+    stderr is a terminal) otherwise, so a job whose output goes to a log file does not fill
+    it with carriage-return redraws."""
+    return True if quiet else None
+
+
 def batch_starts(n_train: int, train_len: int, steps: int, batch_size: int, seed: int) -> Tensor:
     """(steps, batch_size) window starts; the same for every encoding."""
     g = torch.Generator().manual_seed(seed)
@@ -414,7 +422,8 @@ def train_one(
     offsets = torch.arange(train_len + 1)
     losses: List[float] = []
     model.train()
-    bar = tqdm(range(starts.size(0)), desc=desc, leave=False, disable=quiet, dynamic_ncols=True)
+    bar = tqdm(range(starts.size(0)), desc=desc, leave=False, disable=_bar_disable(quiet),
+               dynamic_ncols=True)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, starts.size(0), lr)
@@ -485,7 +494,8 @@ def evaluate(
     per_batch = max(1, eval_tokens // length)
     total = 0.0
     count = 0
-    bar = tqdm(range(0, n_win, per_batch), desc=desc, leave=False, disable=quiet, dynamic_ncols=True)
+    bar = tqdm(range(0, n_win, per_batch), desc=desc, leave=False, disable=_bar_disable(quiet),
+               dynamic_ncols=True)
     ends = [length] if block is None else sorted(set(range(block, length, block)) | {length})
     for i in bar:
         start = 0

@@ -65,7 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _C, ops
-from .rope_config import ROPE_TYPES, RopeConfig
+from .rope_config import ROPE_TYPES, RopeConfig, _float, _type_error
 
 __all__ = [
     "rope_from_config",
@@ -171,6 +171,14 @@ def _rope_type(params: Mapping[str, Any], config: Any) -> str:
     return name
 
 
+def _head_dim_int(value: Any) -> int:
+    # int() as transformers reads it (so "64" works), with the field named when it fails
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise _type_error("head_dim", "an integer", value) from None
+
+
 def rope_from_config(config: Any, layer_type: Optional[str] = None) -> RopeConfig:
     """RoPE configuration of a transformers config (object or ``config.json`` dict).
 
@@ -231,10 +239,10 @@ def rope_from_config(config: Any, layer_type: Optional[str] = None) -> RopeConfi
     # transformers: `if config.rope_parameters.get("truncate", True)`, so None is False
     truncate = bool(params.get("truncate", True)) if rope_type == "yarn" else True
     return RopeConfig(
-        head_dim=int(head_dim),
+        head_dim=_head_dim_int(head_dim),
         rope_type=rope_type,
-        rope_theta=float(rope_theta),
-        partial_rotary_factor=float(partial),
+        rope_theta=_float("rope_theta", rope_theta),
+        partial_rotary_factor=_float("partial_rotary_factor", partial),
         factor=field("factor"),
         max_position_embeddings=max_len,
         original_max_position_embeddings=original,
@@ -248,8 +256,8 @@ def rope_from_config(config: Any, layer_type: Optional[str] = None) -> RopeConfi
         high_freq_factor=field("high_freq_factor"),
         short_factor=field("short_factor"),
         long_factor=field("long_factor"),
-        xpos_gamma=float(params.get("xpos_gamma", 0.4)),
-        xpos_scale_base=float(params.get("xpos_scale_base", 512.0)),
+        xpos_gamma=_float("xpos_gamma", params.get("xpos_gamma", 0.4)),
+        xpos_scale_base=_float("xpos_scale_base", params.get("xpos_scale_base", 512.0)),
     )
 
 

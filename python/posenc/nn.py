@@ -55,7 +55,7 @@ class SinusoidalPositionalEncoding(nn.Module):
         base: frequency base (10000 in the paper), > 0.
         dropout: dropout probability after the addition, in [0, 1).
         interleaved: ``True`` for the paper's ``[sin, cos, sin, cos, ...]``; ``False`` for
-            tensor2tensor's ``[sines, cosines]`` (case C04).
+            tensor2tensor's ``[sines, cosines]``.
 
     Raises:
         ValueError: bad options. RuntimeError: ``x`` not ``(B, S, dim)``.
@@ -105,7 +105,7 @@ class LearnedPositionalEmbedding(nn.Module):
 
     A learned table cannot extrapolate: positions past ``max_len - 1`` raise ``RuntimeError``
     ``"posenc.LearnedPositionalEmbedding: position P is past the table of N positions
-    (max_len)"`` before any computation, and the module stays usable (case C15).
+    (max_len)"`` before any computation, and the module stays usable.
 
     Raises:
         ValueError: ``max_len`` or ``dim`` <= 0, ``dropout`` outside [0, 1).
@@ -196,7 +196,7 @@ class RotaryEmbedding(nn.Module):
 
     The tables (``inv_freq``, ``long_inv_freq``, ``xpos_zeta``) are plain tensor attributes, not
     parameters or buffers: the state_dict is empty, ``module.to(torch.bfloat16)`` keeps them
-    float32 (float64 in exact precision; case C01) while ``module.to(device)`` moves them;
+    float32 (float64 in exact precision) while ``module.to(device)`` moves them;
     inputs on another device use a copy.
 
     Precision. ``"reference"`` (default): float32 ``inv_freq`` and float32 angles
@@ -224,12 +224,13 @@ class RotaryEmbedding(nn.Module):
             tens of thousands of positions away from it).
 
     Raises:
-        ValueError at construction (case C05): odd/non-positive ``rotary_dim``, ``rotary_dim``
+        ValueError at construction: odd/non-positive ``rotary_dim``, ``rotary_dim``
         > ``dim``, ``base`` <= 1, unknown ``layout`` or ``precision``, ``scaling.head_dim !=
         dim``, ``rotary_dim != 2 * scaling.num_frequencies``, ``base`` neither 10000 nor
         ``scaling.rope_theta``. TypeError: ``scaling`` not a RopeConfig. RuntimeError: an
         invalid RopeConfig (``posenc.rope_scaling_inv_freq: ...``). RuntimeError in forward:
-        last dim of ``q`` or ``k`` is not ``dim``, ``cu_seqlens`` missing with ``"thd"`` or
+        last dim of ``q`` or ``k`` is not ``dim``, ``k`` of another dtype or device than
+        ``q``, ``cu_seqlens`` missing with ``"thd"`` or
         given otherwise, ``seq_len < 0`` (and the op's own checks).
     """
 
@@ -473,6 +474,18 @@ class RotaryEmbedding(nn.Module):
                 f"posenc.RotaryEmbedding: argument 'k' must have last dimension dim "
                 f"({self.dim}), but got shape {list(k.shape)}"
             )
+        # q and k rotate with one set of tables and are multiplied together next: a mixed pair
+        # would silently return two dtypes (or fail on inv_freq's device).
+        if k.dtype != q.dtype:
+            raise RuntimeError(
+                f"posenc.RotaryEmbedding: argument 'k' must have the dtype of 'q' "
+                f"({ops._dtype_name(q.dtype)}), but got dtype {ops._dtype_name(k.dtype)}"
+            )
+        if k.device != q.device:
+            raise RuntimeError(
+                f"posenc.RotaryEmbedding: argument 'k' must be on the device of 'q' ({q.device}), "
+                f"but got device {k.device}"
+            )
         if self.layout == "thd":
             if cu_seqlens is None:
                 raise RuntimeError(
@@ -529,8 +542,8 @@ class ALiBi(nn.Module):
     ``forward(q_len, k_len, q_offset=0, k_offset=0) -> (H, q_len, k_len)`` via
     :func:`posenc.ops.alibi_bias`: ``-slope * (q_pos - k_pos)`` (causal) or
     ``-slope * |q_pos - k_pos|``, query ``i`` at ``q_offset + i``, key ``j`` at
-    ``k_offset + j`` (case C10: align with offsets). Buffer ``slopes`` ``(H,)`` from
-    :func:`posenc.ops.alibi_slopes` (case C11). Add the result to the attention scores or pass
+    ``k_offset + j`` (align blocks with the offsets). Buffer ``slopes`` ``(H,)`` from
+    :func:`posenc.ops.alibi_slopes`. Add the result to the attention scores or pass
     it (unsqueezed) as SDPA's ``attn_mask``.
 
     Raises:
@@ -584,7 +597,7 @@ class T5RelativeBias(nn.Module):
     """T5 relative attention bias (Raffel et al. 2020, §2.1; Hugging Face T5Attention's numbers).
 
     ``forward(q_len, k_len, q_offset=0, k_offset=0) -> (H, q_len, k_len)`` via
-    :func:`posenc.ops.t5_bias`: ``out[h, i, j] = weight[bucket(k_pos - q_pos), h]`` (case C13).
+    :func:`posenc.ops.t5_bias`: ``out[h, i, j] = weight[bucket(k_pos - q_pos), h]``.
     Parameter ``weight`` ``(num_buckets, num_heads)`` initialised N(0, 0.02) — the layout of
     HF's ``relative_attention_bias.weight``.
 
@@ -764,7 +777,7 @@ class TransformerXLRelativeScore(nn.Module):
     ``d_model`` wide) at distances ``-c .. c`` with ``c = mem_len + Lq - 1``, projected by
     ``r_proj`` (``nn.Linear(d_model, H * head_dim, bias=False)``, ``W_R``), and the scores
     come from :func:`posenc.ops.rel_pos_scores` — exact for both signs of the distance, no
-    pad-and-shift (case C14). ``causal=True`` writes 0 for the keys after each query without
+    pad-and-shift. ``causal=True`` writes 0 for the keys after each query without
     computing them (half the work for a causal language model; the causal mask removes them).
     ``content_query(q) = q + u`` is the query for ``(a) + (c)``.
 
@@ -811,7 +824,7 @@ class TransformerXLRelativeScore(nn.Module):
         if q.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise RuntimeError(
                 f"posenc.TransformerXLRelativeScore: argument 'q' must have a floating dtype "
-                f"(float16, bfloat16, float32 or float64), but got dtype {q.dtype}"
+                f"(float16, bfloat16, float32 or float64), but got dtype {ops._dtype_name(q.dtype)}"
             )
 
     def forward(self, q: Tensor, mem_len: int = 0, causal: bool = False) -> Tensor:

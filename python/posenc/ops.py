@@ -29,6 +29,22 @@ __all__ = [
 ]
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    """``str(dtype)`` for error messages, also under TorchScript (which prints a dtype as its
+    enum number)."""
+    names = [
+        (torch.float32, "torch.float32"), (torch.float64, "torch.float64"),
+        (torch.float16, "torch.float16"), (torch.bfloat16, "torch.bfloat16"),
+        (torch.int64, "torch.int64"), (torch.int32, "torch.int32"), (torch.int16, "torch.int16"),
+        (torch.int8, "torch.int8"), (torch.uint8, "torch.uint8"), (torch.bool, "torch.bool"),
+        (torch.complex64, "torch.complex64"), (torch.complex128, "torch.complex128"),
+    ]
+    for d, name in names:
+        if dtype == d:
+            return name
+    return "another dtype"
+
+
 def sinusoidal_table(
     num_positions: int,
     dim: int,
@@ -54,9 +70,10 @@ def sinusoidal_table(
     dtype)`` takes explicit int64 or int32 positions ``(N,)``.
 
     Errors: ``dim`` must be even and > 0, ``num_positions`` >= 0, ``base`` finite and > 0,
-    ``dtype`` floating; a table whose size in bytes overflows int64 (checked before the
-    positions are allocated; a table that merely does not fit in memory gets the allocator's
-    error).
+    ``dtype`` floating, ``offset + num_positions - 1`` within int64; a table whose size in
+    bytes overflows int64 (checked before the positions are allocated), or that cannot be
+    allocated (``"argument 'num_positions' is too large: the output cannot be allocated"``,
+    with its size in bytes).
     """
     if num_positions < 0:
         raise RuntimeError(
@@ -73,10 +90,54 @@ def sinusoidal_table(
             raise RuntimeError(
                 f"posenc.sinusoidal_table: argument '{arg}' is too large: the output's size in "
                 f"bytes must fit in int64, but got an output of shape [{num_positions}, {dim}] "
-                f"and dtype {out_dtype}"
+                f"and dtype {_dtype_name(out_dtype)}"
             )
-    positions = torch.arange(offset, offset + num_positions, dtype=torch.long, device=device)
+    # As the C++ bound: more than 2^47 bytes (the address space of 48-bit virtual addresses)
+    # cannot be allocated, and with memory overcommit an attempt could "succeed" and then kill
+    # the process when written.
+    if dim > 0 and num_positions * dim > 2**47 // 8:
+        out_dtype = torch.float32 if dtype is None else dtype
+        size = torch.empty(0, dtype=out_dtype).element_size() * num_positions * dim
+        if size > 2**47:
+            arg = "num_positions" if num_positions >= dim else "dim"
+            raise RuntimeError(
+                f"posenc.sinusoidal_table: argument '{arg}' is too large: the output cannot be "
+                f"allocated (more than 2^47 bytes, the address space), but got an output of "
+                f"shape [{num_positions}, {dim}] and dtype {_dtype_name(out_dtype)} ({size} bytes)"
+            )
+    if num_positions > 0 and (offset < -int64_max - 1 or offset > int64_max - (num_positions - 1)):
+        raise RuntimeError(
+            f"posenc.sinusoidal_table: argument 'offset' must keep the last position "
+            f"offset + num_positions - 1 within int64, but got offset {offset} with "
+            f"num_positions {num_positions}"
+        )
+    if torch.jit.is_scripting():
+        positions = torch.arange(num_positions, dtype=torch.long, device=device).add_(offset)
+    else:
+        positions = _table_positions(offset, num_positions, dim, dtype, device)
     return torch.ops.posenc.sinusoidal_table(positions, dim, base, interleaved, dtype)
+
+
+@torch.jit.unused
+def _table_positions(
+    offset: int, num_positions: int, dim: int, dtype: Optional[torch.dtype],
+    device: Optional[torch.device],
+) -> Tensor:
+    # The positions are allocated before the op's own output (which the op guards the same
+    # way); a table that cannot be allocated gets a posenc message, not the allocator's.
+    # Eager only: TorchScript has no try (a scripted call gets the allocator's error).
+    try:
+        positions = torch.arange(num_positions, dtype=torch.long, device=device)
+    except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) is a RuntimeError too
+        out_dtype = torch.float32 if dtype is None else dtype
+        size = torch.empty(0, dtype=out_dtype).element_size() * num_positions * dim
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeError(
+            f"posenc.sinusoidal_table: argument 'num_positions' is too large: the output cannot "
+            f"be allocated, but got an output of shape [{num_positions}, {dim}] and dtype "
+            f"{out_dtype} ({size} bytes; {why})"
+        ) from None
+    return positions.add_(offset)  # arange(offset, offset + n) would overflow at the int64 limit
 
 
 def alibi_slopes(

@@ -11,6 +11,16 @@ if os.environ.get("POSENC_TEST_INSTALLED") != "1":
 
 import posenc  # noqa: E402,F401  (registers torch.ops.posenc.*)
 
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# hypothesis profiles, chosen by HYPOTHESIS_PROFILE: "ci" (the default) keeps the property
+# tests (test_properties.py) under a minute; "full" runs >= 10,000 generated cases in total.
+# Tests that pass their own max_examples keep it.
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=25, derandomize=True, **_COMMON)
+settings.register_profile("full", max_examples=1000, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 
 # Tolerances for comparing an op in a given dtype against an fp64 reference.
 TOL = {

@@ -325,3 +325,23 @@ def test_out_of_memory_at_a_length_is_reported_not_fatal(tmp_path, monkeypatch):
     assert ev["32"]["note"] == ev["64"]["note"] == extrapolate.OOM_MARKER
     assert "can't allocate" in ev["32"]["error"] and "not tried" in ev["64"]["error"]
     assert extrapolate.OOM_MARKER in (tmp_path / "table.txt").read_text()
+
+
+def test_progress_bars_only_on_a_terminal():
+    # A job logging to a file must not fill it with bar redraws: tqdm's disable=None turns the
+    # bar off when the stream is not a terminal; --no-progress turns it off everywhere.
+    import io
+
+    from tqdm import tqdm
+
+    assert extrapolate._bar_disable(True) is True
+    assert extrapolate._bar_disable(False) is None
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, drawn in ((io.StringIO(), False), (Tty(), True)):
+        for _ in tqdm(range(3), file=stream, disable=extrapolate._bar_disable(False), mininterval=0):
+            pass
+        assert bool(stream.getvalue()) == drawn, stream.getvalue()

@@ -43,7 +43,8 @@ at::Tensor alibi_bias_forward_kernel(const at::Tensor& slopes_in, int64_t q_len,
   detail::check_offsets("alibi_bias", q_offset, k_offset);
   const auto slopes = slopes_in.contiguous();
   detail::check_finite("alibi_bias", "slopes", slopes);
-  auto out = at::empty({slopes.size(0), q_len, k_len}, slopes.options());
+  auto out = detail::empty_output("alibi_bias", q_len > k_len ? "q_len" : "k_len",
+                                  {slopes.size(0), q_len, k_len}, slopes.options());
   if (out.numel() > 0) alibi_bias_fill(slopes, q_len, k_len, q_offset, k_offset, causal, out);
   return out;
 }

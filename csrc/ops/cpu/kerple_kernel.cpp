@@ -68,7 +68,8 @@ at::Tensor kerple_bias_forward_kernel(const at::Tensor& r1_in, const at::Tensor&
   const auto r1 = r1_in.contiguous();
   const auto r2 = r2_in.contiguous();
   detail::check_kerple_values(op, r1, r2, kind);
-  auto out = at::empty({r1.size(0), q_len, k_len}, r1.options());
+  auto out = detail::empty_output("kerple_bias", q_len > k_len ? "q_len" : "k_len",
+                                  {r1.size(0), q_len, k_len}, r1.options());
   if (out.numel() > 0) kerple_bias_fill(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal, out);
   return out;
 }

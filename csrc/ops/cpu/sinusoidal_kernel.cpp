@@ -40,9 +40,12 @@ scalar_t round_once(double x) {
 at::Tensor sinusoidal_table_kernel(const at::Tensor& positions_in, int64_t dim, double base,
                                    bool interleaved, std::optional<at::ScalarType> dtype) {
   detail::check_sinusoidal_table("sinusoidal_table", positions_in, dim, base, dtype);
+  const int64_t n = positions_in.size(0);
+  // The output first: a table that cannot be allocated fails before an expanded positions
+  // tensor is copied.
+  auto out = detail::empty_output("sinusoidal_table", n >= dim ? "positions" : "dim", {n, dim},
+                                  positions_in.options().dtype(detail::sinusoidal_dtype(dtype)));
   const auto positions = positions_in.to(at::kLong).contiguous();  // int32 ids widened
-  const int64_t n = positions.size(0);
-  auto out = at::empty({n, dim}, positions.options().dtype(detail::sinusoidal_dtype(dtype)));
   if (out.numel() == 0) return out;
 
   // Frequencies in fp64, once per call.

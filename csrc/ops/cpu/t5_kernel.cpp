@@ -70,7 +70,8 @@ at::Tensor t5_bias_forward_kernel(const at::Tensor& table_in, int64_t q_len, int
   detail::check_t5_bias("t5_bias", table_in, q_len, k_len, bidirectional, max_distance);
   detail::check_offsets("t5_bias", q_offset, k_offset);
   const auto table = table_in.contiguous();
-  auto out = at::empty({table.size(1), q_len, k_len}, table.options());
+  auto out = detail::empty_output("t5_bias", q_len > k_len ? "q_len" : "k_len",
+                                  {table.size(1), q_len, k_len}, table.options());
   if (out.numel() > 0) {
     t5_bias_fill(table, q_len, k_len, q_offset, k_offset, bidirectional, max_distance, out);
   }

@@ -25,10 +25,10 @@ struct ALiBiOptions {
 };
 
 /// Attention with Linear Biases (Press et al. 2022, §3). Buffer `slopes` (H,), float32, from
-/// posenc::ops::alibi_slopes (the paper's geometric sequence; case C11). forward returns the
+/// posenc::ops::alibi_slopes (the paper's geometric sequence). forward returns the
 /// bias (H, q_len, k_len) in the slopes' dtype from posenc::ops::alibi_bias, to add to the
 /// attention scores (unsqueeze(0) for a batch) or pass as an SDPA attn_mask. Query i sits at
-/// absolute position q_offset + i, key j at k_offset + j (case C10: pass the offsets, never
+/// absolute position q_offset + i, key j at k_offset + j (pass the offsets, never
 /// rely on lengths to align a query block with the keys).
 /// Errors: num_heads <= 0 at construction (c10::ValueError); negative lengths in forward.
 class ALiBiImpl : public torch::nn::Cloneable<ALiBiImpl> {

@@ -30,7 +30,7 @@ struct LearnedPositionalEmbeddingOptions {
 /// initializer_range). x: (B, S, dim), any float dtype; the sum follows type promotion.
 /// Errors: a learned table cannot extrapolate, so positions offset + S - 1 >= max_len raise
 /// c10::Error "posenc.LearnedPositionalEmbedding: position P is past the table of N positions
-/// (max_len)" before any computation; the module stays usable (case C15). Also: offset < 0,
+/// (max_len)" before any computation; the module stays usable. Also: offset < 0,
 /// x not 3-D, x.size(-1) != dim; at construction max_len or dim <= 0, dropout outside [0, 1).
 class LearnedPositionalEmbeddingImpl
     : public torch::nn::Cloneable<LearnedPositionalEmbeddingImpl> {

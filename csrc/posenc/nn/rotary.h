@@ -63,8 +63,8 @@ struct RotaryEmbeddingOptions {
 /// posenc::ops::rope_inv_freq; with scaling, compute_rope_parameters (bit-identical to
 /// transformers' ROPE_INIT_FUNCTIONS in reference precision). They are kept as tensors that
 /// are NOT parameters or buffers: the state_dict is empty, to(torch::kBFloat16) keeps them
-/// float32 (float64 in exact precision; angles at positions in the thousands need them, case
-/// C01); to(device) moves them, and forward uses a copy on the inputs' device when they live
+/// float32 (float64 in exact precision; angles at positions in the thousands need
+/// them); to(device) moves them, and forward uses a copy on the inputs' device when they live
 /// elsewhere. The attention factor (YaRN / LongRoPE attention_scaling) multiplies the rotary
 /// dims of both q and k, as transformers multiplies cos and sin. xPos scales q with
 /// xpos_inverse = false and k with true, around xpos_centre (Sun et al. 2022, §3.2).
@@ -77,12 +77,12 @@ struct RotaryEmbeddingOptions {
 /// until the length falls below max_position_embeddings, the table here is a function of
 /// seq_len only.
 ///
-/// Errors (c10::ValueError at construction, naming the module and option; case C05): dim <= 0,
+/// Errors (c10::ValueError at construction, naming the module and option): dim <= 0,
 /// rotary_dim odd, <= 0 or > dim, base <= 1, layout not "bhsd"/"bshd"/"thd", precision not
 /// "reference"/"exact", scaling->head_dim != dim, rotary_dim != 2 * scaling's number of
 /// frequencies, base neither 10000 nor scaling->rope_theta; an invalid scaling config throws
 /// the c10::Error of RopeScalingConfig::validate. In forward (c10::Error): q or k whose last
-/// dimension is not dim, cu_seqlens missing with "thd" or given otherwise, seq_len < 0, plus
+/// dimension is not dim, k of another dtype or device than q, cu_seqlens missing with "thd" or given otherwise, seq_len < 0, plus
 /// the op's own checks.
 class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
  public:

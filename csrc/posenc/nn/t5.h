@@ -31,7 +31,7 @@ struct T5RelativeBiasOptions {
 };
 
 /// T5 relative attention bias (Raffel et al. 2020, §2.1; numbers match Hugging Face's
-/// T5Attention, final clamp included, case C13). Parameter `weight` (num_buckets, H),
+/// T5Attention, final clamp included). Parameter `weight` (num_buckets, H),
 /// float32, initialised N(0, 0.02) (the layout of HF's relative_attention_bias.weight, so a
 /// checkpoint's table loads as is). forward returns (H, q_len, k_len) with
 /// out[h, i, j] = weight[bucket(k_pos - q_pos), h], from posenc::ops::t5_bias; query i sits

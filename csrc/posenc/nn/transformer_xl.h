@@ -34,7 +34,7 @@ struct TransformerXLRelativeScoreOptions {
 ///   forward(q, mem_len)[b, h, i, j] = (q_i + v_h) . W_R R_{(mem_len + i) - j}
 /// for keys j over [memory; current segment] (k_len = mem_len + Lq), computed by
 /// posenc::ops::rel_pos_scores without the pad-and-shift trick, so both signs of the distance
-/// are exact (bidirectional use; case C14). R is posenc::ops::sinusoidal_table (interleaved,
+/// are exact (bidirectional use). R is posenc::ops::sinusoidal_table (interleaved,
 /// d_model wide) at distances -(c) .. c, c = mem_len + Lq - 1, projected by `r_proj` (a
 /// Linear d_model -> H * D without bias, W_R in the paper). content_query(q) = q + u gives
 /// the query of the content part (a) + (c), to multiply with the keys.
