@@ -276,6 +276,27 @@ inline RopeLayout check_rope(const char* op, const char* arg, const at::Tensor& 
   return lay;
 }
 
+// Without explicit positions, token s sits at offset + s (s < S; in "thd", s < T bounds the
+// position within its sequence): the last one must not wrap past int64, or it would rotate by
+// the angle of a large negative position without any error. Explicit positions are values
+// (offset + positions[i] is the caller's, as on CUDA for every value check).
+template <typename Int>
+inline void check_rope_offset(const char* op, const std::optional<at::Tensor>& positions,
+                              const Int& offset, const c10::SymInt& seq_len) {
+  if (positions.has_value() && positions->defined()) return;
+  const auto o = concrete(offset);
+  const auto s = seq_len.maybe_as_int();
+  if (!o || !s || *s == 0) return;
+  POSENC_CHECK_ARG(*o <= std::numeric_limits<int64_t>::max() - (*s - 1), op, "offset",
+                   c10::str("must keep the last position offset + ", *s - 1, " within int64"),
+                   *o);
+}
+
+// The sequence length check_rope_offset bounds: S ("bhsd": dim 2, "bshd": dim 1), T ("thd").
+inline c10::SymInt rope_seq_len(const at::Tensor& x, RopeLayout lay) {
+  return x.sym_size(lay == RopeLayout::kThd ? 0 : (lay == RopeLayout::kBshd ? 1 : 2));
+}
+
 // Value checks that need the data (CPU tensors only; on CUDA they are the caller's
 // responsibility, to keep the op free of host syncs): cu_seqlens starts at 0, ends at
 // total_tokens and is non-decreasing; inv_freq is finite; xpos_zeta is > 0.

@@ -416,7 +416,6 @@ row("relpos-rel-expanded", F, lambda: ops.rel_pos_scores(Q4, REL[:1].expand(2, 7
 row("relpos-empty-q", F, lambda: ops.rel_pos_scores(Q4[:, :, :0], REL, k_len=5), check=shape_is(1, 2, 0, 5))
 
 # ---- rope_inv_freq / rope / apply_rotary_pos_emb ------------------------------------------------
-ROPE_PENDING = "fix pending in rope.h"
 F = "rope_inv_freq"
 row("invfreq-dim-odd", F, lambda: ops.rope_inv_freq(5), **err(F, "dim", "even", "5"))
 row("invfreq-dim-zero", F, lambda: ops.rope_inv_freq(0), **err(F, "dim", "even", "0"))
@@ -435,7 +434,7 @@ row("rope-x-int", F, lambda: ops.rope(X.long(), None, INV4), **err(F, "x", "floa
 row("rope-x-bool", F, lambda: ops.rope(X > 0, None, INV4), **err(F, "x", "float", "Bool"))
 row("rope-x-complex", F, lambda: ops.rope(X.to(torch.complex64), None, INV4), **err(F, "x", "float", "ComplexFloat"))
 row("rope-layout", F, lambda: ops.rope(X, None, INV4, layout="sbhd"), **err(F, "layout", "one of", '"sbhd"'))
-row("rope-positions-float", F, lambda: ops.rope(X, torch.zeros(3), INV4), **err(F, "positions", "dtype Long", "Float"))
+row("rope-positions-float", F, lambda: ops.rope(X, torch.zeros(3), INV4), **err(F, "positions", "int64 or int32", "Float"))
 row("rope-positions-length", F, lambda: ops.rope(X, torch.arange(4), INV4), **err(F, "positions", r"shape \(3,\) or \(1, 3\) to match 'x'", r"shape \[4\]"))
 row("rope-positions-batch", F, lambda: ops.rope(X, torch.zeros(2, 3, dtype=torch.long), INV4), **err(F, "positions", r"shape \(3,\) or \(1, 3\) to match 'x'", r"shape \[2, 3\]"))
 row("rope-positions-device", F, lambda: ops.rope(X, torch.arange(3, device=META), INV4), **err(F, "positions", "device", "meta"))
@@ -449,7 +448,7 @@ row("rope-cu-not-T", F, lambda: ops.rope(XT, None, INV4, layout="thd", cu_seqlen
 row("rope-cu-not-0", F, lambda: ops.rope(XT, None, INV4, layout="thd", cu_seqlens=torch.tensor([1, 2, 5])),
     **err(F, "cu_seqlens", "start at 0|0", "1"))
 row("rope-cu-device", F, lambda: ops.rope(XT, None, INV4, layout="thd", cu_seqlens=CU.to(META)), **err(F, "cu_seqlens", "device", "meta"))
-row("rope-cu-float", F, lambda: ops.rope(XT, None, INV4, layout="thd", cu_seqlens=CU.float()), **err(F, "cu_seqlens", "dtype Long", "Float"))
+row("rope-cu-float", F, lambda: ops.rope(XT, None, INV4, layout="thd", cu_seqlens=CU.float()), **err(F, "cu_seqlens", "int64 or int32", "Float"))
 row("rope-cu-with-bhsd", F, lambda: ops.rope(X, None, INV4, cu_seqlens=CU), **err(F, "cu_seqlens", "thd", "bhsd|tensor"))
 row("rope-invfreq-half", F, lambda: ops.rope(X, None, INV4.half()), **err(F, "inv_freq", "float32", "Half"))
 row("rope-invfreq-nan", F, lambda: ops.rope(X, None, torch.tensor([1.0, NAN, 0.1, 0.01])),
@@ -476,14 +475,14 @@ row("rope-x-expanded", F, lambda: ops.rope(X[:, :1].expand(1, 2, 3, 8), torch.te
 row("rope-partial-rotary", F, lambda: ops.rope(X.double(), None, INV4[:2].double(), rotary_dim=4),
     check=close(ref_rope(X, torch.arange(3), INV4[:2].double(), 4), atol=1e-12))
 row("rope-empty-seq", F, lambda: ops.rope(X[:, :, :0], None, INV4), check=shape_is(1, 2, 0, 8))
-row("rope-thd-cu-int32", F, lambda: ops.rope(XT, None, INV4, layout="thd", cu_seqlens=CU.int()),
-    **err(F, "cu_seqlens", "dtype Long", "Int"))
+row("rope-thd-cu-int32", F, lambda: ops.rope(XT.double(), None, INV4.double(), layout="thd", cu_seqlens=CU.int()),
+    check=close(torch.cat([ref_rope(XT[:2].transpose(0, 1)[None], torch.arange(2), INV4)[0].transpose(0, 1),
+                           ref_rope(XT[2:].transpose(0, 1)[None], torch.arange(3), INV4)[0].transpose(0, 1)]), atol=1e-6))
 row("rope-thd-strided-x", F, lambda: ops.rope(XT.double().transpose(0, 1).contiguous().transpose(0, 1), None, INV4.double(), layout="thd", cu_seqlens=CU),
     check=close(torch.cat([ref_rope(XT[:2].transpose(0, 1)[None], torch.arange(2), INV4)[0].transpose(0, 1),
                            ref_rope(XT[2:].transpose(0, 1)[None], torch.arange(3), INV4)[0].transpose(0, 1)]), atol=1e-6))
 row("rope-offset-past-int64", F, lambda: ops.rope(X, None, INV4, offset=I64_MAX),
-    **err(F, "offset", "within int64", str(I64_MAX)),
-    marks=pytest.mark.xfail(strict=True, reason=f"{ROPE_PENDING}: offset + S - 1 wraps past int64 unchecked"))
+    **err(F, "offset", "within int64", str(I64_MAX)))
 
 F = "apply_rotary_pos_emb"
 COS, SIN = randn(3, 8), randn(3, 8)

@@ -95,7 +95,8 @@ at::Tensor alibi_bias_cuda(const at::Tensor& slopes_in, int64_t q_len, int64_t k
   detail::check_offsets("alibi_bias", q_offset, k_offset);
   const c10::cuda::CUDAGuard guard(slopes_in.device());
   const auto slopes = slopes_in.contiguous();
-  auto out = at::empty({slopes.size(0), q_len, k_len}, slopes.options());
+  auto out = detail::empty_output("alibi_bias", q_len > k_len ? "q_len" : "k_len",
+                                  {slopes.size(0), q_len, k_len}, slopes.options());
   alibi_bias_fill_cuda(slopes, q_len, k_len, q_offset, k_offset, causal, out);
   return out;
 }

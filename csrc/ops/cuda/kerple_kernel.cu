@@ -136,7 +136,8 @@ at::Tensor kerple_bias_cuda(const at::Tensor& r1_in, const at::Tensor& r2_in, in
   const auto r1 = r1_in.contiguous();
   const auto r2 = r2_in.contiguous();
   check_r2_values_cuda(op, r2, kind);
-  auto out = at::empty({r1.size(0), q_len, k_len}, r1.options());
+  auto out = detail::empty_output("kerple_bias", q_len > k_len ? "q_len" : "k_len",
+                                  {r1.size(0), q_len, k_len}, r1.options());
   kerple_bias_fill_cuda(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal, out);
   return out;
 }

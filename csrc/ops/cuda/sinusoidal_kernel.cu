@@ -68,7 +68,8 @@ at::Tensor sinusoidal_table_cuda(const at::Tensor& positions_in, int64_t dim, do
   const c10::cuda::CUDAGuard guard(positions_in.device());
   const auto positions = positions_in.to(at::kLong).contiguous();  // int32 ids widened
   const int64_t n = positions.size(0);
-  auto out = at::empty({n, dim}, positions.options().dtype(detail::sinusoidal_dtype(dtype)));
+  auto out = detail::empty_output("sinusoidal_table", n >= dim ? "positions" : "dim", {n, dim},
+                                  positions.options().dtype(detail::sinusoidal_dtype(dtype)));
   if (out.numel() == 0) return out;
 
   const int64_t half = dim / 2;

@@ -98,7 +98,8 @@ at::Tensor t5_bias_cuda(const at::Tensor& table_in, int64_t q_len, int64_t k_len
   detail::check_offsets("t5_bias", q_offset, k_offset);
   const c10::cuda::CUDAGuard guard(table_in.device());
   const auto table = table_in.contiguous();
-  auto out = at::empty({table.size(1), q_len, k_len}, table.options());
+  auto out = detail::empty_output("t5_bias", q_len > k_len ? "q_len" : "k_len",
+                                  {table.size(1), q_len, k_len}, table.options());
   t5_bias_fill_cuda(table, q_len, k_len, q_offset, k_offset, bidirectional, max_distance, out);
   return out;
 }

@@ -15,9 +15,11 @@ at::Tensor rope_meta(const at::Tensor& x, const std::optional<at::Tensor>& posit
                      const std::optional<at::Tensor>& cu_seqlens, double attention_factor,
                      const std::optional<at::Tensor>& xpos_zeta, double xpos_scale_base,
                      bool xpos_inverse, c10::SymInt xpos_centre) {
-  detail::check_rope(kBackwardOp ? "rope_backward" : "rope", kBackwardOp ? "grad" : "x", x,
-                     positions, inv_freq, rotary_dim, layout, cu_seqlens, attention_factor,
-                     xpos_zeta, xpos_scale_base);
+  const char* op = kBackwardOp ? "rope_backward" : "rope";
+  const auto lay = detail::check_rope(op, kBackwardOp ? "grad" : "x", x, positions, inv_freq,
+                                      rotary_dim, layout, cu_seqlens, attention_factor,
+                                      xpos_zeta, xpos_scale_base);
+  detail::check_rope_offset(op, positions, offset, detail::rope_seq_len(x, lay));
   return at::empty_symint(x.sym_sizes(), x.options());
 }
 
