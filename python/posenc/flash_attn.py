@@ -57,6 +57,9 @@ def _reject_unsupported(
 def _check_slopes(fn: str, alibi_slopes: Optional[Tensor], batch: int, heads: int) -> None:
     if alibi_slopes is None:
         return
+    if not alibi_slopes.is_floating_point():
+        raise ValueError(f"posenc.flash_attn.{fn}: argument 'alibi_slopes' must be a floating tensor "
+                         f"(float32, as flash-attn takes it), but got dtype {alibi_slopes.dtype}")
     shape = list(alibi_slopes.shape)
     if shape != [heads] and shape != [batch, heads]:
         raise ValueError(f"posenc.flash_attn.{fn}: argument 'alibi_slopes' must have shape "
@@ -119,6 +122,9 @@ def flash_attn_func(
 
 
 def _host_cu(fn: str, name: str, cu: Tensor, total: int, total_name: str) -> List[int]:
+    if cu.device.type == "meta":
+        raise ValueError(f"posenc.flash_attn.{fn}: argument '{name}' must hold values (CPU or CUDA), "
+                         f"but got a tensor on the meta device")
     if cu.dim() != 1 or cu.dtype not in (torch.int32, torch.int64) or cu.numel() < 1:
         raise ValueError(f"posenc.flash_attn.{fn}: argument '{name}' must be a non-empty 1-D int32 or "
                          f"int64 tensor, but got shape {list(cu.shape)} and dtype {cu.dtype}")
@@ -181,11 +187,12 @@ def flash_attn_varlen_func(
                          f"sequence ({max(lens_k)}), but got {max_seqlen_k}")
     deltas = {lk - lq for lq, lk in zip(lens_q, lens_k)}
     bidir = True if alibi_slopes is not None else None
-    if len(deltas) <= 1 and (alibi_slopes is None or alibi_slopes.dim() == 1):
+    if batch == 0 or (len(deltas) <= 1 and (alibi_slopes is None or alibi_slopes.dim() == 1)):
         # One fused call: the op's positions restart per sequence, offset by the common delta.
         out, lse = ops.relative_attention(
-            q, k, v, slopes=_slopes_for(alibi_slopes, 0, q.dtype), causal=causal, scale=softmax_scale,
-            q_offset=deltas.pop() if deltas else 0, bidirectional=bidir, layout="thd",
+            q, k, v, slopes=None if batch == 0 else _slopes_for(alibi_slopes, 0, q.dtype), causal=causal,
+            scale=softmax_scale, q_offset=deltas.pop() if deltas else 0,
+            bidirectional=bidir if batch else None, layout="thd",
             cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
             max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
         )

@@ -262,3 +262,16 @@ def test_rotary_module_int32_ids():
         a = mod(q, k, pos)
         b = mod(q, k, pos.int())
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_adversarial_rows():
+    q, k, v, cq, ck = packed([5, 7], [5, 7])
+    cu_q, cu_k = torch.tensor(cq, dtype=torch.int32), torch.tensor(ck, dtype=torch.int32)
+    with pytest.raises(ValueError, match="argument 'alibi_slopes' must be a floating tensor.*bool"):
+        fa.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 7, 7, alibi_slopes=torch.tensor([True, False, True, True]))
+    with pytest.raises(ValueError, match="argument 'cu_seqlens_q' must hold values.*meta"):
+        fa.flash_attn_varlen_func(q, k, v, cu_q.to("meta"), cu_k, 7, 7)
+    # an empty batch with per-batch slopes: an empty result, as with (H,) slopes
+    z = torch.tensor([0], dtype=torch.int32)
+    out = fa.flash_attn_varlen_func(q[:0], k[:0], v[:0], z, z, 0, 0, alibi_slopes=torch.zeros(0, 4))
+    assert out.shape == (0, 4, 6)
