@@ -172,6 +172,20 @@ at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                 double xpos_scale_base = 512.0, bool xpos_inverse = false,
                 int64_t xpos_centre = 0);
 
+/// rope for queries and keys in one call: (rope(q, ..., xpos_inverse=false),
+/// rope(k, ..., xpos_inverse=true)), bit for bit, with each block of positions' cos/sin (and
+/// magnitudes) computed once for every head of q and of k on the CPU. q and k have the same
+/// layout, dtype, device, batch, sequence and head_dim; their head counts may differ
+/// (grouped-query attention). Arguments, errors (naming 'q' or 'k') and precision as rope.
+/// Differentiable in q and k (the backward is the conjugate rotation, rope_qk_backward).
+std::tuple<at::Tensor, at::Tensor> rope_qk(
+    const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& positions,
+    const at::Tensor& inv_freq, int64_t offset = 0,
+    std::optional<int64_t> rotary_dim = std::nullopt, bool interleaved = false,
+    const std::string& layout = "bhsd", const std::optional<at::Tensor>& cu_seqlens = std::nullopt,
+    double attention_factor = 1.0, const std::optional<at::Tensor>& xpos_zeta = std::nullopt,
+    double xpos_scale_base = 512.0, int64_t xpos_centre = 0);
+
 /// Rotary embedding from caller-supplied cos/sin tables, as Hugging Face's
 /// apply_rotary_pos_emb: out = x*cos + rotate(x)*sin on the first R dims, with cos/sin of
 /// shape (S, R) or (B, S, R), one value per element, in x's dtype and on x's device (any

@@ -156,6 +156,18 @@ class LearnedPositionalEmbedding(nn.Module):
         return f"max_len={self.max_len}, dim={self.dim}, dropout={self.dropout}"
 
 
+def _same_but_heads(q: Tensor, k: Tensor, layout: str) -> bool:
+    """Whether ``posenc.ops.rope_qk`` can rotate ``q`` and ``k`` together: the same rank,
+    dtype and device, and the same sizes but for the heads dim of ``layout``."""
+    if q.dim() != k.dim() or q.dtype != k.dtype or q.device != k.device:
+        return False
+    heads = 1 if layout != "bshd" else 2
+    for d in range(q.dim()):
+        if d != heads and q.size(d) != k.size(d):
+            return False
+    return True
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al. 2021, RoFormer, eq. 34) for queries and keys, with
     every RoPE scaling of :class:`posenc.rope_config.RopeConfig`, xPos and packed sequences.
@@ -512,6 +524,12 @@ class RotaryEmbedding(nn.Module):
         if zeta is not None and zeta.device != q.device:
             zeta = zeta.to(q.device)
         r = self.rotary_dim
+        if _same_but_heads(q, k, self.layout):
+            # One call: each block's cos/sin serve the heads of q and of k.
+            return ops.rope_qk(
+                q, k, positions, inv_freq, offset, r, self.interleaved, self.layout, cu_seqlens,
+                self.attention_factor, zeta, self.xpos_scale_base, self.xpos_centre,
+            )
         q_rot = ops.rope(
             q, positions, inv_freq, offset, r, self.interleaved, self.layout, cu_seqlens,
             self.attention_factor, zeta, self.xpos_scale_base, False, self.xpos_centre,

@@ -24,6 +24,7 @@ __all__ = [
     "rel_pos_scores",
     "rope_inv_freq",
     "rope",
+    "rope_qk",
     "apply_rotary_pos_emb",
     "relative_attention",
 ]
@@ -432,6 +433,54 @@ def rope(
         xpos_inverse,
         xpos_centre,
     )
+
+
+def rope_qk(
+    q: Tensor,
+    k: Tensor,
+    positions: Optional[Tensor],
+    inv_freq: Tensor,
+    offset: int = 0,
+    rotary_dim: Optional[int] = None,
+    interleaved: bool = False,
+    layout: str = "bhsd",
+    cu_seqlens: Optional[Tensor] = None,
+    attention_factor: float = 1.0,
+    xpos_zeta: Optional[Tensor] = None,
+    xpos_scale_base: float = 512.0,
+    xpos_centre: int = 0,
+) -> Tuple[Tensor, Tensor]:
+    """:func:`rope` for queries and keys in one call: returns
+    ``(rope(q, ..., xpos_inverse=False), rope(k, ..., xpos_inverse=True))``, bit for bit equal
+    to the two calls, with the cos/sin (and xPos magnitudes) of each block of positions
+    computed once for every head of ``q`` and ``k`` (CPU; on CUDA it runs the two calls).
+
+    ``q`` and ``k`` share the layout, dtype, device, batch, sequence length and head_dim;
+    their head counts may differ (grouped-query attention: ``k`` with ``H_kv`` heads).
+    Every other argument is :func:`rope`'s, applied to both; with ``xpos_zeta`` the queries
+    take the xPos magnitude and the keys its inverse (Sun et al. 2022, sec. 3). Gradients
+    flow to ``q`` and ``k`` (op ``rope_qk_backward``, the conjugate rotations).
+
+    Raises ``RuntimeError`` ("posenc.rope_qk: argument '<arg>' ...") for everything
+    :func:`rope` refuses (naming ``q`` or ``k``), and for a ``k`` of another dtype or device
+    than ``q`` or another batch, sequence length or head_dim.
+    """
+    q_rot, k_rot = torch.ops.posenc.rope_qk(
+        q,
+        k,
+        positions,
+        inv_freq,
+        offset,
+        rotary_dim,
+        interleaved,
+        layout,
+        cu_seqlens,
+        attention_factor,
+        xpos_zeta,
+        xpos_scale_base,
+        xpos_centre,
+    )
+    return q_rot, k_rot
 
 
 def apply_rotary_pos_emb(
