@@ -330,3 +330,102 @@ def test_bad_inputs_fake_tensor():
         with pytest.raises(RuntimeError, match=r"posenc\.cope_scores: argument 'pos_emb' must have q's head_dim \(4\)"):
             torch.ops.posenc.cope_scores(q, k, torch.randn(6, 3), None, 0, 0)
 
+
+# ---- modules: posenc.nn.CoPE (scriptable), posenc.cpp.CoPE (C++ posenc::nn::CoPE) -----------------
+
+import posenc  # noqa: E402
+
+
+def _trained(m, npos, d):
+    # pos_emb starts at zeros (the paper's code); give it values so forward is not all zeros
+    with torch.no_grad():
+        m.pos_emb.copy_(torch.randn(npos, d))
+    return m
+
+
+def test_module_init_state_dict_and_forward():
+    m = posenc.nn.CoPE(8, 4)
+    assert list(m.state_dict()) == ["pos_emb"] and m.pos_emb.shape == (8, 4)
+    assert m.pos_emb.dtype == torch.float32 and not m.pos_emb.any()  # zeros, as the paper's code
+    c = posenc.cpp.CoPE(8, 4)
+    assert list(posenc.cpp.state_dict(c)) == ["pos_emb"] and not posenc.cpp.state_dict(c)["pos_emb"].any()
+    _trained(m, 8, 4)
+    posenc.cpp.load_state_dict(c, m.state_dict())
+    q, k = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4)
+    want = ref_cope(q, k, m.pos_emb.detach(), None, 2, 0)
+    torch.testing.assert_close(m(q, k, 2, 0).double(), want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(c(q, k, 2, 0), m(q, k, 2, 0))
+    # scale option, and a bf16 q (pos_emb is cast to q's dtype)
+    m2, c2 = posenc.nn.CoPE(8, 4, scale=0.3), posenc.cpp.CoPE(8, 4, scale=0.3)
+    m2.load_state_dict(m.state_dict())
+    posenc.cpp.load_state_dict(c2, m.state_dict())
+    assert torch.equal(m2(q, k), ops.cope_scores(q, k, m.pos_emb.detach(), 0.3))
+    assert torch.equal(c2(q, k), m2(q, k))
+    assert m2(q.bfloat16(), k.bfloat16()).dtype == torch.bfloat16
+    assert repr(m2) == "CoPE(npos_max=8, head_dim=4, scale=0.3)"
+    assert "posenc::nn::CoPE(npos_max=8, head_dim=4, scale=0.3)" in repr(c2)
+
+
+def test_module_gradients_reach_pos_emb_q_and_k():
+    m = _trained(posenc.nn.CoPE(5, 4), 5, 4)
+    q = torch.randn(1, 2, 6, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 6, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    m.double()(q, k).backward(g)
+    e2 = m.pos_emb.detach().clone().requires_grad_()
+    q2, k2 = q.detach().clone().requires_grad_(), k.detach().clone().requires_grad_()
+    ref_cope(q2, k2, e2).backward(g)
+    for a, b_ in ((m.pos_emb.grad, e2.grad), (q.grad, q2.grad), (k.grad, k2.grad)):
+        torch.testing.assert_close(a, b_, **TOL[torch.float64])
+
+
+def _ref_attention(q, k, v, e, q_offset=0, k_offset=0):
+    # The paper's SelfAttn: softmax(q k^T / sqrt(D) + mask.log() + cope) v, in fp64.
+    q, k, v, e = q.double(), k.double(), v.double(), e.double()
+    qp = torch.arange(q.shape[-2]) + q_offset
+    kp = torch.arange(k.shape[-2]) + k_offset
+    logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    logits = logits.masked_fill(kp[None, :] > qp[:, None], float("-inf"))
+    logits = logits + ref_cope(q, k, e, None, q_offset, k_offset)
+    return torch.softmax(logits, -1) @ v
+
+
+def test_module_attention_matches_paper_self_attention():
+    m = _trained(posenc.nn.CoPE(6, 8), 6, 8)
+    c = posenc.cpp.CoPE(6, 8)
+    posenc.cpp.load_state_dict(c, m.state_dict())
+    q, k, v = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 3)
+    want = _ref_attention(q, k, v, m.pos_emb.detach(), 4, 0)
+    torch.testing.assert_close(m.attention(q, k, v, 4, 0).double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c.attention(q, k, v, 4, 0), m.attention(q, k, v, 4, 0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(npos_max=0, head_dim=4), r"posenc\.CoPE: option 'npos_max' must be > 0, but got 0"),
+        (dict(npos_max=4, head_dim=-1), r"posenc\.CoPE: option 'head_dim' must be > 0, but got -1"),
+        (dict(npos_max=4, head_dim=4, scale=float("nan")), r"posenc\.CoPE: option 'scale' must be finite, but got nan"),
+    ],
+)
+@pytest.mark.parametrize("cls", ["nn", "cpp"])
+def test_module_bad_options(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        getattr(posenc, cls).CoPE(**kwargs)
+
+
+@pytest.mark.parametrize("cls", ["nn", "cpp"])
+def test_module_bad_forward_input(cls):
+    m = getattr(posenc, cls).CoPE(4, 8)
+    with pytest.raises(RuntimeError, match=r"posenc\.cope_scores: argument 'pos_emb' must have q's head_dim \(6\) in dim 1, but got shape \[4, 8\]"):
+        m(torch.randn(1, 1, 3, 6), torch.randn(1, 1, 3, 6))
+
+
+def test_module_script_and_compile():
+    m = _trained(posenc.nn.CoPE(6, 4, scale=0.5), 6, 4)
+    s = torch.jit.script(m)
+    q, k, v = torch.randn(1, 2, 4, 4), torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)
+    assert torch.equal(s(q, k, 2, 0), m(q, k, 2, 0))
+    torch.testing.assert_close(s.attention(q, k, v, 2, 0), m.attention(q, k, v, 2, 0))
+    f = torch.compile(m, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(f(q, k, 2, 0), m(q, k, 2, 0))
