@@ -130,10 +130,13 @@ def test_grads_match_reference(dtype, shape):
         torch.testing.assert_close(got.double(), want, **tol)
 
 
-def test_backward_matches_reference_with_many_chunks():
+@pytest.mark.parametrize("npos", [70, 6])
+def test_backward_matches_reference_with_many_chunks(npos):
     # Enough rows and keys for several key blocks, row chunks and table blocks in the
-    # backward's GEMM passes (fixed 128 / 256 / 64 tiles).
-    q, k, e = make(2, 4, 260, 300, 8, 70, requires_grad=True, gate_shift=-0.5)
+    # backward's GEMM passes (fixed 128 / 256 / 64 tiles). npos_max 70 leaves about half of
+    # the (query, key) pairs unclamped (grad_k by GEMMs); 6 only a few keys per row (grad_k
+    # summed over each row's window).
+    q, k, e = make(2, 4, 260, 300, 8, npos, requires_grad=True, gate_shift=-0.5)
     g = torch.randn(2, 4, 260, 300, dtype=torch.float64)
     ops.cope_scores(q, k, e, None, 40, 0).backward(g)
     q2, k2, e2 = [t.detach().clone().requires_grad_() for t in (q, k, e)]
@@ -170,8 +173,9 @@ def _backward(args):
     return torch.ops.posenc.cope_scores_backward(*args)
 
 
-def test_backward_deterministic_across_runs_and_threads():
-    q, k, e = make(2, 4, 256, 256, 16, 40, torch.float32, gate_shift=-0.3)
+@pytest.mark.parametrize("npos", [40, 5])  # grad_k by GEMMs / by window sums
+def test_backward_deterministic_across_runs_and_threads(npos):
+    q, k, e = make(2, 4, 256, 256, 16, npos, torch.float32, gate_shift=-0.3)
     g = torch.randn(2, 4, 256, 256)
     args = (g, q, k, e, None, 0, 0)
     first = _backward(args)

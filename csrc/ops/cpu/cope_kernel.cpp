@@ -4,14 +4,17 @@
 // (P dot products), then the visible keys from the last one leftwards: gate, running sum p,
 // interpolated score, until p reaches P - 1; every key further left takes z_i[P - 1] without
 // its gate (gates are >= 0, so its position is clamped too). With a small table (the paper
-// uses npos_max of 16..64) a row costs O((P + keys until p = P - 1) * D), not O(L * D).
+// clips positions to a small npos_max) a row costs O((P + keys until p = P - 1) * D), not
+// O(L * D).
 //
 // Backward, per row (the same walk recomputed): dz_i[p] collects grad * (1 - w) at floor p and
 // grad * w at ceil p (the clamped keys all at P - 1); dp_j = grad_ij (z[ceil] - z[floor]) for
 // the unclamped keys; the reverse cumsum's adjoint is a forward cumsum, dg_t = sum_{j <= t}
 // dp_j; ds_t = dg_t g_t (1 - g_t). grad_q_i = sum_p dz_i[p] e[p] + scale sum_t ds_t k_t stays
-// in the row. ds and dz are kept as (B, H, Lq, Lk) and (B*H*Lq, P) buffers; grad_k = scale
-// ds^T q per (b, h, key block) and grad_pos_emb = dz^T q over every row are GEMMs of fixed
+// in the row. ds and dz are kept as (B, H, Lq, Lk) and (B*H*Lq, P) buffers; ds is nonzero
+// only on each row's window of unclamped keys. grad_k = scale ds^T q: per (b, h), the rows'
+// windows added in order when they are sparse (a small table), else GEMMs per (b, h, key block)
+// over fixed query chunks; grad_pos_emb = dz^T q over every row as GEMMs of fixed
 // chunks, added in fp64 in a fixed order. Each task writes only its own outputs and BLAS runs
 // single-threaded inside a task, so results are bit-identical across runs and thread counts,
 // and a row's forward values do not depend on the other rows (a decode call equals the last
@@ -127,11 +130,12 @@ void forward_impl(const Geometry& G, const at::Tensor& q, const at::Tensor& k,
   });
 }
 
-// Pass 1: per row, ds (into `ds`, all Lk entries written), dz (into `dz`) and grad_q.
+// Pass 1: per row, ds (into `ds`, only the row's window [m, n) of unclamped visible keys is
+// written; `window` gets m and n), dz (into `dz`) and grad_q.
 template <typename scalar_t>
 void backward_rows(const Geometry& G, const scalar_t* gp, const at::Tensor& q,
                    const at::Tensor& k, const at::Tensor& e, at::Tensor& ds_t, at::Tensor& dz_t,
-                   at::Tensor& grad_q) {
+                   at::Tensor& grad_q, int64_t* window) {
   using acc_t = acc_type<scalar_t>;
   const acc_t* qp = q.const_data_ptr<acc_t>();
   const acc_t* kp = k.const_data_ptr<acc_t>();
@@ -155,7 +159,6 @@ void backward_rows(const Geometry& G, const scalar_t* gp, const at::Tensor& q,
       const int64_t n = detail::cope_visible(G.base, i, G.k_len);
       std::fill(dz.begin(), dz.end(), 0.0);
       std::fill(gq.begin(), gq.end(), 0.0);
-      std::fill(dsrow, dsrow + G.k_len, acc_t(0));
       if (n > 0) {
         for (int64_t p = 0; p < P; ++p) z[p] = dot(qi, ep + p * D, D);
       }
@@ -186,10 +189,14 @@ void backward_rows(const Geometry& G, const scalar_t* gp, const at::Tensor& q,
         std::fill(dsrow, dsrow + n, v);
         std::fill(dzp + row * P, dzp + (row + 1) * P, v);
         std::fill(gqrow, gqrow + D, static_cast<scalar_t>(v));
+        window[2 * row] = 0;
+        window[2 * row + 1] = n;
         continue;
       }
       // Keys [0, m) are clamped: position P - 1 with weight 1, no gradient to their gates.
       const int64_t m = j + 1;
+      window[2 * row] = m;
+      window[2 * row + 1] = std::max<int64_t>(n, m);
       double clamped = 0.0;
       for (int64_t t = 0; t < m; ++t) clamped += static_cast<double>(grow[t]);
       if (n > 0) dz[lim] += clamped;
@@ -245,6 +252,50 @@ void grad_k_impl(const Geometry& G, const at::Tensor& ds_t, const at::Tensor& q,
       }
       scalar_t* dst = gkp + (bh * G.k_len + jb) * D;
       for (int64_t x = 0; x < nk * D; ++x) dst[x] = static_cast<scalar_t>(G.scale * acc[x]);
+    }
+  });
+}
+
+// Pass 2 when the windows are sparse (a small table clamps most keys): per (b, h), the rows in
+// order add ds_it q_i to the keys t of their window, in fp64.
+template <typename scalar_t>
+void grad_k_sparse_impl(const Geometry& G, const at::Tensor& ds_t, const at::Tensor& q,
+                        const int64_t* window, at::Tensor& grad_k) {
+  using acc_t = acc_type<scalar_t>;
+  const acc_t* dsp = ds_t.const_data_ptr<acc_t>();
+  const acc_t* qp = q.const_data_ptr<acc_t>();
+  scalar_t* gkp = grad_k.mutable_data_ptr<scalar_t>();
+  const int64_t D = G.dim;
+  at::parallel_for(0, G.batch * G.heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> acc(G.k_len * D);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t i = 0; i < G.q_len; ++i) {
+        const int64_t row = bh * G.q_len + i;
+        const acc_t* qi = qp + row * D;
+        const acc_t* dsrow = dsp + row * G.k_len;
+        for (int64_t t = window[2 * row]; t < window[2 * row + 1]; ++t) {
+          const double w = static_cast<double>(dsrow[t]);
+          double* a = acc.data() + t * D;
+          for (int64_t d = 0; d < D; ++d) a[d] += w * static_cast<double>(qi[d]);
+        }
+      }
+      scalar_t* dst = gkp + bh * G.k_len * D;
+      for (int64_t x = 0; x < G.k_len * D; ++x) dst[x] = static_cast<scalar_t>(G.scale * acc[x]);
+    }
+  });
+}
+
+// The dense GEMM pass reads every ds entry: zero the entries outside each row's window.
+template <typename scalar_t>
+void zero_outside_windows(const Geometry& G, at::Tensor& ds_t, const int64_t* window) {
+  using acc_t = acc_type<scalar_t>;
+  acc_t* dsp = ds_t.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, G.batch * G.heads * G.q_len, row_grain(G), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      acc_t* r = dsp + row * G.k_len;
+      std::fill(r, r + window[2 * row], acc_t(0));
+      std::fill(r + window[2 * row + 1], r + G.k_len, acc_t(0));
     }
   });
 }
@@ -337,8 +388,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cope_scores_backward_cpu(
                                    {G.batch, G.heads, G.q_len, G.k_len}, q.options());
     auto dz = detail::empty_output("cope_scores_backward", "pos_emb",
                                    {G.batch * G.heads * G.q_len, G.npos}, q.options());
-    backward_rows<scalar_t>(G, grad.const_data_ptr<scalar_t>(), q, k, e, ds, dz, grad_q);
-    grad_k_impl<scalar_t>(G, ds, q, grad_k);
+    std::vector<int64_t> window(2 * G.batch * G.heads * G.q_len);
+    backward_rows<scalar_t>(G, grad.const_data_ptr<scalar_t>(), q, k, e, ds, dz, grad_q,
+                            window.data());
+    // The windows decide the path (the data, never the thread count): the GEMM pass when at
+    // least 1/8 of the (q, k) pairs are unclamped, else the sparse sums (a GEMM does ~10x more
+    // multiply-adds per second than the scalar loop, and it also reads every zero).
+    int64_t unclamped = 0;
+    for (size_t r = 0; r < window.size(); r += 2) unclamped += window[r + 1] - window[r];
+    if (unclamped * 8 >= G.batch * G.heads * G.q_len * G.k_len) {
+      zero_outside_windows<scalar_t>(G, ds, window.data());
+      grad_k_impl<scalar_t>(G, ds, q, grad_k);
+    } else {
+      grad_k_sparse_impl<scalar_t>(G, ds, q, window.data(), grad_k);
+    }
     grad_emb_impl<scalar_t>(G, dz, q, grad_emb);
   });
   return {grad_q, grad_k, grad_emb};
