@@ -285,6 +285,12 @@ MODULE_CASES = [
     Case("RotaryEmbedding[exact]", lambda: posenc.nn.RotaryEmbedding(8, precision="exact"),
          lambda L: (rnd(1, 2, L, 8, dtype=F64), rnd(1, 2, L, 8, dtype=F64), None, 1000),
          lambda L: ({2: L}, {2: L}, None, None)),
+    Case("cope_scores", lambda: Fn(lambda q, k, e: P.cope_scores(q, k, e, 0.7, k.size(2) - q.size(2), 0)),
+         lambda L: (rnd(2, 2, L, 4), rnd(2, 2, L + 3, 4), rnd(5, 4)), lambda L: ({2: L}, {2: L + 3}, None)),
+    Case("cope_scores_backward",
+         lambda: Fn(lambda g, q, k, e: P.cope_scores_backward(g, q, k, e, None, 3, 0)),
+         lambda L: (rnd(2, 2, L, L + 3), rnd(2, 2, L, 4), rnd(2, 2, L + 3, 4), rnd(5, 4)),
+         lambda L: ({2: L, 3: L + 3}, {2: L}, {2: L + 3}, None)),
     # Length-dependent types with an explicit seq_len (a specialised int: the table is chosen at
     # export time, as torch.compile recompiles when it changes).
     Case("RotaryEmbedding[dynamic,seq_len]", lambda: RopeSeqLen(posenc.nn.RotaryEmbedding(8, scaling=_config("dynamic"))),
@@ -307,6 +313,8 @@ MODULE_CASES = [
          lambda L: ({2: L}, {2: L + 3}, {2: L + 3}, None)),
     Case("TransformerXLRelativeScore.content_query", lambda: Method(posenc.nn.TransformerXLRelativeScore(8, 2, 4), "content_query"),
          lambda L: (rnd(2, 2, L, 4),), op_in_graph=False),
+    Case("CoPE", lambda: posenc.nn.CoPE(5, 4, scale=0.7), lambda L: (rnd(2, 2, L, 4), rnd(2, 2, L, 4)),
+         lambda L: ({2: L}, {2: L})),
     Case("hf.RotaryEmbedding+apply_rotary_pos_emb", lambda: HFRope(fused=False),
          lambda L: (rnd(2, 4, L, 8), rnd(2, 2, L, 8), torch.arange(L).expand(2, L) + 3),
          lambda L: ({2: L}, {2: L}, {1: L})),
