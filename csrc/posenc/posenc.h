@@ -5,6 +5,8 @@
 #include "posenc/context_parallel.h"
 #include "posenc/hf_config.h"
 #include "posenc/nn.h"
+#include "posenc/nn/dynamic_position_bias.h"
 #include "posenc/ops.h"
+#include "posenc/ops_mlp_bias.h"
 #include "posenc/rope_scaling.h"
 #include "posenc/version.h"

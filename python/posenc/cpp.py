@@ -28,6 +28,7 @@ RotaryEmbedding = _C.RotaryEmbedding
 ALiBi = _C.ALiBi
 T5RelativeBias = _C.T5RelativeBias
 KERPLEBias = _C.KERPLEBias
+DynamicPositionBias = _C.DynamicPositionBias
 TransformerXLRelativeScore = _C.TransformerXLRelativeScore
 
 
@@ -80,6 +81,7 @@ for _cls in (
     ALiBi,
     T5RelativeBias,
     KERPLEBias,
+    DynamicPositionBias,
     TransformerXLRelativeScore,
 ):
     _with_module_to(_cls)
@@ -91,6 +93,7 @@ __all__ = [
     "ALiBi",
     "T5RelativeBias",
     "KERPLEBias",
+    "DynamicPositionBias",
     "TransformerXLRelativeScore",
     "state_dict",
     "load_state_dict",

@@ -12,7 +12,7 @@ arguments ``RuntimeError``; messages read ``posenc.<Module>: option '<name>' <ex
 got <given>`` (``argument`` in forward).
 """
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ __all__ = [
     "ALiBi",
     "T5RelativeBias",
     "KERPLEBias",
+    "DynamicPositionBias",
     "TransformerXLRelativeScore",
 ]
 
@@ -765,6 +766,141 @@ class KERPLEBias(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, kind={self.kind}, causal={self.causal}, eps={self.eps}"
+
+
+class _DPBNorm(nn.Module):
+    """The gain ``gamma`` of x-transformers' bias-free LayerNorm (parameter only: the op applies it)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+
+class _DPBLayer(nn.Sequential):
+    """A hidden layer of DynamicPositionBias' MLP, x-transformers' ``Sequential(Linear, SiLU)``
+    (state_dict keys ``<l>.0.weight``, ``<l>.0.bias``). Holds parameters only:
+    :func:`posenc.ops.dynamic_position_bias` evaluates the MLP."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__(nn.Linear(d_in, d_out), nn.SiLU())
+
+    @torch.jit.export
+    def params(self) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        lin = self[0]
+        return lin.weight, lin.bias, None
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError(
+            "posenc.DynamicPositionBias: its MLP layers are evaluated by the op; call the module"
+        )
+
+
+class _DPBNormLayer(nn.Sequential):
+    """A hidden layer with x-transformers' bias-free LayerNorm, ``Sequential(Linear, LayerNorm,
+    SiLU)`` (keys ``<l>.0.weight``, ``<l>.0.bias``, ``<l>.1.gamma``). Parameters only."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__(nn.Linear(d_in, d_out), _DPBNorm(d_out), nn.SiLU())
+
+    @torch.jit.export
+    def params(self) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        lin = self[0]
+        return lin.weight, lin.bias, self[1].gamma
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError(
+            "posenc.DynamicPositionBias: its MLP layers are evaluated by the op; call the module"
+        )
+
+
+class _DPBOut(nn.Linear):
+    """The output layer ``Linear(dim, num_heads)`` of DynamicPositionBias' MLP."""
+
+    @torch.jit.export
+    def params(self) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        return self.weight, self.bias, None
+
+
+class DynamicPositionBias(nn.Module):
+    """Dynamic position bias (x-transformers' ``DynamicPositionBias``, after Wang et al. 2021,
+    "CrossFormer" §3.3): an MLP over the relative distance, one value per head.
+
+    ``forward(q_len, k_len, q_offset=0, k_offset=0) -> (H, q_len, k_len)`` =
+    :func:`posenc.ops.dynamic_position_bias` of this module's MLP: query ``i`` at
+    ``q_offset + i``, key ``j`` at ``k_offset + j``, MLP input ``d = q_pos - k_pos`` (or
+    ``sign(d) * log(|d| + 1)``), evaluated once per distinct distance. The layers and
+    ``state_dict`` keys are x-transformers': ``mlp.<l>.0.weight`` / ``.bias`` for
+    ``Linear(1, dim)`` then ``depth - 1`` times ``Linear(dim, dim)``, each followed by SiLU
+    (with ``norm``, a bias-free LayerNorm with gain ``mlp.<l>.1.gamma`` before it), and
+    ``mlp.<depth>.weight`` / ``.bias`` for ``Linear(dim, num_heads)``; torch's default
+    ``Linear`` init, ``gamma = 1``. A state_dict of x-transformers' module (same ``dim``,
+    ``depth``, ``norm``) loads as is and gives its numbers (with ``causal=False``).
+
+    Args:
+        dim: hidden width, > 0 (x-transformers uses model dim / 4).
+        num_heads: heads H, > 0.
+        depth: hidden layers, >= 1 (x-transformers' attention layers use 2).
+        log_distance: feed ``sign(d) * log(|d| + 1)``.
+        norm: bias-free LayerNorm before each SiLU.
+        causal: keys after the query get 0 (the causal mask removes them anyway).
+
+    Raises:
+        ValueError: ``dim``/``num_heads`` <= 0, ``depth`` < 1. RuntimeError: negative lengths,
+        non-finite parameters on CPU (see :func:`posenc.ops.dynamic_position_bias`).
+    """
+
+    dim: int
+    num_heads: int
+    depth: int
+    log_distance: bool
+    norm: bool
+    causal: bool
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        depth: int = 2,
+        log_distance: bool = False,
+        norm: bool = False,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        name = "DynamicPositionBias"
+        _check_option(dim > 0, name, "dim", "must be > 0", dim)
+        _check_option(num_heads > 0, name, "num_heads", "must be > 0", num_heads)
+        _check_option(depth >= 1, name, "depth", "must be >= 1", depth)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.depth = depth
+        self.log_distance = log_distance
+        self.norm = norm
+        self.causal = causal
+        layer = _DPBNormLayer if norm else _DPBLayer
+        layers: List[nn.Module] = [layer(1 if l == 0 else dim, dim) for l in range(depth)]
+        layers.append(_DPBOut(dim, num_heads))
+        self.mlp = nn.ModuleList(layers)
+
+    def forward(self, q_len: int, k_len: int, q_offset: int = 0, k_offset: int = 0) -> Tensor:
+        weights: List[Tensor] = []
+        biases: List[Tensor] = []
+        norms: List[Tensor] = []
+        for layer in self.mlp:
+            w, b, g = layer.params()
+            weights.append(w)
+            biases.append(b)
+            if g is not None:
+                norms.append(g)
+        return ops.dynamic_position_bias(
+            weights, biases, q_len, k_len, q_offset, k_offset, self.log_distance, self.causal,
+            norms,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, depth={self.depth}, "
+            f"log_distance={self.log_distance}, norm={self.norm}, causal={self.causal}"
+        )
 
 
 class TransformerXLRelativeScore(nn.Module):
