@@ -33,6 +33,24 @@ at::Tensor dynamic_position_bias(at::TensorList weights, at::TensorList biases, 
                                  bool log_distance = false, bool causal = false,
                                  at::TensorList norm_weights = {}, double norm_eps = 1e-5);
 
+/// FIRE bias (Li et al. 2023, "Functional Interpolation for Relative Positions Improves Long
+/// Context Transformers", ICLR 2024, eq. 3-4) -> (H, q_len, k_len) in the parameters' dtype:
+///   b(i, j) = f(psi(i - j) / (psi(max(L, i)) + eps)),  psi(x) = log(|c| x + 1),
+///   f(x) = w2 relu(w1 x + b1) + b2,
+/// i = q_offset + row, j = k_offset + col (absolute positions). c and L enter as |c| and |L|, as
+/// in the paper's reference code. c, L 0-dim; w1 (hidden, 1), b1 (hidden,), w2 (H, hidden), b2
+/// (H,) (nn.Linear layouts); one floating dtype and device; math in fp32 for half/bfloat16
+/// (fp64 for fp64). causal: keys after the query (j > i) are 0 with zero gradient; false: the
+/// reference code's |i - j| on every entry. Not Toeplitz (the normalizer depends on i): the MLP
+/// is evaluated per entry. Differentiable in all six parameters (fp64 sums in fixed blocks of
+/// rows: bit-identical across runs and CPU thread counts; at |L| == i the maximum's derivative
+/// is split in half, as torch.maximum). Errors: shapes/dtypes/devices; eps not finite and > 0;
+/// q_offset < 0; negative lengths; offsets outside +-2^61; non-finite parameters (CPU tensors;
+/// on CUDA c and L are read on the host, a sync).
+at::Tensor fire_bias(const at::Tensor& c, const at::Tensor& L, const at::Tensor& w1,
+                     const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
+                     int64_t q_len, int64_t k_len, int64_t q_offset = 0, int64_t k_offset = 0,
+                     bool causal = true, double eps = 1e-6);
 
 }  // namespace ops
 }  // namespace posenc

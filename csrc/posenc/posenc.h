@@ -6,6 +6,7 @@
 #include "posenc/hf_config.h"
 #include "posenc/nn.h"
 #include "posenc/nn/dynamic_position_bias.h"
+#include "posenc/nn/fire.h"
 #include "posenc/ops.h"
 #include "posenc/ops_mlp_bias.h"
 #include "posenc/rope_scaling.h"

@@ -29,6 +29,7 @@ ALiBi = _C.ALiBi
 T5RelativeBias = _C.T5RelativeBias
 KERPLEBias = _C.KERPLEBias
 DynamicPositionBias = _C.DynamicPositionBias
+FIRE = _C.FIRE
 TransformerXLRelativeScore = _C.TransformerXLRelativeScore
 
 
@@ -82,6 +83,7 @@ for _cls in (
     T5RelativeBias,
     KERPLEBias,
     DynamicPositionBias,
+    FIRE,
     TransformerXLRelativeScore,
 ):
     _with_module_to(_cls)
@@ -94,6 +96,7 @@ __all__ = [
     "T5RelativeBias",
     "KERPLEBias",
     "DynamicPositionBias",
+    "FIRE",
     "TransformerXLRelativeScore",
     "state_dict",
     "load_state_dict",

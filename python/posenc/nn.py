@@ -29,6 +29,7 @@ __all__ = [
     "T5RelativeBias",
     "KERPLEBias",
     "DynamicPositionBias",
+    "FIRE",
     "TransformerXLRelativeScore",
 ]
 
@@ -900,6 +901,79 @@ class DynamicPositionBias(nn.Module):
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, depth={self.depth}, "
             f"log_distance={self.log_distance}, norm={self.norm}, causal={self.causal}"
+        )
+
+
+class FIRE(nn.Module):
+    """FIRE relative bias (Li et al. 2023, "Functional Interpolation for Relative Positions
+    Improves Long Context Transformers", ICLR 2024, eq. 3-4), learnable.
+
+    ``forward(q_len, k_len, q_offset=0, k_offset=0) -> (H, q_len, k_len)`` =
+    :func:`posenc.ops.fire_bias` of ``c``, ``L_multiplier * init_L`` and the MLP:
+    ``b(i, j) = f(psi(i - j) / (psi(max(L, i)) + eps))``, ``psi(x) = log(|c| x + 1)``, query
+    ``i`` at ``q_offset + row``, key ``j`` at ``k_offset + col``. Parameters and ``state_dict``
+    keys are those of the paper's reference code: ``mlp`` = ``Linear(1, mlp_width), ReLU,
+    Linear(mlp_width, num_heads)`` (``mlp.0.*``, ``mlp.2.*``; torch's default init), ``c`` = init_c,
+    ``L_multiplier`` = 1 and ``init_L`` (a buffer here, a frozen parameter there; same key).
+
+    Args:
+        num_heads: heads H, > 0.
+        mlp_width: hidden width of f (the paper: 32), > 0.
+        init_c: initial c (the code: 0.1), finite and != 0.
+        init_L: initial threshold L (the code: 512), finite and > 0.
+        eps: added to the normalizer (the code: 1e-6), > 0.
+        causal: keys after the query get 0 (FIRE is defined for ``j <= i``); ``False`` gives
+            the code's ``|i - j|`` on every entry.
+
+    Raises:
+        ValueError: bad options as above. RuntimeError: ``q_offset < 0``, negative lengths,
+        non-finite parameters on CPU (see :func:`posenc.ops.fire_bias`).
+    """
+
+    num_heads: int
+    mlp_width: int
+    init_c: float
+    eps: float
+    causal: bool
+
+    def __init__(
+        self,
+        num_heads: int,
+        mlp_width: int = 32,
+        init_c: float = 0.1,
+        init_L: float = 512.0,
+        eps: float = 1e-6,
+        causal: bool = True,
+    ) -> None:
+        super().__init__()
+        name = "FIRE"
+        _check_option(num_heads > 0, name, "num_heads", "must be > 0", num_heads)
+        _check_option(mlp_width > 0, name, "mlp_width", "must be > 0", mlp_width)
+        _check_option(math.isfinite(init_c) and init_c != 0, name, "init_c", "must be finite and != 0", _fmt(init_c))
+        _check_option(math.isfinite(init_L) and init_L > 0, name, "init_L", "must be finite and > 0", _fmt(init_L))
+        _check_option(math.isfinite(eps) and eps > 0, name, "eps", "must be finite and > 0", _fmt(eps))
+        self.num_heads = num_heads
+        self.mlp_width = mlp_width
+        self.init_c = init_c
+        self.eps = eps
+        self.causal = causal
+        self.mlp = nn.Sequential(nn.Linear(1, mlp_width), nn.ReLU(), nn.Linear(mlp_width, num_heads))
+        self.c = nn.Parameter(torch.tensor(init_c))
+        self.L_multiplier = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("init_L", torch.tensor(init_L))
+
+    def forward(self, q_len: int, k_len: int, q_offset: int = 0, k_offset: int = 0) -> Tensor:
+        fc1 = self.mlp[0]
+        fc2 = self.mlp[2]
+        return ops.fire_bias(
+            self.c, self.L_multiplier * self.init_L, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
+            q_len, k_len, q_offset, k_offset, self.causal, self.eps,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_heads={self.num_heads}, mlp_width={self.mlp_width}, init_c={self.init_c}, "
+            f"init_L={float(self.init_L)}, eps={self.eps}, causal={self.causal}"
         )
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "t5_bias",
     "kerple_bias",
     "dynamic_position_bias",
+    "fire_bias",
     "rel_pos_scores",
     "rope_inv_freq",
     "rope",
@@ -331,6 +332,45 @@ def dynamic_position_bias(
     return torch.ops.posenc.dynamic_position_bias(
         weights, biases, norms, q_len, k_len, q_offset, k_offset, log_distance, causal, norm_eps
     )
+
+
+def fire_bias(
+    c: Tensor,
+    L: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    q_len: int,
+    k_len: int,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    causal: bool = True,
+    eps: float = 1e-6,
+) -> Tensor:
+    """FIRE bias (Li et al. 2023, "Functional Interpolation for Relative Positions Improves Long
+    Context Transformers", ICLR 2024, eq. 3-4), ``(H, q_len, k_len)``.
+
+    ``b(i, j) = f(psi(i - j) / (psi(max(L, i)) + eps))`` with ``psi(x) = log(c x + 1)`` and
+    ``f(x) = w2 relu(w1 x + b1) + b2``, for query position ``i = q_offset + row`` and key
+    position ``j = k_offset + col``. As in the paper's reference code, ``c`` and ``L`` enter as
+    ``|c|`` and ``|L|`` (so raw trained parameters stay valid) and ``eps`` (default 1e-6, the
+    code's) keeps the normalizer away from 0. ``causal=True``: keys after the query
+    (``j > i``, where FIRE is not defined) are 0 with zero gradient; ``False``: the code's
+    ``|i - j|`` for every key. Not a Toeplitz bias: the normalizer depends on ``i``, so the MLP
+    is evaluated on every entry, in fp32 for half/bfloat16 parameters (fp64 for fp64).
+
+    ``c``, ``L``: 0-dim; ``w1`` ``(hidden, 1)``, ``b1`` ``(hidden,)``, ``w2``
+    ``(H, hidden)``, ``b2`` ``(H,)`` (``nn.Linear`` layouts); one floating dtype and device.
+    Output in that dtype. Differentiable in all six (fp64 sums in fixed blocks of rows:
+    bit-identical across runs and CPU thread counts); ``max(L, i)`` splits its derivative in half
+    at a tie, as ``torch.maximum``.
+
+    Errors: shapes and dtypes as above; ``eps`` not finite and > 0; ``q_offset < 0`` (the
+    normalizer needs positions >= 0); negative lengths; offsets outside +-2^61; non-finite
+    parameters (CPU; on CUDA ``c`` and ``L`` are read on the host, the weights are not).
+    """
+    return torch.ops.posenc.fire_bias(c, L, w1, b1, w2, b2, q_len, k_len, q_offset, k_offset, causal, eps)
 
 
 def rel_pos_scores(

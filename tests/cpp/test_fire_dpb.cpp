@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "posenc/nn/dynamic_position_bias.h"
+#include "posenc/nn/fire.h"
 #include "posenc/ops_mlp_bias.h"
 #include "test_util.h"
 
@@ -120,6 +121,79 @@ TEST(DynamicPositionBias, Errors) {
                "argument 'weights[1]' must have in_features 5 (the previous layer's out_features), but got shape [5, 2]");
   expect_error([&] { po::dynamic_position_bias(m.w, m.b, -1, 3); },
                "argument 'q_len' must be >= 0, but got -1");
+}
+
+// ---- FIRE -------------------------------------------------------------------------------
+struct Fire {
+  at::Tensor c, L, w1, b1, w2, b2;
+  std::vector<at::Tensor> all() const { return {c, L, w1, b1, w2, b2}; }
+};
+
+Fire make_fire(int64_t hidden, int64_t heads, double c, double L) {
+  return {torch::tensor(c, at::kDouble).requires_grad_(), torch::tensor(L, at::kDouble).requires_grad_(),
+          torch::randn({hidden, 1}, at::kDouble).requires_grad_(),
+          (torch::randn({hidden}, at::kDouble) * 0.5).requires_grad_(),
+          (torch::randn({heads, hidden}, at::kDouble) * 0.5).requires_grad_(),
+          (torch::randn({heads}, at::kDouble) * 0.2).requires_grad_()};
+}
+
+// Li et al. 2023, eq. 3-4, as the paper's code: f(log(|c (i - j)| + 1) / (log(|c max(i, |L|)| + 1) + eps)).
+at::Tensor ref_fire(const Fire& p, int64_t q_len, int64_t k_len, int64_t q_offset, int64_t k_offset,
+                    bool causal, double eps = 1e-6) {
+  auto qp = positions(q_len, q_offset), kp = positions(k_len, k_offset);
+  auto rel = qp.unsqueeze(1) - kp.unsqueeze(0);
+  auto num = at::log(at::abs(p.c * rel) + 1);
+  auto den = at::log(at::abs(p.c * at::maximum(qp, at::abs(p.L))) + 1) + eps;
+  auto x = (num / den.unsqueeze(1)).unsqueeze(-1);
+  auto h = at::relu(torch::nn::functional::linear(x, p.w1, p.b1));
+  auto out = torch::nn::functional::linear(h, p.w2, p.b2).permute({2, 0, 1});
+  if (causal) out = at::where((kp.unsqueeze(0) > qp.unsqueeze(1)).unsqueeze(0), at::zeros_like(out), out);
+  return out;
+}
+
+TEST(FIRE, ForwardAndGradientsMatchReference) {
+  torch::manual_seed(2);
+  struct Case { int64_t q, k, qo, ko; bool causal; double c, L; };
+  for (const Case& c : std::vector<Case>{{6, 6, 0, 0, true, 0.3, 6.5},
+                                         {5, 12, 7, 0, true, -0.2, 9.5},
+                                         {9, 9, 3, 1, false, 1.2, -2.5},
+                                         {20, 30, 0, 0, true, 0.05, 0.0}}) {
+    const auto p = make_fire(7, 3, c.c, c.L);
+    auto got = po::fire_bias(p.c, p.L, p.w1, p.b1, p.w2, p.b2, c.q, c.k, c.qo, c.ko, c.causal);
+    auto want = ref_fire(p, c.q, c.k, c.qo, c.ko, c.causal);
+    EXPECT_TRUE(at::allclose(got, want, 1e-12, 1e-12));
+    auto g = torch::randn_like(want);
+    auto ga = torch::autograd::grad({(got * g).sum()}, p.all());
+    auto gb = torch::autograd::grad({(want * g).sum()}, p.all());
+    for (size_t k = 0; k < ga.size(); ++k) EXPECT_TRUE(at::allclose(ga[k], gb[k], 1e-9, 1e-10)) << k;
+  }
+}
+
+TEST(FIRE, DecodeRowEqualsLastRowAndModuleKeys) {
+  torch::manual_seed(3);
+  pn::FIRE m(pn::FIREOptions(4).mlp_width(8).init_L(6.0));
+  const int64_t n = 15;
+  auto full = m(n, n);
+  auto step = m(1, n, n - 1, 0);
+  EXPECT_TRUE(at::equal(step.select(1, 0), full.select(1, n - 1)));
+  std::vector<std::string> keys;
+  for (const auto& kv : m->named_parameters()) keys.push_back(kv.key());
+  for (const auto& kv : m->named_buffers()) keys.push_back(kv.key());
+  const std::vector<std::string> want{"c", "L_multiplier", "mlp.0.weight", "mlp.0.bias",
+                                      "mlp.2.weight", "mlp.2.bias", "init_L"};
+  EXPECT_EQ(keys, want);
+  expect_error<c10::ValueError>([] { pn::FIRE(pn::FIREOptions(2).init_L(0.0)); },
+                                "posenc.FIRE: option 'init_L' must be finite and > 0, but got 0");
+}
+
+TEST(FIRE, Errors) {
+  const auto p = make_fire(4, 2, 0.1, 5.0);
+  expect_error([&] { po::fire_bias(p.c, p.L, p.w1, p.b1, p.w2, p.b2, 3, 3, -1, 0); },
+               "posenc.fire_bias: argument 'q_offset' must be >= 0");
+  expect_error([&] { po::fire_bias(p.c.view({1}), p.L, p.w1, p.b1, p.w2, p.b2, 3, 3); },
+               "argument 'c' must be a 0-D tensor of shape () (a scalar), but got a 1-D tensor");
+  expect_error([&] { po::fire_bias(p.c, p.L, p.w1, p.b1, p.w2.narrow(1, 0, 3), p.b2, 3, 3); },
+               "argument 'w2' must have shape (num_heads, hidden = 4), but got shape [2, 3]");
 }
 
 }  // namespace

@@ -427,6 +427,52 @@ row("dpb-strided-weight", F, lambda: ops.dynamic_position_bias([DW[0], torch.sta
 row("dpb-module-depth", "modules-py", lambda: pnn.DynamicPositionBias(4, 2, depth=0), **opt("DynamicPositionBias", "depth", ">= 1", "0"))
 row("dpb-module-depth-cpp", "modules-cpp", lambda: pcpp.DynamicPositionBias(4, 2, depth=0), **opt("DynamicPositionBias", "depth", ">= 1", "0"))
 
+# ---- fire_bias (Li et al. 2023) -----------------------------------------------------------------------
+F = "fire_bias"
+FP = [torch.tensor(0.2), torch.tensor(3.5), torch.tensor([[1.0], [-2.0]]), torch.tensor([0.1, 0.5]),
+      torch.tensor([[0.3, -0.4], [0.2, 0.6]]), torch.tensor([0.0, 0.1])]
+
+
+def ref_fire(c, L, w1, b1, w2, b2, q_len, k_len, q_offset=0, k_offset=0, causal=True, eps=1e-6):
+    # FIRE eq. 3-4: f(psi(i - j) / (psi(max(L, i)) + eps)), psi(x) = log(|c| x + 1)
+    d = distances(q_len, k_len, q_offset, k_offset)
+    qp = torch.arange(q_len, dtype=F64) + q_offset
+    c, L = abs(float(c)), abs(float(L))
+    x = (torch.log1p(c * d.abs()) / (torch.log1p(c * qp.clamp(min=L)) + eps)[:, None])[..., None]
+    h = torch.relu(x * w1.double()[:, 0] + b1.double())
+    out = (h @ w2.double().t() + b2.double()).permute(2, 0, 1)
+    return torch.where(d[None] < 0, torch.zeros_like(out), out) if causal else out
+
+
+def _fp(k, v):
+    q = list(FP)
+    q[k] = v
+    return q
+
+
+row("fire-c-1d", F, lambda: ops.fire_bias(*_fp(0, torch.tensor([0.2])), 3, 3), **err(F, "c", "0-D", "1-D"))
+row("fire-int", F, lambda: ops.fire_bias(*[t.long() for t in FP], 3, 3), **err(F, "c", "float", "Long"))
+row("fire-L-dtype", F, lambda: ops.fire_bias(*_fp(1, torch.tensor(3.5, dtype=F64)), 3, 3), **err(F, "L", "dtype of 'c'", "Double"))
+row("fire-w1-device", F, lambda: ops.fire_bias(*_fp(2, FP[2].to(META)), 3, 3), **err(F, "w1", "device of 'c'", "meta"))
+row("fire-w1-shape", F, lambda: ops.fire_bias(*_fp(2, torch.ones(2, 3)), 3, 3), **err(F, "w1", r"\(hidden, 1\)", r"\[2, 3\]"))
+row("fire-b1-length", F, lambda: ops.fire_bias(*_fp(3, torch.ones(3)), 3, 3), **err(F, "b1", r"length hidden \(2\)", r"\[3\]"))
+row("fire-w2-shape", F, lambda: ops.fire_bias(*_fp(4, torch.ones(2, 3)), 3, 3), **err(F, "w2", r"hidden = 2", r"\[2, 3\]"))
+row("fire-b2-length", F, lambda: ops.fire_bias(*_fp(5, torch.ones(3)), 3, 3), **err(F, "b2", r"length num_heads \(2\)", r"\[3\]"))
+row("fire-eps", F, lambda: ops.fire_bias(*FP, 3, 3, eps=NAN), **err(F, "eps", "finite and > 0", "nan"))
+row("fire-qoffset-neg", F, lambda: ops.fire_bias(*FP, 3, 3, -4, 0), **err(F, "q_offset", ">= 0", "-4"))
+row("fire-koffset-range", F, lambda: ops.fire_bias(*FP, 3, 3, 0, I64_MAX), **err(F, "k_offset", r"within \[-2\^61, 2\^61\]", str(I64_MAX)))
+row("fire-c-nan", F, lambda: ops.fire_bias(*_fp(0, torch.tensor(NAN)), 3, 3), **err(F, "c", "finite", "c = nan"))
+row("fire-L-inf", F, lambda: ops.fire_bias(*_fp(1, torch.tensor(-INF)), 3, 3), **err(F, "L", "finite", "L = -inf"))
+row("fire-b1-nan", F, lambda: ops.fire_bias(*_fp(3, torch.tensor([0.1, NAN])), 3, 3), **err(F, "b1", "finite", r"b1\[1\] = nan"))
+row("fire-klen-neg", F, lambda: ops.fire_bias(*FP, 3, -3), **err(F, "k_len", ">= 0", "-3"))
+row("fire-bytes-overflow", F, lambda: ops.fire_bias(*FP, 2**41, 2**40), **err(F, "q_len", "size in bytes must fit in int64", r"\[2, 2199023255552, 1099511627776\]"))
+row("fire-empty", F, lambda: ops.fire_bias(*FP, 4, 0), check=shape_is(2, 4, 0))
+row("fire-negative-c-L-as-abs", F, lambda: ops.fire_bias(*_fp(0, torch.tensor(-0.2)), 5, 7, 2, 0, False), check=close(ref_fire(*FP, 5, 7, 2, 0, False)))
+row("fire-keys-ahead-causal", F, lambda: ops.fire_bias(*FP, 3, 6, 0, 2), check=close(ref_fire(*FP, 3, 6, 0, 2)))
+row("fire-module-init-c", "modules-py", lambda: pnn.FIRE(2, init_c=0.0), **opt("FIRE", "init_c", "finite and != 0", "0"))
+row("fire-module-init-c-cpp", "modules-cpp", lambda: pcpp.FIRE(2, init_c=0.0), **opt("FIRE", "init_c", "finite and != 0", "0"))
+row("fire-module-qoffset", "modules-py", lambda: pnn.FIRE(2)(3, 3, -1, 0), **err("fire_bias", "q_offset", ">= 0", "-1"))
+
 # ---- rel_pos_scores -----------------------------------------------------------------------------
 F = "rel_pos_scores"
 Q4 = randn(1, 2, 3, 4)
@@ -760,6 +806,8 @@ def _valid(family: str) -> None:
         close(ref_kerple(R1, R2, 3, 3), atol=1e-5)(ops.kerple_bias(R1, R2, 3, 3))
     elif family == "dynamic_position_bias":
         close(ref_dpb(DW, DB, 3, 4, 1, 0, True), atol=1e-6)(ops.dynamic_position_bias(DW, DB, 3, 4, 1, 0, True))
+    elif family == "fire_bias":
+        close(ref_fire(*FP, 3, 4, 1, 0), atol=1e-6)(ops.fire_bias(*FP, 3, 4, 1, 0))
     elif family == "rel_pos_scores":
         close(ref_rel_pos(Q4, REL, 0, 0, 3), atol=1e-5)(ops.rel_pos_scores(Q4, REL))
     elif family == "rope_inv_freq":
