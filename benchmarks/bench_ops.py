@@ -251,6 +251,35 @@ def eager_kerple(r1, r2, q_len, k_len, causal=True):
     return (-r1.float()[:, None, None] * torch.log1p(r2.float()[:, None, None] * d)).to(r1.dtype)
 
 
+def eager_dpb(ws, bs, q_len, k_len, log_distance=True):
+    # x-transformers' DynamicPositionBias.forward (generalised to q_len != k_len): the MLP on the
+    # q_len + k_len - 1 distances, then an advanced-index gather of the (i, j) distance matrix
+    # and a rearrange to (H, q, k).
+    dev = ws[0].device
+    d_min, d_max = -(k_len - 1), q_len - 1
+    pos = torch.arange(d_min, d_max + 1, device=dev).to(ws[0].dtype)[:, None]
+    if log_distance:
+        pos = torch.sign(pos) * torch.log(pos.abs() + 1)
+    for w, b in zip(ws[:-1], bs[:-1]):
+        pos = torch.nn.functional.silu(torch.nn.functional.linear(pos, w, b))
+    pos = torch.nn.functional.linear(pos, ws[-1], bs[-1])
+    idx = torch.arange(q_len, device=dev)[:, None] - torch.arange(k_len, device=dev)[None, :] - d_min
+    return pos[idx].permute(2, 0, 1)
+
+
+def eager_fire(c, L, w1, b1, w2, b2, q_len, k_len, eps=1e-6):
+    # The FIRE paper's reference code: the normalized distance matrix, then the MLP on every
+    # (i, j) entry ((q, k, hidden) activations), permuted to (H, q, k).
+    dev = c.device
+    qp = torch.arange(q_len, device=dev, dtype=c.dtype)
+    kp = torch.arange(k_len, device=dev, dtype=c.dtype)
+    rel = torch.log(torch.abs(c * (qp[:, None] - kp[None, :])) + 1)
+    norm = torch.log(torch.abs(c * torch.max(qp, torch.abs(L))) + 1) + eps
+    x = (rel / norm[:, None])[..., None]
+    h = torch.nn.functional.relu(torch.nn.functional.linear(x, w1, b1))
+    return torch.nn.functional.linear(h, w2, b2).permute(2, 0, 1)
+
+
 def eager_sinusoidal(positions, dim, dtype, base=10000.0):
     freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
     ang = positions.double()[:, None] * freq[None]
@@ -315,6 +344,27 @@ def case_kerple(dev, dtype, H, Lq, Lk):
     r2 = (torch.rand(H, device=dev) * 0.5 + 0.1).to(dtype).requires_grad_()
     return bias_case("kerple_bias", [r1, r2], partial(ops.kerple_bias, r1, r2, Lq, Lk, kind="log"),
                      lambda: eager_kerple(r1, r2, Lq, Lk), H, Lq, Lk, dtype)
+
+
+def case_dpb(dev, dtype, H, Lq, Lk, dim=128, depth=2):
+    ws, bs, d_in = [], [], 1
+    for l in range(depth + 1):
+        d_out = H if l == depth else dim
+        lin = torch.nn.Linear(d_in, d_out)
+        ws.append(lin.weight.detach().to(dev, dtype).requires_grad_())
+        bs.append(lin.bias.detach().to(dev, dtype).requires_grad_())
+        d_in = d_out
+    return bias_case("dynamic_position_bias", ws + bs,
+                     partial(ops.dynamic_position_bias, ws, bs, Lq, Lk, log_distance=True),
+                     lambda: eager_dpb(ws, bs, Lq, Lk), H, Lq, Lk, dtype)
+
+
+def case_fire(dev, dtype, H, Lq, Lk, hidden=32):
+    l1, l2 = torch.nn.Linear(1, hidden), torch.nn.Linear(hidden, H)
+    p = [torch.tensor(0.1), torch.tensor(float(Lq) / 2), l1.weight, l1.bias, l2.weight, l2.bias]
+    p = [t.detach().to(dev, dtype).requires_grad_() for t in p]
+    return bias_case("fire_bias", p, partial(ops.fire_bias, *p, Lq, Lk, causal=False),
+                     lambda: eager_fire(*p, Lq, Lk), H, Lq, Lk, dtype)
 
 
 def case_rel_pos(dev, dtype, B, H, L, D, mode, M=128):
@@ -437,6 +487,14 @@ VARIANTS = {
         Variant("causal", partial(case_alibi, causal=True), "-slope * (i - j) from arange", "bias"),
     ],
     "kerple_bias": [Variant("log", case_kerple, "-r1 * log1p(r2 * d) from a distance matrix (causal d)", "bias")],
+    "dynamic_position_bias": [
+        Variant("dim128 depth2 log", case_dpb,
+                "x-transformers DynamicPositionBias: MLP on the 2L-1 distances + index gather + rearrange"),
+    ],
+    "fire_bias": [
+        Variant("hidden32 bidir", case_fire,
+                "FIRE paper code: normalized distance matrix + MLP on every (i, j) entry"),
+    ],
     "rel_pos_scores": [
         Variant("bidir R=2L-1", partial(case_rel_pos, mode="bidir"),
                 "TXL: q @ rel_emb.flip^T over 2L-1 distances + pad-and-reshape shift", "rel_bidir"),
@@ -476,6 +534,8 @@ CPU_SIZES = {  # the sizes of issue 10
     "t5_bias": [dict(H=12, Lq=2048, Lk=2048), dict(H=12, Lq=4096, Lk=4096)],
     "alibi_bias": [dict(H=12, Lq=2048, Lk=2048), dict(H=12, Lq=4096, Lk=4096)],
     "kerple_bias": [dict(H=12, Lq=2048, Lk=2048), dict(H=12, Lq=4096, Lk=4096)],
+    "dynamic_position_bias": [dict(H=12, Lq=2048, Lk=2048), dict(H=12, Lq=4096, Lk=4096)],
+    "fire_bias": [dict(H=12, Lq=1024, Lk=1024), dict(H=12, Lq=2048, Lk=2048)],
     "rel_pos_scores": [dict(B=4, H=8, L=1024, D=64)],
     "rope": [dict(B=4, H=32, S=2048, D=128)],
     "rope_exact": [dict(B=4, H=32, S=2048, D=128)],
@@ -491,6 +551,8 @@ SIZES = {  # realistic GPU sizes
     "t5_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
     "alibi_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
     "kerple_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
+    "dynamic_position_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
+    "fire_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
     "sinusoidal_table": [dict(N=32768, dim=1024)],
     "cope_scores": [dict(B=8, H=16, L=2048, D=128)],
 }
@@ -502,6 +564,8 @@ QUICK_SIZES = {  # a smoke run
     "t5_bias": [dict(H=4, Lq=256, Lk=256)],
     "alibi_bias": [dict(H=4, Lq=256, Lk=256)],
     "kerple_bias": [dict(H=4, Lq=256, Lk=256)],
+    "dynamic_position_bias": [dict(H=4, Lq=256, Lk=256)],
+    "fire_bias": [dict(H=4, Lq=256, Lk=256)],
     "sinusoidal_table": [dict(N=1024, dim=64)],
     "cope_scores": [dict(B=1, H=2, L=128, D=32)],
 }
@@ -513,6 +577,8 @@ CHECK_SIZES = {  # the eager == op check (fp32)
     "t5_bias": dict(H=3, Lq=150, Lk=170),
     "alibi_bias": dict(H=5, Lq=9, Lk=13),
     "kerple_bias": dict(H=3, Lq=9, Lk=13),
+    "dynamic_position_bias": dict(H=3, Lq=9, Lk=13),
+    "fire_bias": dict(H=3, Lq=9, Lk=13),
     "sinusoidal_table": dict(N=50, dim=16),
     "cope_scores": dict(B=2, H=3, L=9, D=4),
 }

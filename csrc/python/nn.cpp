@@ -6,6 +6,8 @@
 #include <sstream>
 
 #include "posenc/nn.h"
+#include "posenc/nn/dynamic_position_bias.h"
+#include "posenc/nn/fire.h"
 
 namespace py = pybind11;
 
@@ -184,6 +186,41 @@ void init_nn(py::module& m) {
     cls.def("attention", &Impl::attention, py::arg("q"), py::arg("k"), py::arg("v"),
             py::arg("key_padding_mask") = py::none(), py::arg("q_offset") = 0,
             py::arg("k_offset") = 0, py::arg("scale") = py::none());
+    with_repr<Impl>(cls);
+  }
+  {
+    using Impl = DynamicPositionBiasImpl;
+    auto cls = torch::python::bind_module<Impl, true>(m, "DynamicPositionBias");
+    cls.def(py::init([](int64_t dim, int64_t num_heads, int64_t depth, bool log_distance,
+                        bool norm, bool causal) {
+              return std::make_shared<Impl>(DynamicPositionBiasOptions(dim, num_heads)
+                                                .depth(depth)
+                                                .log_distance(log_distance)
+                                                .norm(norm)
+                                                .causal(causal));
+            }),
+            py::arg("dim"), py::arg("num_heads"), py::arg("depth") = 2,
+            py::arg("log_distance") = false, py::arg("norm") = false, py::arg("causal") = false);
+    bind_forward(cls, &Impl::forward, py::arg("q_len"), py::arg("k_len"),
+                 py::arg("q_offset") = 0, py::arg("k_offset") = 0);
+    with_repr<Impl>(cls);
+  }
+  {
+    using Impl = FIREImpl;
+    auto cls = torch::python::bind_module<Impl, true>(m, "FIRE");
+    cls.def(py::init([](int64_t num_heads, int64_t mlp_width, double init_c, double init_L,
+                        double eps, bool causal) {
+              return std::make_shared<Impl>(FIREOptions(num_heads)
+                                                .mlp_width(mlp_width)
+                                                .init_c(init_c)
+                                                .init_L(init_L)
+                                                .eps(eps)
+                                                .causal(causal));
+            }),
+            py::arg("num_heads"), py::arg("mlp_width") = 32, py::arg("init_c") = 0.1,
+            py::arg("init_L") = 512.0, py::arg("eps") = 1e-6, py::arg("causal") = true);
+    bind_forward(cls, &Impl::forward, py::arg("q_len"), py::arg("k_len"),
+                 py::arg("q_offset") = 0, py::arg("k_offset") = 0);
     with_repr<Impl>(cls);
   }
   {

@@ -28,6 +28,8 @@ RotaryEmbedding = _C.RotaryEmbedding
 ALiBi = _C.ALiBi
 T5RelativeBias = _C.T5RelativeBias
 KERPLEBias = _C.KERPLEBias
+DynamicPositionBias = _C.DynamicPositionBias
+FIRE = _C.FIRE
 TransformerXLRelativeScore = _C.TransformerXLRelativeScore
 CoPE = _C.CoPE
 
@@ -81,6 +83,8 @@ for _cls in (
     ALiBi,
     T5RelativeBias,
     KERPLEBias,
+    DynamicPositionBias,
+    FIRE,
     TransformerXLRelativeScore,
     CoPE,
 ):
@@ -93,6 +97,8 @@ __all__ = [
     "ALiBi",
     "T5RelativeBias",
     "KERPLEBias",
+    "DynamicPositionBias",
+    "FIRE",
     "TransformerXLRelativeScore",
     "CoPE",
     "state_dict",

@@ -12,7 +12,7 @@ arguments ``RuntimeError``; messages read ``posenc.<Module>: option '<name>' <ex
 got <given>`` (``argument`` in forward).
 """
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,8 @@ __all__ = [
     "ALiBi",
     "T5RelativeBias",
     "KERPLEBias",
+    "DynamicPositionBias",
+    "FIRE",
     "TransformerXLRelativeScore",
     "CoPE",
 ]
@@ -784,6 +786,214 @@ class KERPLEBias(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, kind={self.kind}, causal={self.causal}, eps={self.eps}"
+
+
+class _DPBNorm(nn.Module):
+    """The gain ``gamma`` of x-transformers' bias-free LayerNorm (parameter only: the op applies it)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+
+class _DPBLayer(nn.Sequential):
+    """A hidden layer of DynamicPositionBias' MLP, x-transformers' ``Sequential(Linear, SiLU)``
+    (state_dict keys ``<l>.0.weight``, ``<l>.0.bias``). Holds parameters only:
+    :func:`posenc.ops.dynamic_position_bias` evaluates the MLP."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__(nn.Linear(d_in, d_out), nn.SiLU())
+
+    @torch.jit.export
+    def params(self) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        lin = self[0]
+        return lin.weight, lin.bias, None
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError(
+            "posenc.DynamicPositionBias: its MLP layers are evaluated by the op; call the module"
+        )
+
+
+class _DPBNormLayer(nn.Sequential):
+    """A hidden layer with x-transformers' bias-free LayerNorm, ``Sequential(Linear, LayerNorm,
+    SiLU)`` (keys ``<l>.0.weight``, ``<l>.0.bias``, ``<l>.1.gamma``). Parameters only."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__(nn.Linear(d_in, d_out), _DPBNorm(d_out), nn.SiLU())
+
+    @torch.jit.export
+    def params(self) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        lin = self[0]
+        return lin.weight, lin.bias, self[1].gamma
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError(
+            "posenc.DynamicPositionBias: its MLP layers are evaluated by the op; call the module"
+        )
+
+
+class _DPBOut(nn.Linear):
+    """The output layer ``Linear(dim, num_heads)`` of DynamicPositionBias' MLP."""
+
+    @torch.jit.export
+    def params(self) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        return self.weight, self.bias, None
+
+
+class DynamicPositionBias(nn.Module):
+    """Dynamic position bias (x-transformers' ``DynamicPositionBias``, after Wang et al. 2021,
+    "CrossFormer" §3.3): an MLP over the relative distance, one value per head.
+
+    ``forward(q_len, k_len, q_offset=0, k_offset=0) -> (H, q_len, k_len)`` =
+    :func:`posenc.ops.dynamic_position_bias` of this module's MLP: query ``i`` at
+    ``q_offset + i``, key ``j`` at ``k_offset + j``, MLP input ``d = q_pos - k_pos`` (or
+    ``sign(d) * log(|d| + 1)``), evaluated once per distinct distance. The layers and
+    ``state_dict`` keys are x-transformers': ``mlp.<l>.0.weight`` / ``.bias`` for
+    ``Linear(1, dim)`` then ``depth - 1`` times ``Linear(dim, dim)``, each followed by SiLU
+    (with ``norm``, a bias-free LayerNorm with gain ``mlp.<l>.1.gamma`` before it), and
+    ``mlp.<depth>.weight`` / ``.bias`` for ``Linear(dim, num_heads)``; torch's default
+    ``Linear`` init, ``gamma = 1``. A state_dict of x-transformers' module (same ``dim``,
+    ``depth``, ``norm``) loads as is and gives its numbers (with ``causal=False``).
+
+    Args:
+        dim: hidden width, > 0 (x-transformers uses model dim / 4).
+        num_heads: heads H, > 0.
+        depth: hidden layers, >= 1 (x-transformers' attention layers use 2).
+        log_distance: feed ``sign(d) * log(|d| + 1)``.
+        norm: bias-free LayerNorm before each SiLU.
+        causal: keys after the query get 0 (the causal mask removes them anyway).
+
+    Raises:
+        ValueError: ``dim``/``num_heads`` <= 0, ``depth`` < 1. RuntimeError: negative lengths,
+        non-finite parameters on CPU (see :func:`posenc.ops.dynamic_position_bias`).
+    """
+
+    dim: int
+    num_heads: int
+    depth: int
+    log_distance: bool
+    norm: bool
+    causal: bool
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        depth: int = 2,
+        log_distance: bool = False,
+        norm: bool = False,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        name = "DynamicPositionBias"
+        _check_option(dim > 0, name, "dim", "must be > 0", dim)
+        _check_option(num_heads > 0, name, "num_heads", "must be > 0", num_heads)
+        _check_option(depth >= 1, name, "depth", "must be >= 1", depth)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.depth = depth
+        self.log_distance = log_distance
+        self.norm = norm
+        self.causal = causal
+        layer = _DPBNormLayer if norm else _DPBLayer
+        layers: List[nn.Module] = [layer(1 if l == 0 else dim, dim) for l in range(depth)]
+        layers.append(_DPBOut(dim, num_heads))
+        self.mlp = nn.ModuleList(layers)
+
+    def forward(self, q_len: int, k_len: int, q_offset: int = 0, k_offset: int = 0) -> Tensor:
+        weights: List[Tensor] = []
+        biases: List[Tensor] = []
+        norms: List[Tensor] = []
+        for layer in self.mlp:
+            w, b, g = layer.params()
+            weights.append(w)
+            biases.append(b)
+            if g is not None:
+                norms.append(g)
+        return ops.dynamic_position_bias(
+            weights, biases, q_len, k_len, q_offset, k_offset, self.log_distance, self.causal,
+            norms,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, depth={self.depth}, "
+            f"log_distance={self.log_distance}, norm={self.norm}, causal={self.causal}"
+        )
+
+
+class FIRE(nn.Module):
+    """FIRE relative bias (Li et al. 2023, "Functional Interpolation for Relative Positions
+    Improves Long Context Transformers", ICLR 2024, eq. 3-4), learnable.
+
+    ``forward(q_len, k_len, q_offset=0, k_offset=0) -> (H, q_len, k_len)`` =
+    :func:`posenc.ops.fire_bias` of ``c``, ``L_multiplier * init_L`` and the MLP:
+    ``b(i, j) = f(psi(i - j) / (psi(max(L, i)) + eps))``, ``psi(x) = log(|c| x + 1)``, query
+    ``i`` at ``q_offset + row``, key ``j`` at ``k_offset + col``. Parameters and ``state_dict``
+    keys are those of the paper's reference code: ``mlp`` = ``Linear(1, mlp_width), ReLU,
+    Linear(mlp_width, num_heads)`` (``mlp.0.*``, ``mlp.2.*``; torch's default init), ``c`` = init_c,
+    ``L_multiplier`` = 1 and ``init_L`` (a buffer here, a frozen parameter there; same key).
+
+    Args:
+        num_heads: heads H, > 0.
+        mlp_width: hidden width of f (the paper: 32), > 0.
+        init_c: initial c (the code: 0.1), finite and != 0.
+        init_L: initial threshold L (the code: 512), finite and > 0.
+        eps: added to the normalizer (the code: 1e-6), > 0.
+        causal: keys after the query get 0 (FIRE is defined for ``j <= i``); ``False`` gives
+            the code's ``|i - j|`` on every entry.
+
+    Raises:
+        ValueError: bad options as above. RuntimeError: ``q_offset < 0``, negative lengths,
+        non-finite parameters on CPU (see :func:`posenc.ops.fire_bias`).
+    """
+
+    num_heads: int
+    mlp_width: int
+    init_c: float
+    eps: float
+    causal: bool
+
+    def __init__(
+        self,
+        num_heads: int,
+        mlp_width: int = 32,
+        init_c: float = 0.1,
+        init_L: float = 512.0,
+        eps: float = 1e-6,
+        causal: bool = True,
+    ) -> None:
+        super().__init__()
+        name = "FIRE"
+        _check_option(num_heads > 0, name, "num_heads", "must be > 0", num_heads)
+        _check_option(mlp_width > 0, name, "mlp_width", "must be > 0", mlp_width)
+        _check_option(math.isfinite(init_c) and init_c != 0, name, "init_c", "must be finite and != 0", _fmt(init_c))
+        _check_option(math.isfinite(init_L) and init_L > 0, name, "init_L", "must be finite and > 0", _fmt(init_L))
+        _check_option(math.isfinite(eps) and eps > 0, name, "eps", "must be finite and > 0", _fmt(eps))
+        self.num_heads = num_heads
+        self.mlp_width = mlp_width
+        self.init_c = init_c
+        self.eps = eps
+        self.causal = causal
+        self.mlp = nn.Sequential(nn.Linear(1, mlp_width), nn.ReLU(), nn.Linear(mlp_width, num_heads))
+        self.c = nn.Parameter(torch.tensor(init_c))
+        self.L_multiplier = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("init_L", torch.tensor(init_L))
+
+    def forward(self, q_len: int, k_len: int, q_offset: int = 0, k_offset: int = 0) -> Tensor:
+        fc1 = self.mlp[0]
+        fc2 = self.mlp[2]
+        return ops.fire_bias(
+            self.c, self.L_multiplier * self.init_L, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
+            q_len, k_len, q_offset, k_offset, self.causal, self.eps,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_heads={self.num_heads}, mlp_width={self.mlp_width}, init_c={self.init_c}, "
+            f"init_L={float(self.init_L)}, eps={self.eps}, causal={self.causal}"
+        )
 
 
 class TransformerXLRelativeScore(nn.Module):

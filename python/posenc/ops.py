@@ -9,7 +9,7 @@ Position contract of the relative ops: query ``i`` sits at absolute position
 Transformer-XL memory and context parallelism line queries up with keys. Errors are
 ``RuntimeError`` naming the op, the argument, what was expected and what was given.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -21,6 +21,8 @@ __all__ = [
     "t5_relative_bucket",
     "t5_bias",
     "kerple_bias",
+    "dynamic_position_bias",
+    "fire_bias",
     "rel_pos_scores",
     "cope_scores",
     "rope_inv_freq",
@@ -289,6 +291,88 @@ def kerple_bias(
         return torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal)
     torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal, out=out)
     return out
+
+
+def dynamic_position_bias(
+    weights: List[Tensor],
+    biases: List[Tensor],
+    q_len: int,
+    k_len: int,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    log_distance: bool = False,
+    causal: bool = False,
+    norm_weights: Optional[List[Tensor]] = None,
+    norm_eps: float = 1e-5,
+) -> Tensor:
+    """Dynamic position bias (x-transformers' ``DynamicPositionBias``, after Wang et al. 2021,
+    "CrossFormer", §3.3), ``(H, q_len, k_len)``.
+
+    An MLP over the signed distance ``d = q_pos - k_pos`` (query minus key, as x-transformers
+    feeds it), evaluated once per distinct distance (``q_len + k_len - 1`` values) and gathered:
+    ``x = d`` (or ``sign(d) * log(|d| + 1)`` with ``log_distance``, formed in fp64), then per
+    hidden layer ``x = silu(norm(W x + b))`` and ``out = W_last x + b_last``.
+
+    ``weights[l]``: ``(out_l, in_l)`` as ``nn.Linear`` stores it, ``in_0 = 1``,
+    ``in_l = out_{l-1}``, ``out_last = H``; ``biases[l]``: ``(out_l,)``; ``norm_weights``: none
+    or one ``(out_l,)`` gamma per hidden layer, making ``norm`` x-transformers' bias-free
+    LayerNorm ``(z - mean) / sqrt(var + norm_eps) * gamma``. One floating dtype and device;
+    the MLP runs in fp32 for half/bfloat16 (fp64 for fp64) and the output has the parameters'
+    dtype. ``causal=True`` writes 0 for keys after the query (``k_pos > q_pos``; a causal mask
+    removes them anyway) without evaluating the MLP there; ``False`` gives x-transformers'
+    numbers on every entry.
+
+    Gradients flow to every weight, bias and gamma: the upstream gradient is summed per
+    distance first (fixed-order diagonal sums in fp64), then backpropagated through the MLP with
+    every sum over distances in fixed blocks: bit-identical across runs and CPU thread counts.
+
+    Errors: fewer than 2 layers; list lengths; shapes that do not chain; mixed dtype/device;
+    non-finite parameters (CPU tensors only); ``norm_eps <= 0``; negative lengths; offsets
+    outside +-2^61; an output whose size in bytes overflows int64.
+    """
+    norms: List[Tensor] = [] if norm_weights is None else norm_weights
+    return torch.ops.posenc.dynamic_position_bias(
+        weights, biases, norms, q_len, k_len, q_offset, k_offset, log_distance, causal, norm_eps
+    )
+
+
+def fire_bias(
+    c: Tensor,
+    L: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    q_len: int,
+    k_len: int,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    causal: bool = True,
+    eps: float = 1e-6,
+) -> Tensor:
+    """FIRE bias (Li et al. 2023, "Functional Interpolation for Relative Positions Improves Long
+    Context Transformers", ICLR 2024, eq. 3-4), ``(H, q_len, k_len)``.
+
+    ``b(i, j) = f(psi(i - j) / (psi(max(L, i)) + eps))`` with ``psi(x) = log(c x + 1)`` and
+    ``f(x) = w2 relu(w1 x + b1) + b2``, for query position ``i = q_offset + row`` and key
+    position ``j = k_offset + col``. As in the paper's reference code, ``c`` and ``L`` enter as
+    ``|c|`` and ``|L|`` (so raw trained parameters stay valid) and ``eps`` (default 1e-6, the
+    code's) keeps the normalizer away from 0. ``causal=True``: keys after the query
+    (``j > i``, where FIRE is not defined) are 0 with zero gradient; ``False``: the code's
+    ``|i - j|`` for every key. Not a Toeplitz bias: the normalizer depends on ``i``, so the MLP
+    is evaluated on every entry, in fp32 for half/bfloat16 parameters (fp64 for fp64).
+
+    ``c``, ``L``: 0-dim; ``w1`` ``(hidden, 1)``, ``b1`` ``(hidden,)``, ``w2``
+    ``(H, hidden)``, ``b2`` ``(H,)`` (``nn.Linear`` layouts); one floating dtype and device.
+    Output in that dtype. Differentiable in all six (fp64 sums in fixed blocks of rows:
+    bit-identical across runs and CPU thread counts); ``max(L, i)`` splits its derivative in half
+    at a tie, as ``torch.maximum``.
+
+    Errors: shapes and dtypes as above; ``eps`` not finite and > 0; ``q_offset < 0`` (the
+    normalizer needs positions >= 0); negative lengths; offsets outside +-2^61; non-finite
+    parameters (CPU; on CUDA ``c`` and ``L`` are read on the host, the weights are not).
+    """
+    return torch.ops.posenc.fire_bias(c, L, w1, b1, w2, b2, q_len, k_len, q_offset, k_offset, causal, eps)
 
 
 def rel_pos_scores(

@@ -406,6 +406,87 @@ row("kerple-empty", F, lambda: ops.kerple_bias(R1, R2, 0, 0), check=shape_is(2, 
 row("kerple-out-shape", F, lambda: ops.kerple_bias(R1, R2, 3, 3, out=torch.empty(3, 3, 3)),
     **err(F, "out", r"\[2, 3, 3\]", r"\[3, 3, 3\]"))
 
+# ---- dynamic_position_bias (x-transformers' DynamicPositionBias) ------------------------------------
+F = "dynamic_position_bias"
+DW = [torch.tensor([[0.5], [-1.0], [0.25]]), torch.tensor([[0.3, -0.2, 0.1], [0.4, 0.5, -0.6]])]
+DB = [torch.tensor([0.1, 0.0, -0.2]), torch.tensor([0.05, -0.05])]
+
+
+def ref_dpb(ws, bs, q_len, k_len, q_offset=0, k_offset=0, log_distance=False, causal=False):
+    # x-transformers: Linear(1, dim) -> SiLU -> Linear(dim, H) on every distance q_pos - k_pos
+    d = distances(q_len, k_len, q_offset, k_offset)
+    x = (torch.sign(d) * torch.log(d.abs() + 1) if log_distance else d)[..., None]
+    h = torch.nn.functional.silu(x @ ws[0].double().t() + bs[0].double())
+    out = (h @ ws[1].double().t() + bs[1].double()).permute(2, 0, 1)
+    return torch.where(d[None] < 0, torch.zeros_like(out), out) if causal else out
+
+
+row("dpb-one-layer", F, lambda: ops.dynamic_position_bias(DW[:1], DB[:1], 3, 3), **err(F, "weights", "at least 2 tensors", "1 tensors"))
+row("dpb-biases-count", F, lambda: ops.dynamic_position_bias(DW, DB[:1], 3, 3), **err(F, "biases", r"one tensor per weight \(2\)", "1 tensors"))
+row("dpb-w0-in", F, lambda: ops.dynamic_position_bias([DW[0].t(), DW[1]], DB, 3, 3), **err(F, "weights[0]", "in_features 1", r"\[1, 3\]"))
+row("dpb-chain", F, lambda: ops.dynamic_position_bias([DW[0], DW[1][:, :2]], DB, 3, 3), **err(F, "weights[1]", "in_features 3", r"\[2, 2\]"))
+row("dpb-bias-length", F, lambda: ops.dynamic_position_bias(DW, [DB[0][:2], DB[1]], 3, 3), **err(F, "biases[0]", r"out_features of weights\[0\] \(3\)", r"\[2\]"))
+row("dpb-dtype", F, lambda: ops.dynamic_position_bias([DW[0], DW[1].double()], DB, 3, 3), **err(F, "weights[1]", "dtype of 'weights\\[0\\]'", "Double"))
+row("dpb-device", F, lambda: ops.dynamic_position_bias([DW[0], DW[1].to(META)], DB, 3, 3), **err(F, "weights[1]", "device of 'weights\\[0\\]'", "meta"))
+row("dpb-int", F, lambda: ops.dynamic_position_bias([w.long() for w in DW], [b.long() for b in DB], 3, 3), **err(F, "weights[0]", "float", "Long"))
+row("dpb-norm-count", F, lambda: ops.dynamic_position_bias(DW, DB, 3, 3, norm_weights=[torch.ones(3), torch.ones(2)]), **err(F, "norm_weights", r"one tensor per hidden layer \(1\)", "2 tensors"))
+row("dpb-norm-eps", F, lambda: ops.dynamic_position_bias(DW, DB, 3, 3, norm_weights=[torch.ones(3)], norm_eps=-1.0), **err(F, "norm_eps", "finite and > 0", "-1"))
+row("dpb-nan", F, lambda: ops.dynamic_position_bias([DW[0], torch.tensor([[0.3, NAN, 0.1], [0.4, 0.5, -0.6]])], DB, 3, 3), **err(F, "weights[1]", "finite", r"weights\[1\]\[0, 1\] = nan"))
+row("dpb-qlen-neg", F, lambda: ops.dynamic_position_bias(DW, DB, -1, 3), **err(F, "q_len", ">= 0", "-1"))
+row("dpb-qoffset-int64-min", F, lambda: ops.dynamic_position_bias(DW, DB, 2, 2, I64_MIN), **err(F, "q_offset", r"within \[-2\^61, 2\^61\]", str(I64_MIN)))
+row("dpb-bytes-overflow", F, lambda: ops.dynamic_position_bias(DW, DB, 2**41, 2**40), **err(F, "q_len", "size in bytes must fit in int64", r"\[2, 2199023255552, 1099511627776\]"))
+row("dpb-empty", F, lambda: ops.dynamic_position_bias(DW, DB, 0, 5), check=shape_is(2, 0, 5))
+row("dpb-offsets-causal", F, lambda: ops.dynamic_position_bias(DW, DB, 3, 6, 4, 1, True, True), check=close(ref_dpb(DW, DB, 3, 6, 4, 1, True, True)))
+row("dpb-strided-weight", F, lambda: ops.dynamic_position_bias([DW[0], torch.stack([DW[1], DW[1]], 2)[..., 0]], DB, 3, 4), check=close(ref_dpb(DW, DB, 3, 4)))
+row("dpb-module-depth", "modules-py", lambda: pnn.DynamicPositionBias(4, 2, depth=0), **opt("DynamicPositionBias", "depth", ">= 1", "0"))
+row("dpb-module-depth-cpp", "modules-cpp", lambda: pcpp.DynamicPositionBias(4, 2, depth=0), **opt("DynamicPositionBias", "depth", ">= 1", "0"))
+
+# ---- fire_bias (Li et al. 2023) -----------------------------------------------------------------------
+F = "fire_bias"
+FP = [torch.tensor(0.2), torch.tensor(3.5), torch.tensor([[1.0], [-2.0]]), torch.tensor([0.1, 0.5]),
+      torch.tensor([[0.3, -0.4], [0.2, 0.6]]), torch.tensor([0.0, 0.1])]
+
+
+def ref_fire(c, L, w1, b1, w2, b2, q_len, k_len, q_offset=0, k_offset=0, causal=True, eps=1e-6):
+    # FIRE eq. 3-4: f(psi(i - j) / (psi(max(L, i)) + eps)), psi(x) = log(|c| x + 1)
+    d = distances(q_len, k_len, q_offset, k_offset)
+    qp = torch.arange(q_len, dtype=F64) + q_offset
+    c, L = abs(float(c)), abs(float(L))
+    x = (torch.log1p(c * d.abs()) / (torch.log1p(c * qp.clamp(min=L)) + eps)[:, None])[..., None]
+    h = torch.relu(x * w1.double()[:, 0] + b1.double())
+    out = (h @ w2.double().t() + b2.double()).permute(2, 0, 1)
+    return torch.where(d[None] < 0, torch.zeros_like(out), out) if causal else out
+
+
+def _fp(k, v):
+    q = list(FP)
+    q[k] = v
+    return q
+
+
+row("fire-c-1d", F, lambda: ops.fire_bias(*_fp(0, torch.tensor([0.2])), 3, 3), **err(F, "c", "0-D", "1-D"))
+row("fire-int", F, lambda: ops.fire_bias(*[t.long() for t in FP], 3, 3), **err(F, "c", "float", "Long"))
+row("fire-L-dtype", F, lambda: ops.fire_bias(*_fp(1, torch.tensor(3.5, dtype=F64)), 3, 3), **err(F, "L", "dtype of 'c'", "Double"))
+row("fire-w1-device", F, lambda: ops.fire_bias(*_fp(2, FP[2].to(META)), 3, 3), **err(F, "w1", "device of 'c'", "meta"))
+row("fire-w1-shape", F, lambda: ops.fire_bias(*_fp(2, torch.ones(2, 3)), 3, 3), **err(F, "w1", r"\(hidden, 1\)", r"\[2, 3\]"))
+row("fire-b1-length", F, lambda: ops.fire_bias(*_fp(3, torch.ones(3)), 3, 3), **err(F, "b1", r"length hidden \(2\)", r"\[3\]"))
+row("fire-w2-shape", F, lambda: ops.fire_bias(*_fp(4, torch.ones(2, 3)), 3, 3), **err(F, "w2", r"hidden = 2", r"\[2, 3\]"))
+row("fire-b2-length", F, lambda: ops.fire_bias(*_fp(5, torch.ones(3)), 3, 3), **err(F, "b2", r"length num_heads \(2\)", r"\[3\]"))
+row("fire-eps", F, lambda: ops.fire_bias(*FP, 3, 3, eps=NAN), **err(F, "eps", "finite and > 0", "nan"))
+row("fire-qoffset-neg", F, lambda: ops.fire_bias(*FP, 3, 3, -4, 0), **err(F, "q_offset", ">= 0", "-4"))
+row("fire-koffset-range", F, lambda: ops.fire_bias(*FP, 3, 3, 0, I64_MAX), **err(F, "k_offset", r"within \[-2\^61, 2\^61\]", str(I64_MAX)))
+row("fire-c-nan", F, lambda: ops.fire_bias(*_fp(0, torch.tensor(NAN)), 3, 3), **err(F, "c", "finite", "c = nan"))
+row("fire-L-inf", F, lambda: ops.fire_bias(*_fp(1, torch.tensor(-INF)), 3, 3), **err(F, "L", "finite", "L = -inf"))
+row("fire-b1-nan", F, lambda: ops.fire_bias(*_fp(3, torch.tensor([0.1, NAN])), 3, 3), **err(F, "b1", "finite", r"b1\[1\] = nan"))
+row("fire-klen-neg", F, lambda: ops.fire_bias(*FP, 3, -3), **err(F, "k_len", ">= 0", "-3"))
+row("fire-bytes-overflow", F, lambda: ops.fire_bias(*FP, 2**41, 2**40), **err(F, "q_len", "size in bytes must fit in int64", r"\[2, 2199023255552, 1099511627776\]"))
+row("fire-empty", F, lambda: ops.fire_bias(*FP, 4, 0), check=shape_is(2, 4, 0))
+row("fire-negative-c-L-as-abs", F, lambda: ops.fire_bias(*_fp(0, torch.tensor(-0.2)), 5, 7, 2, 0, False), check=close(ref_fire(*FP, 5, 7, 2, 0, False)))
+row("fire-keys-ahead-causal", F, lambda: ops.fire_bias(*FP, 3, 6, 0, 2), check=close(ref_fire(*FP, 3, 6, 0, 2)))
+row("fire-module-init-c", "modules-py", lambda: pnn.FIRE(2, init_c=0.0), **opt("FIRE", "init_c", "finite and != 0", "0"))
+row("fire-module-init-c-cpp", "modules-cpp", lambda: pcpp.FIRE(2, init_c=0.0), **opt("FIRE", "init_c", "finite and != 0", "0"))
+row("fire-module-qoffset", "modules-py", lambda: pnn.FIRE(2)(3, 3, -1, 0), **err("fire_bias", "q_offset", ">= 0", "-1"))
+
 # ---- rel_pos_scores -----------------------------------------------------------------------------
 F = "rel_pos_scores"
 Q4 = randn(1, 2, 3, 4)
@@ -767,6 +848,10 @@ def _valid(family: str) -> None:
         close(ref_t5_bias(TAB, 2, 3), atol=1e-6)(ops.t5_bias(TAB, 2, 3))
     elif family == "kerple_bias":
         close(ref_kerple(R1, R2, 3, 3), atol=1e-5)(ops.kerple_bias(R1, R2, 3, 3))
+    elif family == "dynamic_position_bias":
+        close(ref_dpb(DW, DB, 3, 4, 1, 0, True), atol=1e-6)(ops.dynamic_position_bias(DW, DB, 3, 4, 1, 0, True))
+    elif family == "fire_bias":
+        close(ref_fire(*FP, 3, 4, 1, 0), atol=1e-6)(ops.fire_bias(*FP, 3, 4, 1, 0))
     elif family == "rel_pos_scores":
         close(ref_rel_pos(Q4, REL, 0, 0, 3), atol=1e-5)(ops.rel_pos_scores(Q4, REL))
     elif family == "cope_scores":

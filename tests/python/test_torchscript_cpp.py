@@ -126,6 +126,8 @@ def test_scripted_single_modules_run_in_cpp(example_bin, tmp_path):
         (posenc.nn.KERPLEBias(2, kind="power", causal=False), (3, 9, 6, 0)),
         (posenc.nn.TransformerXLRelativeScore(8, 2, 4), (torch.randn(1, 2, 3, 4), 2)),
         (_cope_trained(), (torch.randn(1, 2, 3, 4), torch.randn(1, 2, 6, 4), 3, 0)),
+        (posenc.nn.DynamicPositionBias(8, 2, norm=True, log_distance=True, causal=True), (5, 9, 4, 0)),
+        (posenc.nn.FIRE(2, mlp_width=8, init_L=6.0), (3, 9, 6, 0)),
     ]
     for i, (m, args) in enumerate(cases):
         d = tmp_path / str(i)
