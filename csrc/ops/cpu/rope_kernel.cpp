@@ -70,6 +70,9 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
       detail::check_rope(op, arg, x, a.positions, a.inv_freq, a.rotary_dim, a.layout,
                          a.cu_seqlens, a.attention_factor, a.xpos_zeta, a.xpos_scale_base);
   detail::check_rope_offset(op, a.positions, a.offset, detail::rope_seq_len(x, lay));
+  if (a.positions.has_value() && a.positions->defined()) {
+    detail::check_rope_positions_offset(op, *a.positions, a.offset);
+  }
   const bool packed = lay == detail::RopeLayout::kThd;
   detail::check_rope_values(op, a.cu_seqlens, packed ? x.size(0) : 0, a.inv_freq, a.xpos_zeta);
   auto out = at::empty(x.sizes(), x.options());
