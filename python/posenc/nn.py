@@ -42,6 +42,15 @@ def _check_option(cond: bool, module: str, option: str, expected: str, given) ->
         raise ValueError(f"posenc.{module}: option '{option}' {expected}, but got {given}")
 
 
+def _saveable_tables(inv_freq: Tensor, zeta: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+    # Inference tensors cannot be saved for backward; a clone made outside inference mode can.
+    if inv_freq.is_inference():
+        inv_freq = inv_freq.clone()
+    if zeta is not None and zeta.is_inference():
+        zeta = zeta.clone()
+    return inv_freq, zeta
+
+
 class SinusoidalPositionalEncoding(nn.Module):
     """Sinusoidal absolute positional encoding (Vaswani et al. 2017, §3.5).
 
@@ -527,11 +536,12 @@ class RotaryEmbedding(nn.Module):
             zeta = zeta.to(q.device)
         # A table made under torch.inference_mode() (a dynamic NTK length first seen there, or a
         # module built there) cannot be saved for backward: autograd gets a normal copy.
+        # (torch.compile cannot trace is_inference(); a compiled forward skips the check.)
         if q.requires_grad or k.requires_grad:
-            if inv_freq.is_inference():
-                inv_freq = inv_freq.clone()
-            if zeta is not None and zeta.is_inference():
-                zeta = zeta.clone()
+            if torch.jit.is_scripting():
+                inv_freq, zeta = _saveable_tables(inv_freq, zeta)
+            elif not torch.compiler.is_compiling():
+                inv_freq, zeta = _saveable_tables(inv_freq, zeta)
         r = self.rotary_dim
         q_rot = ops.rope(
             q, positions, inv_freq, offset, r, self.interleaved, self.layout, cu_seqlens,
