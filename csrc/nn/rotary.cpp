@@ -240,6 +240,12 @@ std::tuple<torch::Tensor, torch::Tensor> RotaryEmbeddingImpl::forward(
   if (xpos_zeta.defined()) {
     zeta = xpos_zeta.device() == q.device() ? xpos_zeta : xpos_zeta.to(q.device());
   }
+  // A table made under c10::InferenceMode (a dynamic NTK length first seen there, or a module
+  // built there) cannot be saved for backward: autograd gets a normal copy (R/2 numbers).
+  if (q.requires_grad() || k.requires_grad()) {
+    if (inv.is_inference()) inv = inv.clone();
+    if (zeta.has_value() && zeta->is_inference()) zeta = zeta->clone();
+  }
   const double scale_base = options.scaling().has_value() ? options.scaling()->xpos_scale_base : 512.0;
   const int64_t rd = rotary_dim();
   const auto cu = has_cu ? cu_seqlens : std::nullopt;

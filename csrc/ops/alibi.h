@@ -47,6 +47,7 @@ void check_alibi_bias_backward(const char* op, const at::Tensor& grad, const at:
                    c10::str("must have shape (num_heads, q_len, k_len) = [", slopes.sym_size(0),
                             ", ", q_len, ", ", k_len, "]"),
                    "shape ", shape_str(grad));
+  check_grad_dtype(op, "grad", grad, "slopes", slopes);
   check_same_device(op, "grad", grad, "slopes", slopes);
 }
 

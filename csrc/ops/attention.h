@@ -405,6 +405,7 @@ inline void check_relative_attention_backward(const char* op, const at::Tensor& 
                    shape_str(out));
   check_defined(op, "grad_out", grad_out);
   check_floating(op, "grad_out", grad_out);
+  check_grad_dtype(op, "grad_out", grad_out, "q", q);
   check_same_device(op, "grad_out", grad_out, "q", q);
   POSENC_CHECK_ARG(grad_out.sym_sizes() == out_ref, op, "grad_out",
                    c10::str("must have the shape of 'out' ", out_ref), "shape ",
@@ -417,6 +418,7 @@ inline void check_relative_attention_backward(const char* op, const at::Tensor& 
                    shape_str(lse));
   if (grad_lse.has_value()) {
     check_floating(op, "grad_lse", *grad_lse);
+    check_grad_dtype(op, "grad_lse", *grad_lse, "lse", lse);
     check_same_device(op, "grad_lse", *grad_lse, "q", q);
     POSENC_CHECK_ARG(grad_lse->sym_sizes() == lse_ref, op, "grad_lse",
                      c10::str("must have the shape of 'lse' ", lse_ref), "shape ",

@@ -77,6 +77,17 @@ inline void check_same_device(const char* op, const char* arg, const at::Tensor&
                    "device ", t.device());
 }
 
+// A backward op's incoming gradient has the dtype of the forward's output, which is the dtype
+// of '<other_arg>' (the parameters of a bias op, q of the score ops). The kernels read it in that
+// dtype; a gradient of another dtype is a caller's error, not something to convert silently.
+inline void check_grad_dtype(const char* op, const char* arg, const at::Tensor& grad,
+                             const char* other_arg, const at::Tensor& other) {
+  POSENC_CHECK_ARG(grad.scalar_type() == other.scalar_type(), op, arg,
+                   c10::str("must have the dtype of the forward's output, the dtype of '",
+                            other_arg, "' (", other.scalar_type(), ")"),
+                   "dtype ", grad.scalar_type());
+}
+
 template <typename T>
 inline void check_nonnegative(const char* op, const char* arg, const T& value) {
   POSENC_CHECK_ARG(value >= 0, op, arg, "must be >= 0", value);

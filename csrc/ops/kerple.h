@@ -69,6 +69,7 @@ KerpleKind check_kerple_bias_backward(const char* op, const at::Tensor& grad, co
   const auto k = check_kerple_bias(op, r1, r2, q_len, k_len, kind);
   check_dim(op, "grad", grad, 3, "(num_heads, q_len, k_len)");
   check_floating(op, "grad", grad);
+  check_grad_dtype(op, "grad", grad, "r1", r1);
   check_same_device(op, "grad", grad, "r1", r1);
   const bool same = grad.sym_size(0) == r1.sym_size(0) &&
                     grad.sym_size(1) == c10::SymInt(q_len) && grad.sym_size(2) == c10::SymInt(k_len);

@@ -14,7 +14,18 @@ at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_
     // q's rank is checked before q.size(-2) is read for the default k_len.
     detail::check_dim("rel_pos_scores", "q", q, 4, "(batch, heads, q_len, head_dim)");
   }
-  const int64_t kl = k_len.has_value() ? *k_len : q_offset + q.size(2) - k_offset;
+  int64_t kl = 0;
+  if (k_len.has_value()) {
+    kl = *k_len;
+  } else {
+    // q_offset + q_len - k_offset in int64: offsets far apart would wrap into a wrong length.
+    int64_t end = 0;
+    const bool wraps = __builtin_add_overflow(q_offset, q.size(2), &end) ||
+                       __builtin_sub_overflow(end, k_offset, &kl);
+    POSENC_CHECK_ARG(!wraps, "rel_pos_scores", "k_len",
+                     "(default q_offset + q_len - k_offset) must be within int64",
+                     "q_offset ", q_offset, ", q_len ", q.size(2), " and k_offset ", k_offset);
+  }
   return detail::rel_pos_scores_op().call(q, rel_emb, q_offset, k_offset, kl, max_distance,
                                            causal);
 }

@@ -70,6 +70,7 @@ void check_rel_pos_scores_backward(const char* op, const at::Tensor& grad, const
   check_rel_pos_scores(op, q, rel_emb, k_len, max_distance);
   check_dim(op, "grad", grad, 4, "(batch, heads, q_len, k_len)");
   check_floating(op, "grad", grad);
+  check_grad_dtype(op, "grad", grad, "q", q);
   check_same_device(op, "grad", grad, "q", q);
   const bool same = grad.sym_size(0) == q.sym_size(0) && grad.sym_size(1) == q.sym_size(1) &&
                     grad.sym_size(2) == q.sym_size(2) && grad.sym_size(3) == k_len;

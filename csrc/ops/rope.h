@@ -302,7 +302,7 @@ inline void check_rope_pair(const char* op, const char* q_arg, const at::Tensor&
 // Without explicit positions, token s sits at offset + s (s < S; in "thd", s < T bounds the
 // position within its sequence): the last one must not wrap past int64, or it would rotate by
 // the angle of a large negative position without any error. Explicit positions are values
-// (offset + positions[i] is the caller's, as on CUDA for every value check).
+// (offset + positions[i] needs their values: check_rope_positions_offset, CPU and CUDA).
 template <typename Int>
 inline void check_rope_offset(const char* op, const std::optional<at::Tensor>& positions,
                               const Int& offset, const c10::SymInt& seq_len) {
@@ -313,6 +313,35 @@ inline void check_rope_offset(const char* op, const std::optional<at::Tensor>& p
   POSENC_CHECK_ARG(*o <= std::numeric_limits<int64_t>::max() - (*s - 1), op, "offset",
                    c10::str("must keep the last position offset + ", *s - 1, " within int64"),
                    *o);
+}
+
+// With explicit positions token s sits at offset + positions[s], which must not wrap past int64
+// either (it would rotate by the angle of a far-away position without any error). Nothing can
+// wrap with offset 0, nor with int32 positions and |offset| <= 2^63 - 2^31; only then need the
+// values be read (see check_rope_positions_offset).
+inline bool rope_positions_may_wrap(const at::Tensor& positions, int64_t offset) {
+  if (offset == 0 || positions.numel() == 0) return false;
+  if (positions.scalar_type() == at::kInt) {
+    constexpr int64_t kRoom = int64_t{1} << 31;
+    return offset > std::numeric_limits<int64_t>::max() - kRoom ||
+           offset < std::numeric_limits<int64_t>::min() + kRoom;
+  }
+  return true;
+}
+
+// Reads the extreme positions where rope_positions_may_wrap says so: on the host for CPU
+// tensors; for device tensors a reduction and a copy of two numbers (a stream sync, which the
+// CUDA kernel skips during graph capture).
+inline void check_rope_positions_offset(const char* op, const at::Tensor& positions,
+                                        int64_t offset) {
+  if (!rope_positions_may_wrap(positions, offset)) return;
+  const auto [mn, mx] = at::aminmax(positions);
+  const int64_t lo = mn.item<int64_t>(), hi = mx.item<int64_t>();
+  const bool ok = offset > 0 ? hi <= std::numeric_limits<int64_t>::max() - offset
+                             : lo >= std::numeric_limits<int64_t>::min() - offset;
+  POSENC_CHECK_ARG(ok, op, "offset",
+                   "must keep every position offset + positions[i] within int64", offset,
+                   " with positions in [", lo, ", ", hi, "]");
 }
 
 // The sequence length check_rope_offset bounds: S ("bhsd": dim 2, "bshd": dim 1), T ("thd").

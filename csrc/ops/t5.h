@@ -125,6 +125,7 @@ void check_t5_bias_backward(const char* op, const at::Tensor& grad, const at::Te
   check_t5_bias(op, table, q_len, k_len, bidirectional, max_distance);
   check_dim(op, "grad", grad, 3, "(num_heads, q_len, k_len)");
   check_floating(op, "grad", grad);
+  check_grad_dtype(op, "grad", grad, "table", table);
   check_same_device(op, "grad", grad, "table", table);
   const bool same = grad.sym_size(0) == table.sym_size(1) &&
                     grad.sym_size(1) == c10::SymInt(q_len) && grad.sym_size(2) == c10::SymInt(k_len);

@@ -180,8 +180,11 @@ at::Tensor rope_inv_freq(int64_t dim, double base = 10000.0, at::Device device =
 /// unknown layout, positions not int64/int32 (S,)/(B,S) or given with "thd", cu_seqlens missing with
 /// "thd", given otherwise, not int64 1-D non-empty, or (CPU) not 0..T non-decreasing, inv_freq
 /// not float32 1-D, xpos_zeta not float32 (R/2,) or (CPU) not > 0, a non-finite
-/// attention_factor, xpos_scale_base <= 0, a tensor on another device, or rotary_dim odd,
-/// != 2*len(inv_freq), or > D.
+/// attention_factor, xpos_scale_base <= 0, a tensor on another device, rotary_dim odd,
+/// != 2*len(inv_freq), or > D, or a position offset + s (no positions) or offset + positions[i]
+/// past int64 (argument 'offset'). With a nonzero offset and int64 positions (or int32 ones and
+/// |offset| > 2^63 - 2^31) the positions' min and max are read: on CUDA a host sync, skipped
+/// during CUDA graph capture.
 at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                 const at::Tensor& inv_freq, int64_t offset = 0,
                 std::optional<int64_t> rotary_dim = std::nullopt, bool interleaved = false,

@@ -45,6 +45,15 @@ def _check_option(cond: bool, module: str, option: str, expected: str, given) ->
         raise ValueError(f"posenc.{module}: option '{option}' {expected}, but got {given}")
 
 
+def _saveable_tables(inv_freq: Tensor, zeta: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+    # Inference tensors cannot be saved for backward; a clone made outside inference mode can.
+    if inv_freq.is_inference():
+        inv_freq = inv_freq.clone()
+    if zeta is not None and zeta.is_inference():
+        zeta = zeta.clone()
+    return inv_freq, zeta
+
+
 class SinusoidalPositionalEncoding(nn.Module):
     """Sinusoidal absolute positional encoding (Vaswani et al. 2017, §3.5).
 
@@ -270,6 +279,7 @@ class RotaryEmbedding(nn.Module):
     _original_max_position_embeddings: int
     _explicit_attention_factor: Optional[float]
     _cached_length: int
+    _dynamic_table: Tuple[int, Tensor]
 
     def __init__(
         self,
@@ -343,6 +353,7 @@ class RotaryEmbedding(nn.Module):
         self._original_max_position_embeddings = 0
         self._explicit_attention_factor = None
         self._cached_length = -1
+        self._dynamic_table: Tuple[int, Tensor] = (-1, torch.empty(0))
         if scaling is None:
             self.rope_type = "default"
             self.base = float(base)
@@ -383,6 +394,7 @@ class RotaryEmbedding(nn.Module):
             self.long_inv_freq = scaling.compute(seq_len=orig + 1, device=device, dtype=dtype)[0]
         elif self.rope_type == "dynamic":
             self._cached_length = self._max_position_embeddings
+            self._dynamic_table = (self._cached_length, self.inv_freq)
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> "RotaryEmbedding":
@@ -428,7 +440,11 @@ class RotaryEmbedding(nn.Module):
         if self.rope_type == "dynamic":
             max_len = self._max_position_embeddings
             total = max_len if seq_len is None else max(seq_len, max_len)
-            if total != self._cached_length:
+            # One attribute holds the length and its table, replaced as a whole: forwards
+            # running concurrently (threads) with different lengths each get their own table,
+            # never a table another thread stored between reading the length and the table.
+            cached_len, cached = self._dynamic_table
+            if total != cached_len:
                 inv, _ = torch.ops.posenc.rope_scaling_inv_freq(
                     "dynamic",
                     self.base,
@@ -441,9 +457,11 @@ class RotaryEmbedding(nn.Module):
                     device=self.inv_freq.device,
                     dtype=self.inv_freq.dtype,
                 )
+                self._dynamic_table = (total, inv)
                 self.inv_freq = inv
                 self._cached_length = total
-            return self.inv_freq
+                return inv
+            return cached
         return self.inv_freq
 
     def _infer_seq_len(
@@ -516,8 +534,13 @@ class RotaryEmbedding(nn.Module):
             raise RuntimeError(
                 f"posenc.RotaryEmbedding: argument 'seq_len' must be >= 0 (or None), but got {seq_len}"
             )
+        # before offset + length is formed and passed on as a (schema-checked) int64
+        ops._check_int64("RotaryEmbedding", "offset", offset)
+        ops._check_int64_opt("RotaryEmbedding", "seq_len", seq_len)
         if self._length_dependent:
             n = seq_len if seq_len is not None else self._infer_seq_len(q, k, positions, offset, cu_seqlens)
+            # a length past int64 (offset + positions wrapping) is left to rope's own error
+            n = min(n, 9223372036854775807)
             inv_freq = self.frequencies(n)
         else:
             inv_freq = self.inv_freq
@@ -526,6 +549,14 @@ class RotaryEmbedding(nn.Module):
         zeta = self.xpos_zeta
         if zeta is not None and zeta.device != q.device:
             zeta = zeta.to(q.device)
+        # A table made under torch.inference_mode() (a dynamic NTK length first seen there, or a
+        # module built there) cannot be saved for backward: autograd gets a normal copy.
+        # (torch.compile cannot trace is_inference(); a compiled forward skips the check.)
+        if q.requires_grad or k.requires_grad:
+            if torch.jit.is_scripting():
+                inv_freq, zeta = _saveable_tables(inv_freq, zeta)
+            elif not torch.compiler.is_compiling():
+                inv_freq, zeta = _saveable_tables(inv_freq, zeta)
         r = self.rotary_dim
         if _same_but_heads(q, k, self.layout):
             # One call: each block's cos/sin serve the heads of q and of k.
@@ -1008,7 +1039,9 @@ class TransformerXLRelativeScore(nn.Module):
     come from :func:`posenc.ops.rel_pos_scores` — exact for both signs of the distance, no
     pad-and-shift. ``causal=True`` writes 0 for the keys after each query without
     computing them (half the work for a causal language model; the causal mask removes them).
-    ``content_query(q) = q + u`` is the query for ``(a) + (c)``.
+    ``content_query(q) = q + u`` is the query for ``(a) + (c)``. The scores have the dtype of
+    ``q + v`` (type promotion with the parameters), or the autocast dtype under
+    ``torch.autocast`` (the policy of :func:`posenc.ops.rel_pos_scores`).
 
     Parameters: ``r_proj.weight`` ``(H * head_dim, d_model)``, ``u``, ``v`` ``(H, head_dim)``
     (N(0, 0.02)).
@@ -1058,6 +1091,7 @@ class TransformerXLRelativeScore(nn.Module):
 
     def forward(self, q: Tensor, mem_len: int = 0, causal: bool = False) -> Tensor:
         self._check_q(q)
+        ops._check_int64("TransformerXLRelativeScore", "mem_len", mem_len)
         if mem_len < 0:
             raise RuntimeError(
                 f"posenc.TransformerXLRelativeScore: argument 'mem_len' must be >= 0, but got {mem_len}"
@@ -1105,6 +1139,7 @@ class TransformerXLRelativeScore(nn.Module):
             ``(B, H_kv, mem_len + Lq, head_dim)``, and the op's errors.
         """
         self._check_q(q)
+        ops._check_int64("TransformerXLRelativeScore", "mem_len", mem_len)
         if mem_len < 0:
             raise RuntimeError(
                 f"posenc.TransformerXLRelativeScore: argument 'mem_len' must be >= 0, but got {mem_len}"

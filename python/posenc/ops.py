@@ -49,6 +49,28 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return "another dtype"
 
 
+def _check_int64(op: str, arg: str, value: int) -> None:
+    """A Python int outside int64 would reach the dispatcher as torch's schema error ("value
+    cannot be converted to type int64_t"); raise a posenc one. (Under TorchScript every int is
+    an int64 and the check never fires.)"""
+    if value > 9223372036854775807 or value < -9223372036854775807 - 1:
+        raise RuntimeError(
+            f"posenc.{op}: argument '{arg}' must be within int64 [-2^63, 2^63 - 1], but got {value}"
+        )
+
+
+def _check_int64_opt(op: str, arg: str, value: Optional[int]) -> None:
+    if value is not None:
+        _check_int64(op, arg, value)
+
+
+def _check_lengths_offsets(op: str, q_len: int, k_len: int, q_offset: int, k_offset: int) -> None:
+    _check_int64(op, "q_len", q_len)
+    _check_int64(op, "k_len", k_len)
+    _check_int64(op, "q_offset", q_offset)
+    _check_int64(op, "k_offset", k_offset)
+
+
 def sinusoidal_table(
     num_positions: int,
     dim: int,
@@ -79,6 +101,9 @@ def sinusoidal_table(
     allocated (``"argument 'num_positions' is too large: the output cannot be allocated"``,
     with its size in bytes).
     """
+    _check_int64("sinusoidal_table", "num_positions", num_positions)
+    _check_int64("sinusoidal_table", "dim", dim)
+    _check_int64("sinusoidal_table", "offset", offset)
     if num_positions < 0:
         raise RuntimeError(
             f"posenc.sinusoidal_table: argument 'num_positions' must be >= 0, but got {num_positions}"
@@ -153,6 +178,7 @@ def alibi_slopes(
     largest power of two ``n < num_heads`` followed by the odd-numbered slopes of ``2n`` heads
     (the paper's reference implementation). Computed in fp64. Errors: ``num_heads`` > 0.
     """
+    _check_int64("alibi_slopes", "num_heads", num_heads)
     return torch.ops.posenc.alibi_slopes(num_heads, dtype=dtype, device=device)
 
 
@@ -184,6 +210,7 @@ def alibi_bias(
     no autograd graph: with grad mode on, slopes' that require grad raise (as ATen's out= ops do).
     Errors for a wrong ``out``: shape, dtype, device or strides, named in the message.
     """
+    _check_lengths_offsets("alibi_bias", q_len, k_len, q_offset, k_offset)
     if out is None:
         return torch.ops.posenc.alibi_bias(slopes, q_len, k_len, q_offset, k_offset, causal)
     torch.ops.posenc.alibi_bias(slopes, q_len, k_len, q_offset, k_offset, causal, out=out)
@@ -209,6 +236,8 @@ def t5_relative_bucket(
     bidirectional, >= 2 when causal; ``max_distance`` > ``max_exact`` (the exact buckets per
     direction, ``num_buckets // 2`` halved once more when bidirectional).
     """
+    _check_int64("t5_relative_bucket", "num_buckets", num_buckets)
+    _check_int64("t5_relative_bucket", "max_distance", max_distance)
     return torch.ops.posenc.t5_relative_bucket(
         relative_position, bidirectional, num_buckets, max_distance
     )
@@ -241,6 +270,8 @@ def t5_bias(
     no autograd graph: with grad mode on, table's that require grad raise (as ATen's out= ops do).
     Errors for a wrong ``out``: shape, dtype, device or strides, named in the message.
     """
+    _check_lengths_offsets("t5_bias", q_len, k_len, q_offset, k_offset)
+    _check_int64("t5_bias", "max_distance", max_distance)
     if out is None:
         return torch.ops.posenc.t5_bias(
             table, q_len, k_len, q_offset, k_offset, bidirectional, max_distance
@@ -287,6 +318,7 @@ def kerple_bias(
     no autograd graph: with grad mode on, parameters' that require grad raise (as ATen's out= ops do).
     Errors for a wrong ``out``: shape, dtype, device or strides, named in the message.
     """
+    _check_lengths_offsets("kerple_bias", q_len, k_len, q_offset, k_offset)
     if out is None:
         return torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal)
     torch.ops.posenc.kerple_bias(r1, r2, q_len, k_len, q_offset, k_offset, kind, causal, out=out)
@@ -398,13 +430,37 @@ def rel_pos_scores(
     Returns a fresh contiguous tensor of ``q``'s dtype. Gradients flow to ``q`` and
     ``rel_emb`` (deterministic). ``causal=True``: keys after the query (``k_pos > q_pos``)
     are neither computed nor read and are written as 0 (the causal mask removes them); about
-    half the work for causal Transformer-XL, and those entries pass no gradient. Raises ``RuntimeError`` naming the argument for a wrong
+    half the work for causal Transformer-XL, and those entries pass no gradient. Under
+    ``torch.autocast``, float32/float16/bfloat16 ``q`` and ``rel_emb`` are cast to the autocast
+    dtype (as for ``matmul``; float64 is not cast) and the result has that dtype.
+    Raises ``RuntimeError`` naming the argument for a wrong
     rank, dtype or device, mismatched heads or head_dim, even ``R``, ``max_distance``
     outside ``[0, c]``, ``k_len < 0``, or an output whose size in bytes overflows int64.
     """
+    _check_int64("rel_pos_scores", "q_offset", q_offset)
+    _check_int64("rel_pos_scores", "k_offset", k_offset)
+    _check_int64_opt("rel_pos_scores", "max_distance", max_distance)
     if k_len is None:
         # a q of the wrong rank gets the op's own error, not an IndexError here
-        k_len = q_offset + (q.size(-2) if q.dim() >= 2 else 0) - k_offset
+        q_len = q.size(-2) if q.dim() >= 2 else 0
+        # Compared without forming the sum, so that a scripted call (int64 ints) cannot wrap.
+        i64_max = 9223372036854775807
+        i64_min = -9223372036854775807 - 1
+        wraps = q_offset > 0 and q_len > i64_max - q_offset
+        if not wraps:
+            end = q_offset + q_len
+            wraps = (k_offset < 0 and end > i64_max + k_offset) or (
+                k_offset > 0 and end < i64_min + k_offset
+            )
+        if wraps:
+            raise RuntimeError(
+                f"posenc.rel_pos_scores: argument 'k_len' (default q_offset + q_len - k_offset) "
+                f"must be within int64, but got q_offset {q_offset}, q_len {q_len} and "
+                f"k_offset {k_offset}"
+            )
+        k_len = q_offset + q_len - k_offset
+    else:
+        _check_int64("rel_pos_scores", "k_len", k_len)
     return torch.ops.posenc.rel_pos_scores(q, rel_emb, q_offset, k_offset, k_len, max_distance, causal)
 
 
@@ -464,6 +520,7 @@ def rope_inv_freq(
     never in the activations' half precision (angles at position ~2000 need more bits than
     fp16 has). Raises ``RuntimeError`` ("posenc.rope_inv_freq: argument ...") otherwise.
     """
+    _check_int64("rope_inv_freq", "dim", dim)
     return torch.ops.posenc.rope_inv_freq(dim, base, device=device, dtype=dtype)
 
 
@@ -487,7 +544,9 @@ def rope(
     ``x``: ``(B, H, S, D)`` for ``layout="bhsd"``, ``(B, S, H, D)`` for ``"bshd"`` or packed
     ``(T, H, D)`` for ``"thd"``, any strides (views into a packed qkv buffer work without a
     copy). ``positions``: int64 or int32 ``(S,)`` or ``(B, S)``, or ``None`` for ``arange(S)``;
-    ``offset`` is added in both cases (KV-cache decoding). ``inv_freq``: float32 or float64
+    ``offset`` is added in both cases (KV-cache decoding), and every ``offset + position`` must
+    stay within int64 (with a nonzero ``offset`` and int64 positions the op reads the positions'
+    min and max: on CUDA a host sync, skipped during CUDA graph capture). ``inv_freq``: float32 or float64
     ``(R/2,)``, ``R = rotary_dim`` (default ``2 * len(inv_freq)``, must be even and <= D);
     dims ``>= R`` pass through unchanged. Half-split pairs ``(i, i + R/2)`` (GPT-NeoX,
     Llama); interleaved pairs ``(2i, 2i+1)`` (GPT-J, RoFormer).
@@ -543,8 +602,13 @@ def rope(
     or float64 1-D, on another device or (CPU) not finite; ``rotary_dim`` odd,
     ``!= 2 * len(inv_freq)`` or ``> D``;
     ``attention_factor`` not finite; ``xpos_zeta`` not float32 ``(R/2,)``, on another device
-    or (CPU) not > 0; ``xpos_scale_base`` not > 0 (with ``xpos_zeta``).
+    or (CPU) not > 0; ``xpos_scale_base`` not > 0 (with ``xpos_zeta``); ``offset`` (a Python int
+    outside int64, or ``offset + position`` past int64: "argument 'offset' must keep every
+    position offset + positions[i] within int64, but got <offset> with positions in [lo, hi]").
     """
+    _check_int64("rope", "offset", offset)
+    _check_int64_opt("rope", "rotary_dim", rotary_dim)
+    _check_int64("rope", "xpos_centre", xpos_centre)
     return torch.ops.posenc.rope(
         x,
         positions,
@@ -695,6 +759,11 @@ def relative_attention(
     float32 (float64 for float64 inputs), for merging partial results (ring attention). A query
     whose keys are all masked gets zeros, ``lse = -inf`` and zero gradients, never NaN.
 
+    Under ``torch.autocast`` (CPU or CUDA), float32/float16/bfloat16 ``q``, ``k``, ``v``,
+    ``rel_emb`` and ``q_rel`` are cast to the autocast dtype, as ``scaled_dot_product_attention``
+    does (float64 is not cast); the position parameters are read as they are; ``out`` has the
+    autocast dtype and ``lse`` stays float32.
+
     Gradients flow to ``q``, ``k``, ``v``, the position parameters and ``q_rel``, also through
     ``lse``; the backward recomputes tiles from ``lse`` and reduces parameter gradients in a
     fixed order without atomics (bit-identical across runs and CPU thread counts). Extra
@@ -710,6 +779,11 @@ def relative_attention(
     Parameter values are checked on CPU tensors (finite slopes/table/r1/r2/rel_emb, ``r2 >= 0``
     for the log kernel); on CUDA, as for the bias ops, only KERPLE log's ``r2`` is read.
     """
+    _check_int64("relative_attention", "q_offset", q_offset)
+    _check_int64("relative_attention", "k_offset", k_offset)
+    _check_int64_opt("relative_attention", "max_distance", max_distance)
+    _check_int64_opt("relative_attention", "max_seqlen_q", max_seqlen_q)
+    _check_int64_opt("relative_attention", "max_seqlen_k", max_seqlen_k)
     if not torch.jit.is_scripting():
         # None would reach the dispatcher as "tensor does not have a device"
         for name, t in (("q", q), ("k", k), ("v", v)):

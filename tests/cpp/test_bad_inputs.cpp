@@ -268,6 +268,47 @@ std::vector<Row> rows() {
     expect_close(ops::rope(xt, std::nullopt, inv, 5), ref_rope(x, torch::arange(5, 8), inv), 1e-5);
   });
 
+  // offset + explicit positions past int64 (it used to wrap silently)
+  const std::string wrap = ro + "'offset' must keep every position offset + positions[i] within int64";
+  err("RopePositionsOffsetWraps", [] { ops::rope(xq(), torch::tensor({int64_t{0}, int64_t{1}, kI64Max - 5}), ops::rope_inv_freq(8), 10); },
+      {wrap, "but got 10 with positions in [0, " + std::to_string(kI64Max - 5) + "]"});
+  err("RopePositionsNegativeOffsetWraps", [] {
+    ops::rope(xq(), torch::tensor({int64_t{3}, -(int64_t{1} << 62), int64_t{0}}), ops::rope_inv_freq(8), kI64Min + (int64_t{1} << 61));
+  }, {wrap, "with positions in [" + std::to_string(-(int64_t{1} << 62)) + ", 3]"});
+  err("RopeInt32PositionsOffsetWraps", [] {
+    ops::rope(xq(), torch::tensor({0, 1, 2147483647}, torch::kInt), ops::rope_inv_freq(8), kI64Max - (int64_t{1} << 30));
+  }, {wrap, "with positions in [0, 2147483647]"});
+  ok("RopePositionsOffsetAtLimit", [] {
+    auto x = xq();
+    auto inv = ops::rope_inv_freq(8);
+    EXPECT_TRUE(torch::equal(ops::rope(x, torch::tensor({int64_t{0}, int64_t{1}, int64_t{2}}), inv, kI64Max - 2),
+                             ops::rope(x, std::nullopt, inv, kI64Max - 2)));
+  });
+  // the default k_len = q_offset + q_len - k_offset used to wrap in int64
+  err("RelPosDefaultKLenWraps", [] {
+    ops::rel_pos_scores(torch::randn({1, 2, 3, 4}), torch::randn({2, 7, 4}), int64_t{1} << 62, -(int64_t{1} << 62));
+  }, {rp + "'k_len' (default q_offset + q_len - k_offset) must be within int64",
+      "but got q_offset " + std::to_string(int64_t{1} << 62) + ", q_len 3 and k_offset " + std::to_string(-(int64_t{1} << 62))});
+  // backward ops refuse a gradient of another dtype than the forward's output
+  err("RelPosBackwardGradDtype", [] {
+    static auto bwd = c10::Dispatcher::singleton()
+                          .findSchemaOrThrow("posenc::rel_pos_scores_backward", "")
+                          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                                    c10::SymInt, c10::SymInt, c10::SymInt,
+                                                                    std::optional<int64_t>, bool)>();
+    bwd.call(torch::zeros({1, 2, 3, 3}), torch::randn({1, 2, 3, 4}, torch::kDouble), torch::randn({2, 7, 4}, torch::kDouble), 0, 0, 3,
+             std::nullopt, false);
+  }, {"posenc.rel_pos_scores_backward: argument 'grad' must have the dtype of the forward's output, the dtype of 'q' (Double)",
+      "but got dtype Float"});
+  err("AlibiBackwardGradDtype", [] {
+    static auto bwd = c10::Dispatcher::singleton()
+                          .findSchemaOrThrow("posenc::alibi_bias_backward", "")
+                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, c10::SymInt, c10::SymInt,
+                                            c10::SymInt, bool)>();
+    bwd.call(torch::zeros({2, 3, 3}, torch::kDouble), slopes2(), 3, 3, 0, 0, true);
+  }, {"posenc.alibi_bias_backward: argument 'grad' must have the dtype of the forward's output, the dtype of 'slopes' (Float)",
+      "but got dtype Double"});
+
   // ---- relative_attention
   const std::string at = "posenc.relative_attention: argument ";
   auto q = [] { return torch::randn({1, 2, 3, 4}); };

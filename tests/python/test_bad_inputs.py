@@ -762,6 +762,95 @@ def _sin_table_positions_grad():
 
 row("grad-sin-table-none", "sinusoidal_table", _sin_table_positions_grad, check=lambda r: None if r is False else pytest.fail("table requires grad"))
 
+# ---- offsets and positions near the int64 limits; backward gradients of the wrong dtype ----------
+F = "rope"
+row("rope-positions-offset-wraps", F, lambda: ops.rope(X, torch.tensor([0, 1, I64_MAX - 5]), INV4, offset=10),
+    **err(F, "offset", r"every position offset \+ positions\[i\] within int64", rf"10 with positions in \[0, {I64_MAX - 5}\]"))
+row("rope-positions-offset-wraps-negative", F, lambda: ops.rope(X, torch.tensor([[-(2**62), 0, 1]]), INV4, offset=I64_MIN + 2**61),
+    **err(F, "offset", "within int64", rf"{I64_MIN + 2**61} with positions in \[{-(2**62)}, 1\]"))
+row("rope-int32-positions-offset-wraps", F,
+    lambda: ops.rope(X, torch.tensor([0, 1, 2**31 - 1], dtype=torch.int32), INV4, offset=I64_MAX - 2**30),
+    **err(F, "offset", "within int64", rf"{I64_MAX - 2**30} with positions in \[0, {2**31 - 1}\]"))
+row("rope-backward-positions-offset-wraps", F,
+    lambda: torch.ops.posenc.rope_backward(X, torch.tensor([5, 6, 7]), INV4, I64_MAX - 6, None, False, "bhsd"),
+    **err("rope_backward", "offset", "within int64", rf"{I64_MAX - 6} with positions in \[5, 7\]"))
+# the last position exactly at the limit is valid: the same numbers as without positions
+row("rope-positions-offset-at-limit", F, lambda: ops.rope(X, torch.tensor([0, 1, 2]), INV4, offset=I64_MAX - 2),
+    check=lambda out: None if torch.equal(out, ops.rope(X, None, INV4, offset=I64_MAX - 2)) else pytest.fail("differs"))
+row("rope-int32-positions-negative-offset-ok", F,
+    lambda: ops.rope(X.double(), torch.tensor([-3, 0, 2**31 - 1], dtype=torch.int32), INV4.double(), offset=-(2**31)),
+    check=close(ref_rope(X, torch.tensor([-3, 0, 2**31 - 1]) - 2**31, INV4.double()), atol=1e-9))
+row("rope-offset-python-int-past-int64", F, lambda: ops.rope(X, None, INV4, offset=2**63),
+    **err(F, "offset", r"within int64 \[-2\^63, 2\^63 - 1\]", str(2**63)))
+row("rope-xpos-centre-past-int64", F, lambda: ops.rope(X, None, INV4, xpos_centre=-(2**63) - 1),
+    **err(F, "xpos_centre", "within int64", str(-(2**63) - 1)))
+row("sin-offset-python-int-past-int64", "sinusoidal_table", lambda: ops.sinusoidal_table(0, 4, offset=2**64),
+    **err("sinusoidal_table", "offset", "within int64", str(2**64)))
+row("sin-dim-python-int-past-int64", "sinusoidal_table", lambda: ops.sinusoidal_table(2, 2**64),
+    **err("sinusoidal_table", "dim", "within int64", str(2**64)))
+row("alibi-slopes-heads-past-int64", "alibi_slopes", lambda: ops.alibi_slopes(2**63),
+    **err("alibi_slopes", "num_heads", "within int64", str(2**63)))
+row("alibi-qoffset-python-int-past-int64", "alibi_bias", lambda: ops.alibi_bias(S2, 2, 2, q_offset=2**63),
+    **err("alibi_bias", "q_offset", "within int64", str(2**63)))
+row("alibi-klen-python-int-past-int64", "alibi_bias", lambda: ops.alibi_bias(S2, 2, 2**64),
+    **err("alibi_bias", "k_len", "within int64", str(2**64)))
+row("t5-koffset-python-int-past-int64", "t5_bias", lambda: ops.t5_bias(TAB, 2, 2, k_offset=I64_MIN - 1),
+    **err("t5_bias", "k_offset", "within int64", str(I64_MIN - 1)))
+row("t5-bucket-maxdist-past-int64", "t5_relative_bucket", lambda: ops.t5_relative_bucket(RP, max_distance=2**63),
+    **err("t5_relative_bucket", "max_distance", "within int64", str(2**63)))
+row("kerple-qlen-python-int-past-int64", "kerple_bias", lambda: ops.kerple_bias(R1, R2, 2**70, 2),
+    **err("kerple_bias", "q_len", "within int64", str(2**70)))
+row("relpos-default-klen-past-int64", "rel_pos_scores", lambda: ops.rel_pos_scores(Q4, REL, q_offset=2**62, k_offset=-(2**62)),
+    **err("rel_pos_scores", "k_len", r"\(default q_offset \+ q_len - k_offset\) must be within int64",
+          rf"q_offset {2**62}, q_len 3 and k_offset {-(2**62)}"))
+row("relpos-koffset-python-int-past-int64", "rel_pos_scores", lambda: ops.rel_pos_scores(Q4, REL, k_offset=2**63, k_len=3),
+    **err("rel_pos_scores", "k_offset", "within int64", str(2**63)))
+row("attn-koffset-python-int-past-int64", "relative_attention", lambda: ops.relative_attention(QA, KA, VA, k_offset=-(2**64)),
+    **err("relative_attention", "k_offset", "within int64", str(-(2**64))))
+row("invfreq-dim-python-int-past-int64", "rope_inv_freq", lambda: ops.rope_inv_freq(2**64),
+    **err("rope_inv_freq", "dim", "within int64", str(2**64)))
+# posenc.nn modules (the C++ twins take int64 through pybind11, which raises its TypeError)
+row("py-rotary-offset-past-int64", "modules-py", lambda: pnn.RotaryEmbedding(8)(X, X, offset=2**63),
+    **err("RotaryEmbedding", "offset", "within int64", str(2**63)))
+row("py-txl-mem-len-past-int64", "modules-py", lambda: pnn.TransformerXLRelativeScore(8, 2, 4)(Q4, mem_len=2**63),
+    **err("TransformerXLRelativeScore", "mem_len", "within int64", str(2**63)))
+row("py-alibi-koffset-past-int64", "modules-py", lambda: pnn.ALiBi(2)(2, 2, 0, 2**63),
+    **err("alibi_bias", "k_offset", "within int64", str(2**63)))
+
+# the gradient of a backward op must have the forward output's dtype (no silent conversion)
+GRAD_DTYPE = r"must have the dtype of the forward's output, the dtype of '{}' \({}\)"
+row("relpos-backward-grad-dtype", "rel_pos_scores",
+    lambda: torch.ops.posenc.rel_pos_scores_backward(torch.zeros(1, 2, 3, 3), Q4.double(), REL.double(), 0, 0, 3, None),
+    **err("rel_pos_scores_backward", "grad", GRAD_DTYPE.format("q", "Double"), "dtype Float"))
+row("alibi-backward-grad-dtype", "alibi_bias",
+    lambda: torch.ops.posenc.alibi_bias_backward(torch.zeros(2, 3, 3, dtype=F64), S2, 3, 3, 0, 0, True),
+    **err("alibi_bias_backward", "grad", GRAD_DTYPE.format("slopes", "Float"), "dtype Double"))
+row("t5-backward-grad-dtype", "t5_bias",
+    lambda: torch.ops.posenc.t5_bias_backward(torch.zeros(2, 3, 3, dtype=torch.bfloat16), TAB, 3, 3, 0, 0, True, 128),
+    **err("t5_bias_backward", "grad", GRAD_DTYPE.format("table", "Float"), "dtype BFloat16"))
+row("kerple-backward-grad-dtype", "kerple_bias",
+    lambda: torch.ops.posenc.kerple_bias_backward(torch.zeros(2, 3, 3, dtype=torch.half), R1, R2, 3, 3, 0, 0, "log", True),
+    **err("kerple_bias_backward", "grad", GRAD_DTYPE.format("r1", "Float"), "dtype Half"))
+
+
+def _attention_backward(grad_out_dtype, grad_lse_dtype=None):
+    q, k, v = QA.double(), KA.double(), VA.double()
+    out, lse = ops.relative_attention(q, k, v)
+    g_lse = None if grad_lse_dtype is None else torch.zeros_like(lse, dtype=grad_lse_dtype)
+    return torch.ops.posenc.relative_attention_backward(
+        torch.zeros_like(out, dtype=grad_out_dtype), g_lse, q, k, v, out, lse, None, None, None, None,
+        None, None, False, None, None, 0, 0, None, None, None, "bhsd", None, None, None, None)
+
+
+row("attn-backward-grad-out-dtype", "relative_attention", lambda: _attention_backward(torch.float32),
+    **err("relative_attention_backward", "grad_out", GRAD_DTYPE.format("q", "Double"), "dtype Float"))
+row("attn-backward-grad-lse-dtype", "relative_attention", lambda: _attention_backward(F64, torch.float32),
+    **err("relative_attention_backward", "grad_lse", GRAD_DTYPE.format("lse", "Double"), "dtype Float"))
+# the matching dtypes work: alibi's slope gradient is sum(grad * -d) (fp64 reference)
+row("alibi-backward-grad-dtype-ok", "alibi_bias",
+    lambda: torch.ops.posenc.alibi_bias_backward(torch.ones(2, 3, 4), S2, 3, 4, 1, 0, True),
+    check=close(-distances(3, 4, 1, 0).sum().expand(2), atol=1e-5))
+
 # ---- config readers: posenc.hf.rope_from_config, rope_config_from_json -------------------------------
 F = "config"
 BASE = {"head_dim": 64, "rope_theta": 10000.0, "max_position_embeddings": 2048}

@@ -79,6 +79,9 @@ std::pair<at::Tensor, at::Tensor> rope_cpu_impl(const char* op, const char* arg,
   const bool pair = x2.defined();
   if (pair) detail::check_rope_pair(op, arg, x, arg2, x2, a, lay);
   detail::check_rope_offset(op, a.positions, a.offset, detail::rope_seq_len(x, lay));
+  if (a.positions.has_value() && a.positions->defined()) {
+    detail::check_rope_positions_offset(op, *a.positions, a.offset);
+  }
   const bool packed = lay == detail::RopeLayout::kThd;
   detail::check_rope_values(op, a.cu_seqlens, packed ? x.size(0) : 0, a.inv_freq, a.xpos_zeta);
   auto out = at::empty(x.sizes(), x.options());

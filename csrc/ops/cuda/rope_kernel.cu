@@ -255,6 +255,15 @@ at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const
                          a.cu_seqlens, a.attention_factor, a.xpos_zeta, a.xpos_scale_base);
   detail::check_rope_offset(op, a.positions, a.offset, detail::rope_seq_len(x, lay));
   const c10::cuda::CUDAGuard guard(x.device());
+  if (a.positions.has_value() && a.positions->defined() &&
+      detail::rope_positions_may_wrap(*a.positions, a.offset)) {
+    // offset + positions[i] within int64: reads two numbers (a sync), never during a capture
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &status));
+    if (status == cudaStreamCaptureStatusNone) {
+      detail::check_rope_positions_offset(op, *a.positions, a.offset);
+    }
+  }
   const bool packed = lay == detail::RopeLayout::kThd;
   auto out = at::empty(x.sizes(), x.options());
   if (out.numel() == 0) return out;
