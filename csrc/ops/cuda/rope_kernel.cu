@@ -246,20 +246,30 @@ __global__ void rope_kernel(const scalar_t* __restrict__ x, Bhsd xg, scalar_t* _
   }
 }
 
+// A tensor rotated by apply_rotary_kernel: x (or the upstream gradient) and its output, both
+// seen as (B, H, S, D). x == nullptr: none.
+template <typename scalar_t>
+struct Rotated {
+  const scalar_t* x;
+  Bhsd xg;
+  scalar_t* out;
+  Bhsd og;
+};
+
 // apply_rotary_pos_emb (adjoint = false) and its x-gradient (adjoint = true), see rotate_pair,
-// with (a, b) the pair of x (forward) or of the upstream gradient (adjoint). The unit's table
-// row is read once (per chunk) into shared memory, in opmath, and shared by its heads.
+// with (a, b) the pair of x (forward) or of the upstream gradient (adjoint), for one tensor or
+// for q and k in one launch (the same B, S and D; heads may differ). The unit's table row is
+// read once (per chunk) into shared memory, in opmath, and shared by every head of q and k.
 template <typename scalar_t, int V>
-__global__ void apply_rotary_kernel(const scalar_t* __restrict__ x, Bhsd xg,
-                                    scalar_t* __restrict__ out, Bhsd og,
+__global__ void apply_rotary_kernel(Rotated<scalar_t> q, Rotated<scalar_t> k,
                                     const scalar_t* __restrict__ cosp, Table ct,
                                     const scalar_t* __restrict__ sinp, Table st, int64_t half,
                                     bool interleaved, bool adjoint) {
   using opmath_t = at::opmath_type<scalar_t>;
   __shared__ opmath_t c1[kPairChunk], c2[kPairChunk], s1[kPairChunk], s2[kPairChunk];
   const ChunkTable<opmath_t> t{c1, s1, c2, s2};
-  const int64_t S = xg.size[2];
-  const int64_t units = xg.size[0] * S;
+  const int64_t S = q.xg.size[2];
+  const int64_t units = q.xg.size[0] * S;
   const int tid = cuda::block_tid(), nthreads = cuda::block_threads();
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {  // uniform in the block
     const int64_t b = u / S, s = u - b * S;
@@ -268,18 +278,22 @@ __global__ void apply_rotary_kernel(const scalar_t* __restrict__ x, Bhsd xg,
     for (int64_t k0 = 0; k0 < half; k0 += kPairChunk) {
       const int64_t nk = half - k0 < kPairChunk ? half - k0 : kPairChunk;
       __syncthreads();  // the previous chunk (or unit) is no longer read
-      for (int64_t k = tid; k < nk; k += nthreads) {
+      for (int64_t kk = tid; kk < nk; kk += nthreads) {
         int64_t i1, i2;
-        rope_pair_index(k0 + k, half, interleaved, i1, i2);
-        c1[k] = static_cast<opmath_t>(cr[i1 * ct.sr]);
-        c2[k] = static_cast<opmath_t>(cr[i2 * ct.sr]);
-        s1[k] = static_cast<opmath_t>(sr[i1 * st.sr]);
-        s2[k] = static_cast<opmath_t>(sr[i2 * st.sr]);
+        rope_pair_index(k0 + kk, half, interleaved, i1, i2);
+        c1[kk] = static_cast<opmath_t>(cr[i1 * ct.sr]);
+        c2[kk] = static_cast<opmath_t>(cr[i2 * ct.sr]);
+        s1[kk] = static_cast<opmath_t>(sr[i1 * st.sr]);
+        s2[kk] = static_cast<opmath_t>(sr[i2 * st.sr]);
       }
       __syncthreads();
-      rotate_unit_chunk<V>(x, xg, out, og, b, s, k0, nk, half, interleaved, t, adjoint);
+      rotate_unit_chunk<V>(q.x, q.xg, q.out, q.og, b, s, k0, nk, half, interleaved, t, adjoint);
+      if (k.x != nullptr) {
+        rotate_unit_chunk<V>(k.x, k.xg, k.out, k.og, b, s, k0, nk, half, interleaved, t, adjoint);
+      }
     }
-    copy_pass_through<V>(x, xg, out, og, b, s, half);
+    copy_pass_through<V>(q.x, q.xg, q.out, q.og, b, s, half);
+    if (k.x != nullptr) copy_pass_through<V>(k.x, k.xg, k.out, k.og, b, s, half);
   }
 }
 
@@ -409,24 +423,41 @@ at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const
   return out;
 }
 
-// Rotates `src` (x, or the upstream gradient when adjoint) into a fresh contiguous tensor.
-at::Tensor launch_apply_rotary(const at::Tensor& src, const at::Tensor& cos, const at::Tensor& sin,
-                               bool interleaved, bool bshd, bool adjoint) {
-  auto out = at::empty(src.sizes(), src.options());
-  const Bhsd sg = bhsd(src, bshd);
-  const Bhsd og = bhsd(out, bshd);
-  const int64_t B = sg.size[0], H = sg.size[1], S = sg.size[2], D = sg.size[3];
+// Rotates `q_src` (x, or the upstream gradient when adjoint) and, when defined, `k_src` (the
+// same B, S, D and layout) into fresh contiguous tensors, in one launch.
+std::tuple<at::Tensor, at::Tensor> launch_apply_rotary(const at::Tensor& q_src,
+                                                       const at::Tensor& k_src,
+                                                       const at::Tensor& cos, const at::Tensor& sin,
+                                                       bool interleaved, bool bshd, bool adjoint) {
+  const bool has_k = k_src.defined() && k_src.numel() > 0;
+  if (q_src.numel() == 0) {  // the units are q's: rotate k alone
+    at::Tensor k_out = k_src.defined() ? at::empty(k_src.sizes(), k_src.options()) : at::Tensor();
+    if (has_k) {
+      k_out = std::get<0>(launch_apply_rotary(k_src, at::Tensor(), cos, sin, interleaved, bshd,
+                                              adjoint));
+    }
+    return {at::empty(q_src.sizes(), q_src.options()), k_out};
+  }
+  auto q_out = at::empty(q_src.sizes(), q_src.options());
+  auto k_out = k_src.defined() ? at::empty(k_src.sizes(), k_src.options()) : at::Tensor();
+  const Bhsd qg = bhsd(q_src, bshd), qog = bhsd(q_out, bshd);
+  const Bhsd kg = has_k ? bhsd(k_src, bshd) : qg, kog = has_k ? bhsd(k_out, bshd) : qog;
+  const int64_t B = qg.size[0], S = qg.size[2], D = qg.size[3];
+  const int64_t H = std::max(qg.size[1], has_k ? kg.size[1] : 0);
   const int64_t half = cos.size(-1) / 2;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "apply_rotary_pos_emb_cuda", [&] {
-    const scalar_t* sp = src.const_data_ptr<scalar_t>();
-    scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
-    const int V = vector_width(sp, sg, op_, og, half, interleaved);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q_src.scalar_type(), "apply_rotary_pos_emb_cuda", [&] {
+    const Rotated<scalar_t> q{q_src.const_data_ptr<scalar_t>(), qg,
+                              q_out.mutable_data_ptr<scalar_t>(), qog};
+    const Rotated<scalar_t> k{has_k ? k_src.const_data_ptr<scalar_t>() : nullptr, kg,
+                              has_k ? k_out.mutable_data_ptr<scalar_t>() : nullptr, kog};
+    int V = vector_width(q.x, q.xg, q.out, q.og, half, interleaved);
+    if (has_k) V = std::min(V, vector_width(k.x, k.xg, k.out, k.og, half, interleaved));
     const dim3 block = rotation_block(H, half, D, V, interleaved);
     auto launch = [&](auto kernel) {
       kernel<<<cuda::num_blocks(B * S), block, 0, stream>>>(
-          sp, sg, op_, og, cos.const_data_ptr<scalar_t>(), table(cos),
-          sin.const_data_ptr<scalar_t>(), table(sin), half, interleaved, adjoint);
+          q, k, cos.const_data_ptr<scalar_t>(), table(cos), sin.const_data_ptr<scalar_t>(),
+          table(sin), half, interleaved, adjoint);
     };
     if (V == 1) {
       launch(apply_rotary_kernel<scalar_t, 1>);
@@ -435,7 +466,7 @@ at::Tensor launch_apply_rotary(const at::Tensor& src, const at::Tensor& cos, con
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return {q_out, k_out};
 }
 
 at::Tensor apply_rotary_pos_emb_forward_cuda(const at::Tensor& x, const at::Tensor& cos,
@@ -444,7 +475,8 @@ at::Tensor apply_rotary_pos_emb_forward_cuda(const at::Tensor& x, const at::Tens
   const bool bshd = detail::check_apply_rotary("apply_rotary_pos_emb", x, cos, sin, layout);
   const c10::cuda::CUDAGuard guard(x.device());
   if (x.numel() == 0) return at::empty(x.sizes(), x.options());
-  return launch_apply_rotary(x, cos, sin, interleaved, bshd, /*adjoint=*/false);
+  return std::get<0>(
+      launch_apply_rotary(x, at::Tensor(), cos, sin, interleaved, bshd, /*adjoint=*/false));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_cuda(
@@ -457,7 +489,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_cud
     return {at::empty(x.sizes(), x.options()), at::zeros(cos.sizes(), cos.options()),
             at::zeros(sin.sizes(), sin.options())};
   }
-  auto grad_x = launch_apply_rotary(grad, cos, sin, interleaved, bshd, /*adjoint=*/true);
+  auto grad_x = std::get<0>(
+      launch_apply_rotary(grad, at::Tensor(), cos, sin, interleaved, bshd, /*adjoint=*/true));
   auto grad_cos = at::empty(cos.sizes(), cos.options());
   auto grad_sin = at::empty(sin.sizes(), sin.options());
   if (grad_cos.numel() == 0) return {grad_x, grad_cos, grad_sin};
