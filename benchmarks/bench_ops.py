@@ -335,6 +335,35 @@ def case_rel_pos(dev, dtype, B, H, L, D, mode, M=128):
                 nbytes=(out + small, out + 2 * small), mm_shape=(B, H, L, D), tril=mode == "causal")
 
 
+def eager_cope(q, k, pos_emb):
+    """CoPE as the paper's listing (Golovneva et al. 2024, Fig. / appendix code): sigmoid of the
+    scaled, causally masked logits, flip-cumsum-flip, clamp, ceil/floor gather of q @ e^T,
+    linear interpolation. Future entries are not zeroed (the mask removes them)."""
+    L, Lk, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    logits = (q @ k.transpose(-1, -2)) / math.sqrt(D)
+    future = torch.ones(L, Lk, dtype=torch.bool, device=q.device).triu(1 + Lk - L)
+    logits = logits.masked_fill(future, float("-inf"))
+    gates = torch.sigmoid(logits)
+    pos = gates.flip(-1).cumsum(dim=-1).flip(-1).clamp(max=pos_emb.shape[0] - 1)
+    pos_ceil, pos_floor = pos.ceil().long(), pos.floor().long()
+    logits_int = q @ pos_emb.t()
+    w = pos - pos_floor
+    return logits_int.gather(-1, pos_ceil) * w + logits_int.gather(-1, pos_floor) * (1 - w)
+
+
+def case_cope(dev, dtype, B, H, L, D, P=None):
+    P = L if P is None else P  # None: npos_max = L, no position is clamped
+    q = torch.randn(B, H, L, D, device=dev, dtype=dtype, requires_grad=True)
+    k = torch.randn(B, H, L, D, device=dev, dtype=dtype, requires_grad=True)
+    e = (torch.randn(P, D, device=dev, dtype=dtype) / math.sqrt(D)).requires_grad_()
+    es = esize(dtype)
+    small = (q.numel() + k.numel() + e.numel()) * es
+    out = B * H * L * L * es
+    return Case(fn=lambda: ops.cope_scores(q, k, e), inputs=[q, k, e], eager=lambda: eager_cope(q, k, e),
+                family="matmul", out_shape=(B, H, L, L), nbytes=(out + small, out + 2 * small),
+                mm_shape=(B, H, L, D), tril=True)
+
+
 def packed_cu_seqlens(total, dev, weights=(3, 2, 2, 1)):
     # 4 packed sequences of unequal lengths (3/8, 1/4, 1/4, 1/8 of the tokens)
     cuts = [total * sum(weights[:i]) // sum(weights) for i in range(len(weights) + 1)]
@@ -433,6 +462,14 @@ VARIANTS = {
     "rope_exact": [Variant("bhsd fp64 freq", case_rope_exact, "fp64 angle tables + rotate_half", "rope")],
     "apply_rotary_pos_emb": [Variant("bhsd", case_apply_rotary, "x * cos + rotate_half(x) * sin (given tables)")],
     "sinusoidal_table": [Variant("interleaved", case_sinusoidal, "fp64 outer product, sin/cos stacked")],
+    "cope_scores": [
+        Variant("P=64", partial(case_cope, P=64),
+                "CoPE paper listing: sigmoid(masked q k^T / sqrt(D)), flip-cumsum-flip, clamp, gather of q e^T, lerp",
+                shape=lambda s: f"B{s['B']} H{s['H']} L{s['L']} D{s['D']} P64", check_kw=dict(P=3)),
+        Variant("P=L", partial(case_cope, P=None),
+                "the same with npos_max = L (no clamping: every gate computed)",
+                shape=lambda s: f"B{s['B']} H{s['H']} L{s['L']} D{s['D']} P{s['L']}"),
+    ],
 }
 
 CPU_SIZES = {  # the sizes of issue 10
@@ -444,6 +481,7 @@ CPU_SIZES = {  # the sizes of issue 10
     "rope_exact": [dict(B=4, H=32, S=2048, D=128)],
     "apply_rotary_pos_emb": [dict(B=4, H=32, S=2048, D=128)],
     "sinusoidal_table": [dict(N=16384, dim=1024)],
+    "cope_scores": [dict(B=4, H=8, L=1024, D=64)],
 }
 SIZES = {  # realistic GPU sizes
     "rope": [dict(B=8, H=16, S=2048, D=128), dict(B=1, H=32, S=8192, D=128)],
@@ -454,6 +492,7 @@ SIZES = {  # realistic GPU sizes
     "alibi_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
     "kerple_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
     "sinusoidal_table": [dict(N=32768, dim=1024)],
+    "cope_scores": [dict(B=8, H=16, L=2048, D=128)],
 }
 QUICK_SIZES = {  # a smoke run
     "rope": [dict(B=1, H=4, S=256, D=64)],
@@ -464,6 +503,7 @@ QUICK_SIZES = {  # a smoke run
     "alibi_bias": [dict(H=4, Lq=256, Lk=256)],
     "kerple_bias": [dict(H=4, Lq=256, Lk=256)],
     "sinusoidal_table": [dict(N=1024, dim=64)],
+    "cope_scores": [dict(B=1, H=2, L=128, D=32)],
 }
 CHECK_SIZES = {  # the eager == op check (fp32)
     "rope": dict(B=2, H=3, S=17, D=8),
@@ -474,6 +514,7 @@ CHECK_SIZES = {  # the eager == op check (fp32)
     "alibi_bias": dict(H=5, Lq=9, Lk=13),
     "kerple_bias": dict(H=3, Lq=9, Lk=13),
     "sinusoidal_table": dict(N=50, dim=16),
+    "cope_scores": dict(B=2, H=3, L=9, D=4),
 }
 
 

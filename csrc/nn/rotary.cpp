@@ -243,6 +243,17 @@ std::tuple<torch::Tensor, torch::Tensor> RotaryEmbeddingImpl::forward(
   const double scale_base = options.scaling().has_value() ? options.scaling()->xpos_scale_base : 512.0;
   const int64_t rd = rotary_dim();
   const auto cu = has_cu ? cu_seqlens : std::nullopt;
+  // One call when k is q's shape but for the heads: each block's cos/sin serve both.
+  const int64_t heads_dim = options.layout() == "bshd" ? 2 : 1;
+  bool together = q.dim() == k.dim() && q.scalar_type() == k.scalar_type() &&
+                  q.device() == k.device();
+  for (int64_t d = 0; together && d < q.dim(); ++d) {
+    together = d == heads_dim || q.size(d) == k.size(d);
+  }
+  if (together) {
+    return ops::rope_qk(q, k, positions, inv, offset, rd, options.interleaved(), options.layout(),
+                        cu, attention_factor_, zeta, scale_base, options.xpos_centre());
+  }
   auto q_rot = ops::rope(q, positions, inv, offset, rd, options.interleaved(), options.layout(), cu,
                          attention_factor_, zeta, scale_base, /*xpos_inverse=*/false,
                          options.xpos_centre());

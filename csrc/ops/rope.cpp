@@ -48,6 +48,17 @@ at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                                 xpos_inverse, xpos_centre);
 }
 
+std::tuple<at::Tensor, at::Tensor> rope_qk(
+    const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& positions,
+    const at::Tensor& inv_freq, int64_t offset, std::optional<int64_t> rotary_dim,
+    bool interleaved, const std::string& layout, const std::optional<at::Tensor>& cu_seqlens,
+    double attention_factor, const std::optional<at::Tensor>& xpos_zeta, double xpos_scale_base,
+    int64_t xpos_centre) {
+  return detail::rope_qk_op().call(q, k, positions, inv_freq, offset, rotary_dim, interleaved,
+                                   layout, cu_seqlens, attention_factor, xpos_zeta,
+                                   xpos_scale_base, xpos_centre);
+}
+
 at::Tensor apply_rotary_pos_emb(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                                 bool interleaved, const std::string& layout) {
   return detail::apply_rotary_pos_emb_op().call(x, cos, sin, interleaved, layout);
@@ -71,6 +82,16 @@ TORCH_LIBRARY_FRAGMENT(posenc, m) {
       "float attention_factor=1.0, Tensor? xpos_zeta=None, float xpos_scale_base=512.0, "
       "bool xpos_inverse=False, SymInt xpos_centre=0) -> Tensor");
   m.def(
+      "rope_qk(Tensor q, Tensor k, Tensor? positions, Tensor inv_freq, SymInt offset=0, "
+      "int? rotary_dim=None, bool interleaved=False, str layout=\"bhsd\", "
+      "Tensor? cu_seqlens=None, float attention_factor=1.0, Tensor? xpos_zeta=None, "
+      "float xpos_scale_base=512.0, SymInt xpos_centre=0) -> (Tensor q_rot, Tensor k_rot)");
+  m.def(
+      "rope_qk_backward(Tensor grad_q, Tensor grad_k, Tensor? positions, Tensor inv_freq, "
+      "SymInt offset, int? rotary_dim, bool interleaved, str layout, Tensor? cu_seqlens=None, "
+      "float attention_factor=1.0, Tensor? xpos_zeta=None, float xpos_scale_base=512.0, "
+      "SymInt xpos_centre=0) -> (Tensor grad_q, Tensor grad_k)");
+  m.def(
       "apply_rotary_pos_emb(Tensor x, Tensor cos, Tensor sin, bool interleaved=False, "
       "str layout=\"bhsd\") -> Tensor");
   m.def(
@@ -80,4 +101,39 @@ TORCH_LIBRARY_FRAGMENT(posenc, m) {
 
 TORCH_LIBRARY_IMPL(posenc, CompositeImplicitAutograd, m) {
   m.impl("rope_inv_freq", &posenc::rope_inv_freq_impl);
+}
+
+namespace posenc {
+namespace {
+
+// CUDA: until a kernel shares cos/sin between q and k there, rope_qk is the two rope calls it
+// is defined to equal (q with the xPos magnitude, k with its inverse).
+template <bool kBackward>
+std::tuple<at::Tensor, at::Tensor> rope_qk_two_calls(
+    const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& positions,
+    const at::Tensor& inv_freq, c10::SymInt offset, std::optional<int64_t> rotary_dim,
+    bool interleaved, c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
+    double attention_factor, const std::optional<at::Tensor>& xpos_zeta, double xpos_scale_base,
+    c10::SymInt xpos_centre) {
+  const char* op = kBackward ? "rope_qk_backward" : "rope_qk";
+  const char* q_arg = kBackward ? "grad_q" : "q";
+  const auto lay = detail::check_rope(op, q_arg, q, positions, inv_freq, rotary_dim, layout,
+                                      cu_seqlens, attention_factor, xpos_zeta, xpos_scale_base);
+  const detail::RopeParams a{positions,  inv_freq,         0,     rotary_dim,
+                             interleaved, layout,          cu_seqlens, attention_factor,
+                             xpos_zeta,  xpos_scale_base,  false, 0};
+  detail::check_rope_pair(op, q_arg, q, kBackward ? "grad_k" : "k", k, a, lay);
+  auto& rope = kBackward ? detail::rope_backward_op() : detail::rope_op();
+  return {rope.call(q, positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
+                    attention_factor, xpos_zeta, xpos_scale_base, false, xpos_centre),
+          rope.call(k, positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
+                    attention_factor, xpos_zeta, xpos_scale_base, true, xpos_centre)};
+}
+
+}  // namespace
+}  // namespace posenc
+
+TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
+  m.impl("rope_qk", &posenc::rope_qk_two_calls<false>);
+  m.impl("rope_qk_backward", &posenc::rope_qk_two_calls<true>);
 }

@@ -276,6 +276,29 @@ inline RopeLayout check_rope(const char* op, const char* arg, const at::Tensor& 
   return lay;
 }
 
+// rope_qk: k (k_arg: "k" or "grad_k") must be rotatable by the same call as q (q_arg): the
+// rope checks, then the same dtype and device, the same batch, sequence and head_dim; the head
+// counts may differ (grouped-query attention).
+template <typename Params>
+inline void check_rope_pair(const char* op, const char* q_arg, const at::Tensor& q,
+                            const char* k_arg, const at::Tensor& k, const Params& a,
+                            RopeLayout lay) {
+  check_rope(op, k_arg, k, a.positions, a.inv_freq, a.rotary_dim, a.layout, a.cu_seqlens,
+             a.attention_factor, a.xpos_zeta, a.xpos_scale_base);
+  check_same_dtype(op, k_arg, k, q_arg, q);
+  check_same_device(op, k_arg, k, q_arg, q);
+  // (tokens, head_dim) for "thd", (batch, seq, head_dim) otherwise.
+  const bool packed = lay == RopeLayout::kThd;
+  const int seq = lay == RopeLayout::kBshd ? 1 : 2;
+  for (int d : {0, packed ? 2 : seq, packed ? 2 : 3}) {
+    POSENC_CHECK_ARG(!known_ne(k.sym_size(d), q.sym_size(d)), op, k_arg,
+                     c10::str("must match '", q_arg, "' of shape ", shape_str(q),
+                              " in every dim but the heads (layout \"", std::string(a.layout),
+                              "\")"),
+                     "shape ", shape_str(k));
+  }
+}
+
 // Without explicit positions, token s sits at offset + s (s < S; in "thd", s < T bounds the
 // position within its sequence): the last one must not wrap past int64, or it would rotate by
 // the angle of a large negative position without any error. Explicit positions are values
@@ -447,6 +470,28 @@ at::Tensor rope_kernel_entry(const at::Tensor& x, const std::optional<at::Tensor
               {positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
                attention_factor, xpos_zeta, xpos_scale_base, xpos_inverse, xpos_centre},
               Backward);
+}
+
+// rope_qk and rope_qk_backward share one signature: q (or grad_q), k (or grad_k), then rope's
+// arguments without xpos_inverse (q takes the xPos magnitude, k its inverse).
+using RopeQkSig = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
+    c10::SymInt, std::optional<int64_t>, bool, c10::string_view,
+    const std::optional<at::Tensor>&, double, const std::optional<at::Tensor>&, double,
+    c10::SymInt);
+
+inline auto& rope_qk_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("posenc::rope_qk", "")
+                       .typed<RopeQkSig>();
+  return op;
+}
+
+inline auto& rope_qk_backward_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("posenc::rope_qk_backward", "")
+                       .typed<RopeQkSig>();
+  return op;
 }
 
 }  // namespace detail

@@ -125,6 +125,26 @@ at::Tensor rel_pos_scores(const at::Tensor& q, const at::Tensor& rel_emb, int64_
                           std::optional<int64_t> max_distance = std::nullopt,
                           bool causal = false);
 
+/// CoPE, contextual position encoding (Golovneva et al. 2024, "Contextual Position Encoding:
+/// Learning to Count What's Important", §3, eqs. 3-5): the position term to add to the
+/// attention logits, (B, H, Lq, Lk) in q's dtype, contiguous. For query i (position
+/// q_offset + i) and each key j it sees (k_offset + j <= q_offset + i; CoPE is causal):
+///   g_ij = sigmoid(scale * q_i . k_j)        (scale: default 1/sqrt(head_dim), the paper's
+///                                             code takes the gates from the scaled logits)
+///   p_ij = min(sum_{t=j}^{i} g_it, P - 1)    (P = npos_max = pos_emb.size(0))
+///   out_ij = (1 - w) q_i . e[floor p] + w q_i . e[ceil p],  w = p - floor p
+/// Keys after the query are written as 0: a causal mask must remove them. q (B, H, Lq, D),
+/// k (B, H, Lk, D), pos_emb (P, D), shared by the heads (the paper's per-layer table); one
+/// floating dtype (fp16/bf16 with fp32 math) and device, any strides. Differentiable in q, k
+/// and pos_emb (deterministic: no atomics, bit-identical across runs and CPU thread counts).
+/// The rows are independent, so a decode call (one query at the last position, all keys)
+/// equals the last row of the full call. Throws c10::Error naming the argument for wrong
+/// rank, dtype or device, k or pos_emb not matching q's batch/heads/head_dim, an empty
+/// pos_emb, a non-finite scale, offsets outside +-2^61, or an output that cannot be allocated.
+at::Tensor cope_scores(const at::Tensor& q, const at::Tensor& k, const at::Tensor& pos_emb,
+                       std::optional<double> scale = std::nullopt, int64_t q_offset = 0,
+                       int64_t k_offset = 0);
+
 /// RoPE inverse frequencies base^(-2i/dim), i < dim/2 (Su et al. 2021, eq. 15), computed in
 /// fp64, returned as (dim/2,) in dtype: at::kFloat (reference precision, the default) or
 /// at::kDouble (exact precision: rope then computes the angles in fp64). dim is the rotary
@@ -171,6 +191,20 @@ at::Tensor rope(const at::Tensor& x, const std::optional<at::Tensor>& positions,
                 const std::optional<at::Tensor>& xpos_zeta = std::nullopt,
                 double xpos_scale_base = 512.0, bool xpos_inverse = false,
                 int64_t xpos_centre = 0);
+
+/// rope for queries and keys in one call: (rope(q, ..., xpos_inverse=false),
+/// rope(k, ..., xpos_inverse=true)), bit for bit, with each block of positions' cos/sin (and
+/// magnitudes) computed once for every head of q and of k on the CPU. q and k have the same
+/// layout, dtype, device, batch, sequence and head_dim; their head counts may differ
+/// (grouped-query attention). Arguments, errors (naming 'q' or 'k') and precision as rope.
+/// Differentiable in q and k (the backward is the conjugate rotation, rope_qk_backward).
+std::tuple<at::Tensor, at::Tensor> rope_qk(
+    const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& positions,
+    const at::Tensor& inv_freq, int64_t offset = 0,
+    std::optional<int64_t> rotary_dim = std::nullopt, bool interleaved = false,
+    const std::string& layout = "bhsd", const std::optional<at::Tensor>& cu_seqlens = std::nullopt,
+    double attention_factor = 1.0, const std::optional<at::Tensor>& xpos_zeta = std::nullopt,
+    double xpos_scale_base = 512.0, int64_t xpos_centre = 0);
 
 /// Rotary embedding from caller-supplied cos/sin tables, as Hugging Face's
 /// apply_rotary_pos_emb: out = x*cos + rotate(x)*sin on the first R dims, with cos/sin of

@@ -203,6 +203,19 @@ void init_nn(py::module& m) {
             py::arg("scale") = py::none(), py::arg("causal") = true);
     with_repr<Impl>(cls);
   }
+  {
+    using Impl = CoPEImpl;
+    auto cls = torch::python::bind_module<Impl, true>(m, "CoPE");
+    cls.def(py::init([](int64_t npos_max, int64_t head_dim, std::optional<double> scale) {
+              return std::make_shared<Impl>(CoPEOptions(npos_max, head_dim).scale(scale));
+            }),
+            py::arg("npos_max"), py::arg("head_dim"), py::arg("scale") = py::none());
+    bind_forward(cls, &Impl::forward, py::arg("q"), py::arg("k"), py::arg("q_offset") = 0,
+                 py::arg("k_offset") = 0);
+    cls.def("attention", &Impl::attention, py::arg("q"), py::arg("k"), py::arg("v"),
+            py::arg("q_offset") = 0, py::arg("k_offset") = 0);
+    with_repr<Impl>(cls);
+  }
 }
 
 }  // namespace python

@@ -29,6 +29,7 @@ ALiBi = _C.ALiBi
 T5RelativeBias = _C.T5RelativeBias
 KERPLEBias = _C.KERPLEBias
 TransformerXLRelativeScore = _C.TransformerXLRelativeScore
+CoPE = _C.CoPE
 
 
 def _rotary_from_config(cls: Any, config: Any, **kwargs: Any) -> Any:
@@ -81,6 +82,7 @@ for _cls in (
     T5RelativeBias,
     KERPLEBias,
     TransformerXLRelativeScore,
+    CoPE,
 ):
     _with_module_to(_cls)
 
@@ -92,6 +94,7 @@ __all__ = [
     "T5RelativeBias",
     "KERPLEBias",
     "TransformerXLRelativeScore",
+    "CoPE",
     "state_dict",
     "load_state_dict",
 ]

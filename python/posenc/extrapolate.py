@@ -281,8 +281,7 @@ class Attention(nn.Module):
         if self.rope is not None and rope_freqs is not None:
             # A RoPE scaling at evaluation (or fine-tuning) time: same weights, other frequencies.
             inv_freq, attention_factor = rope_freqs
-            q = posenc.ops.rope(q, None, inv_freq, attention_factor=attention_factor)
-            k = posenc.ops.rope(k, None, inv_freq, attention_factor=attention_factor)
+            q, k = posenc.ops.rope_qk(q, k, None, inv_freq, attention_factor=attention_factor)
         elif self.rope is not None:
             q, k = self.rope(q, k)
         elif shared_bias is not None:

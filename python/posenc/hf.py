@@ -65,6 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _C, ops
+from .nn import _same_but_heads
 from .rope_config import ROPE_TYPES, RopeConfig, _float, _type_error
 
 __all__ = [
@@ -462,6 +463,19 @@ def _rotate_fused(x: Tensor, a: RopeAngles, layout: str) -> Tensor:
     return out.to(a.dtype) if x.dtype != a.dtype else out
 
 
+def _rotate_fused_qk(q: Tensor, k: Tensor, a: RopeAngles, layout: str) -> Tuple[Tensor, Tensor]:
+    """Both rotations of :func:`_rotate_fused` in one op (shared cos/sin)."""
+    positions = a.positions
+    if positions.dim() == 2 and positions.size(0) == 1 and q.size(0) != 1:
+        positions = positions[0]
+    q_out, k_out = ops.rope_qk(
+        q, k, positions, a.inv_freq, layout=layout, attention_factor=a.attention_factor
+    )
+    if q.dtype != a.dtype:
+        q_out, k_out = q_out.to(a.dtype), k_out.to(a.dtype)
+    return q_out, k_out
+
+
 def apply_rotary_pos_emb(
     q: Tensor,
     k: Tensor,
@@ -491,6 +505,8 @@ def apply_rotary_pos_emb(
     """
     layout = _layout(unsqueeze_dim, q)
     if isinstance(cos, RopeAngles):
+        if _same_but_heads(q, k, layout):
+            return _rotate_fused_qk(q, k, cos, layout)
         return _rotate_fused(q, cos, layout), _rotate_fused(k, cos, layout)
     return _rotate_tables(q, cos, sin, layout), _rotate_tables(k, cos, sin, layout)
 

@@ -29,6 +29,7 @@ __all__ = [
     "T5RelativeBias",
     "KERPLEBias",
     "TransformerXLRelativeScore",
+    "CoPE",
 ]
 
 
@@ -154,6 +155,18 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"max_len={self.max_len}, dim={self.dim}, dropout={self.dropout}"
+
+
+def _same_but_heads(q: Tensor, k: Tensor, layout: str) -> bool:
+    """Whether ``posenc.ops.rope_qk`` can rotate ``q`` and ``k`` together: the same rank,
+    dtype and device, and the same sizes but for the heads dim of ``layout``."""
+    if q.dim() != k.dim() or q.dtype != k.dtype or q.device != k.device:
+        return False
+    heads = 1 if layout != "bshd" else 2
+    for d in range(q.dim()):
+        if d != heads and q.size(d) != k.size(d):
+            return False
+    return True
 
 
 class RotaryEmbedding(nn.Module):
@@ -512,6 +525,12 @@ class RotaryEmbedding(nn.Module):
         if zeta is not None and zeta.device != q.device:
             zeta = zeta.to(q.device)
         r = self.rotary_dim
+        if _same_but_heads(q, k, self.layout):
+            # One call: each block's cos/sin serve the heads of q and of k.
+            return ops.rope_qk(
+                q, k, positions, inv_freq, offset, r, self.interleaved, self.layout, cu_seqlens,
+                self.attention_factor, zeta, self.xpos_scale_base, self.xpos_centre,
+            )
         q_rot = ops.rope(
             q, positions, inv_freq, offset, r, self.interleaved, self.layout, cu_seqlens,
             self.attention_factor, zeta, self.xpos_scale_base, False, self.xpos_centre,
@@ -909,3 +928,65 @@ class TransformerXLRelativeScore(nn.Module):
             f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
             f"base={self.base}"
         )
+
+
+class CoPE(nn.Module):
+    """CoPE, contextual position encoding (Golovneva et al. 2024, §3, eqs. 3-5).
+
+    ``forward(q, k, q_offset=0, k_offset=0) -> (B, H, Lq, Lk)`` =
+    :func:`posenc.ops.cope_scores` of ``q``, ``k`` and this module's ``pos_emb`` (cast to
+    ``q``'s dtype): the term to add to the attention logits, 0 for keys after the query (a
+    causal mask must remove them). Gates ``sigmoid(scale * q·k)`` (``scale`` default
+    ``1/sqrt(head_dim)``, as the paper's code), positions ``p_ij = sum_{t=j..i} g_it``
+    clamped to ``npos_max - 1``, the score ``q·e[p]`` interpolated between the two nearest
+    integer positions. Parameter ``pos_emb`` ``(npos_max, head_dim)``, shared by the heads,
+    initialised to zeros (the paper's code). Same options, state_dict keys and numbers as
+    ``posenc::nn::CoPE`` (C++) and ``posenc.cpp.CoPE``.
+
+    Raises:
+        ValueError: ``npos_max`` <= 0, ``head_dim`` <= 0, a non-finite ``scale``.
+        RuntimeError: the errors of :func:`posenc.ops.cope_scores` (e.g. ``q``'s head_dim not
+        ``head_dim``).
+    """
+
+    npos_max: int
+    head_dim: int
+    scale: Optional[float]
+
+    def __init__(self, npos_max: int, head_dim: int, scale: Optional[float] = None) -> None:
+        super().__init__()
+        name = "CoPE"
+        _check_option(npos_max > 0, name, "npos_max", "must be > 0", npos_max)
+        _check_option(head_dim > 0, name, "head_dim", "must be > 0", head_dim)
+        _check_option(scale is None or math.isfinite(scale), name, "scale", "must be finite", scale)
+        self.npos_max = npos_max
+        self.head_dim = head_dim
+        self.scale = scale
+        # The paper's code: nn.Parameter(torch.zeros(1, head_dim, npos_max)), here (npos_max, head_dim).
+        self.pos_emb = nn.Parameter(torch.zeros(npos_max, head_dim))
+
+    def forward(self, q: Tensor, k: Tensor, q_offset: int = 0, k_offset: int = 0) -> Tensor:
+        return ops.cope_scores(q, k, self.pos_emb.to(q.dtype), self.scale, q_offset, k_offset)
+
+    @torch.jit.export
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, q_offset: int = 0, k_offset: int = 0) -> Tensor:
+        """Causal attention with CoPE, as the paper's ``SelfAttn``.
+
+        ``softmax(scale * q k^T + forward(q, k) + causal mask) v`` by
+        ``F.scaled_dot_product_attention`` with the masked term as ``attn_mask`` (one scale for
+        the logits and the gates). ``v`` ``(B, H, Lk, Dv)`` -> ``(B, H, Lq, Dv)``. A query that
+        sees no key (``k_offset > q_offset + i``) gets NaN, as SDPA gives for a fully masked
+        row. Raises ``RuntimeError`` as :meth:`forward` and SDPA do.
+        """
+        term = self.forward(q, k, q_offset, k_offset)
+        qp = torch.arange(q.size(2), device=q.device) + q_offset
+        kp = torch.arange(k.size(2), device=q.device) + k_offset
+        future = kp[None, :] > qp[:, None]
+        mask = term.masked_fill(future, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+
+    def extra_repr(self) -> str:
+        s = f"npos_max={self.npos_max}, head_dim={self.head_dim}"
+        if self.scale is not None:
+            s += f", scale={self.scale}"
+        return s

@@ -22,8 +22,10 @@ __all__ = [
     "t5_bias",
     "kerple_bias",
     "rel_pos_scores",
+    "cope_scores",
     "rope_inv_freq",
     "rope",
+    "rope_qk",
     "apply_rotary_pos_emb",
     "relative_attention",
 ]
@@ -322,6 +324,48 @@ def rel_pos_scores(
     return torch.ops.posenc.rel_pos_scores(q, rel_emb, q_offset, k_offset, k_len, max_distance, causal)
 
 
+def cope_scores(
+    q: Tensor,
+    k: Tensor,
+    pos_emb: Tensor,
+    scale: Optional[float] = None,
+    q_offset: int = 0,
+    k_offset: int = 0,
+) -> Tensor:
+    """CoPE position term (Golovneva et al. 2024, "Contextual Position Encoding: Learning to
+    Count What's Important", §3, eqs. 3-5), ``(B, H, Lq, Lk)``, to add to the attention logits.
+
+    For query ``i`` (position ``q_offset + i``) and each key ``j`` it sees
+    (``k_offset + j <= q_offset + i``; CoPE is causal):
+
+    - gates ``g_ij = sigmoid(scale * q_i · k_j)`` (eq. 3). ``scale`` defaults to
+      ``1/sqrt(head_dim)``: the paper's code takes the gates from the scaled attention
+      logits; ``q · k`` is computed inside, so no ``(Lq, Lk)`` logits tensor is read;
+    - positions ``p_ij = sum_{t=j..i} g_it`` (eq. 4), clamped to ``npos_max - 1`` with
+      ``npos_max = pos_emb.size(0)`` (as the paper's code);
+    - ``out_ij = (1 - w) · z_i[floor p] + w · z_i[ceil p]``, ``w = p - floor p``,
+      ``z_i[n] = q_i · e[n]`` (eq. 5, interpolating the embeddings of the two nearest
+      integer positions).
+
+    Keys after the query are written as 0 and pass no gradient: add a causal mask.
+    ``q``: ``(B, H, Lq, D)``; ``k``: ``(B, H, Lk, D)``; ``pos_emb``: ``(npos_max, D)``, shared
+    by the heads (the paper's per-layer table; :class:`posenc.nn.CoPE` holds one). One dtype
+    (float32, float64, or float16/bfloat16 with float32 math) and one device; any strides.
+    Returns a fresh contiguous tensor of ``q``'s dtype. Gradients flow to ``q``, ``k`` and
+    ``pos_emb``, deterministic (no atomics; bit-identical across runs and CPU thread
+    counts). Rows are independent: a decode call (one query at the last position against all
+    keys, ``q_offset = Lk - 1``) equals the last row of the full call. Once ``p`` reaches
+    ``npos_max - 1`` the keys further left are clamped too (gates are >= 0) and their gates
+    are not computed, so a small table makes a row cost far less than ``Lk · D``.
+
+    Raises ``RuntimeError`` naming the argument for a wrong rank, dtype or device, ``k`` or
+    ``pos_emb`` not matching ``q``'s batch, heads or head_dim, an empty ``pos_emb``, a
+    non-finite ``scale``, offsets outside ``[-2^61, 2^61]``, or an output that cannot be
+    allocated.
+    """
+    return torch.ops.posenc.cope_scores(q, k, pos_emb, scale, q_offset, k_offset)
+
+
 def rope_inv_freq(
     dim: int,
     base: float = 10000.0,
@@ -432,6 +476,54 @@ def rope(
         xpos_inverse,
         xpos_centre,
     )
+
+
+def rope_qk(
+    q: Tensor,
+    k: Tensor,
+    positions: Optional[Tensor],
+    inv_freq: Tensor,
+    offset: int = 0,
+    rotary_dim: Optional[int] = None,
+    interleaved: bool = False,
+    layout: str = "bhsd",
+    cu_seqlens: Optional[Tensor] = None,
+    attention_factor: float = 1.0,
+    xpos_zeta: Optional[Tensor] = None,
+    xpos_scale_base: float = 512.0,
+    xpos_centre: int = 0,
+) -> Tuple[Tensor, Tensor]:
+    """:func:`rope` for queries and keys in one call: returns
+    ``(rope(q, ..., xpos_inverse=False), rope(k, ..., xpos_inverse=True))``, bit for bit equal
+    to the two calls, with the cos/sin (and xPos magnitudes) of each block of positions
+    computed once for every head of ``q`` and ``k`` (CPU; on CUDA it runs the two calls).
+
+    ``q`` and ``k`` share the layout, dtype, device, batch, sequence length and head_dim;
+    their head counts may differ (grouped-query attention: ``k`` with ``H_kv`` heads).
+    Every other argument is :func:`rope`'s, applied to both; with ``xpos_zeta`` the queries
+    take the xPos magnitude and the keys its inverse (Sun et al. 2022, sec. 3). Gradients
+    flow to ``q`` and ``k`` (op ``rope_qk_backward``, the conjugate rotations).
+
+    Raises ``RuntimeError`` ("posenc.rope_qk: argument '<arg>' ...") for everything
+    :func:`rope` refuses (naming ``q`` or ``k``), and for a ``k`` of another dtype or device
+    than ``q`` or another batch, sequence length or head_dim.
+    """
+    q_rot, k_rot = torch.ops.posenc.rope_qk(
+        q,
+        k,
+        positions,
+        inv_freq,
+        offset,
+        rotary_dim,
+        interleaved,
+        layout,
+        cu_seqlens,
+        attention_factor,
+        xpos_zeta,
+        xpos_scale_base,
+        xpos_centre,
+    )
+    return q_rot, k_rot
 
 
 def apply_rotary_pos_emb(

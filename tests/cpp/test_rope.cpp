@@ -372,3 +372,34 @@ TEST(Rope, PrecisionErrors) {
 }
 
 }  // namespace
+
+// rope_qk is defined as the two rope calls (k with the inverse xPos magnitude): bit for bit,
+// grouped-query head counts, 1 and 2 threads, and its gradients are the two rope_backwards.
+TEST(RopeQk, EqualsTwoRopeCallsBitForBit) {
+  torch::manual_seed(7);
+  const auto inv = rope_inv_freq(32);
+  const auto zeta = torch::linspace(0.5, 1.0, 16);
+  const auto q = torch::randn({2, 8, 45, 32}, torch::requires_grad());
+  const auto k = torch::randn({2, 2, 45, 32}, torch::requires_grad());
+  const int old_threads = at::get_num_threads();
+  for (int threads : {1, 2}) {
+    at::set_num_threads(threads);
+    auto [qr, kr] = posenc::ops::rope_qk(q, k, std::nullopt, inv, 9, std::nullopt, false, "bhsd",
+                                         std::nullopt, 1.25, zeta, 64.0, 3);
+    const auto want_q = rope(q, std::nullopt, inv, 9, std::nullopt, false, "bhsd", std::nullopt,
+                             1.25, zeta, 64.0, false, 3);
+    const auto want_k = rope(k, std::nullopt, inv, 9, std::nullopt, false, "bhsd", std::nullopt,
+                             1.25, zeta, 64.0, true, 3);
+    EXPECT_TRUE(torch::equal(qr, want_q));
+    EXPECT_TRUE(torch::equal(kr, want_k));
+    const auto gq = torch::randn_like(qr), gk = torch::randn_like(kr);
+    auto grads = torch::autograd::grad({qr, kr}, {q, k}, {gq, gk});
+    auto want = torch::autograd::grad({want_q, want_k}, {q, k}, {gq, gk});
+    EXPECT_TRUE(torch::equal(grads[0], want[0]));
+    EXPECT_TRUE(torch::equal(grads[1], want[1]));
+  }
+  at::set_num_threads(old_threads);
+  expect_error([&] { posenc::ops::rope_qk(q, k.narrow(2, 0, 40), std::nullopt, inv); },
+               "posenc.rope_qk: argument 'k' must match 'q' of shape [2, 8, 45, 32] in every dim "
+               "but the heads");
+}

@@ -284,7 +284,8 @@ TEST(RotaryEmbeddingScaling, OptionAndInputErrors) {
                {"argument 'cu_seqlens' must be None with layout \"bhsd\"", "but got a tensor"});
   expect_error([&] { bhsd(x4, x4, std::nullopt, 0, std::nullopt, -1); },
                {"posenc.RotaryEmbedding: argument 'seq_len' must be >= 0 (or None), but got -1"});
-  expect_error([&] { thd(x3, x3, torch::arange(5), 0, cu); }, {"posenc.rope: argument 'positions'"});
+  // q and k of one shape are rotated by one rope_qk call, which names itself.
+  expect_error([&] { thd(x3, x3, torch::arange(5), 0, cu); }, {"posenc.rope_qk: argument 'positions'"});
 }
 
 TEST(RotaryEmbeddingScaling, CloneToAndPrettyPrint) {

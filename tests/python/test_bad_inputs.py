@@ -166,6 +166,20 @@ def ref_rel_pos(q, rel_emb, q_offset, k_offset, k_len, max_distance=None):
     return torch.einsum("bhid,hijd->bhij", q.double(), r)
 
 
+def ref_cope(q, k, e, q_offset=0, k_offset=0):
+    # Golovneva et al. 2024 eqs. 3-5 (the paper's listing), future keys 0, fp64.
+    q, k, e = q.double(), k.double(), e.double()
+    qp = torch.arange(q.shape[-2]) + q_offset
+    kp = torch.arange(k.shape[-2]) + k_offset
+    future = kp[None, :] > qp[:, None]
+    gates = torch.sigmoid(((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])).masked_fill(future, -INF))
+    pos = gates.flip(-1).cumsum(-1).flip(-1).clamp(max=e.shape[0] - 1)
+    z = q @ e.t()
+    lo, w = pos.floor().long(), pos - pos.floor()
+    out = z.gather(-1, pos.ceil().long()) * w + z.gather(-1, lo) * (1 - w)
+    return out.masked_fill(future, 0.0)
+
+
 def ref_attention(q, k, v, bias=None, scale=None):
     s = (q.double() @ k.double().transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5)
     if bias is not None:
@@ -415,6 +429,30 @@ row("relpos-rel-expanded", F, lambda: ops.rel_pos_scores(Q4, REL[:1].expand(2, 7
     check=close(ref_rel_pos(Q4, REL[:1].expand(2, 7, 4), 0, 0, 3), atol=1e-5))
 row("relpos-empty-q", F, lambda: ops.rel_pos_scores(Q4[:, :, :0], REL, k_len=5), check=shape_is(1, 2, 0, 5))
 
+# ---- cope_scores ----------------------------------------------------------------------------------
+F = "cope_scores"
+QC, KC, EC = randn(1, 2, 3, 4), randn(1, 2, 5, 4), randn(6, 4)
+row("cope-q-3d", F, lambda: ops.cope_scores(QC[0], KC, EC), **err(F, "q", "4-D", "3-D"))
+row("cope-q-int", F, lambda: ops.cope_scores(QC.long(), KC.long(), EC.long()), **err(F, "q", "float", "Long"))
+row("cope-k-dtype", F, lambda: ops.cope_scores(QC, KC.double(), EC), **err(F, "k", "dtype of 'q'", "Double"))
+row("cope-k-device", F, lambda: ops.cope_scores(QC, KC.to(META), EC), **err(F, "k", "device of 'q'", "meta"))
+row("cope-k-heads", F, lambda: ops.cope_scores(QC, randn(1, 3, 5, 4), EC), **err(F, "k", "batch, heads and head_dim", r"\[1, 3, 5, 4\]"))
+row("cope-emb-3d", F, lambda: ops.cope_scores(QC, KC, EC[None]), **err(F, "pos_emb", "2-D", "3-D"))
+row("cope-emb-head-dim", F, lambda: ops.cope_scores(QC, KC, randn(6, 5)), **err(F, "pos_emb", r"head_dim \(4\)", r"\[6, 5\]"))
+row("cope-emb-empty", F, lambda: ops.cope_scores(QC, KC, randn(0, 4)), **err(F, "pos_emb", r"npos_max >= 1", r"\[0, 4\]"))
+row("cope-emb-device", F, lambda: ops.cope_scores(QC, KC, EC.to(META)), **err(F, "pos_emb", "device of 'q'", "meta"))
+row("cope-scale-nan", F, lambda: ops.cope_scores(QC, KC, EC, NAN), **err(F, "scale", "finite", "nan"))
+row("cope-offset-big", F, lambda: ops.cope_scores(QC, KC, EC, None, 2**62), **err(F, "q_offset", r"\[-2\^61, 2\^61\]", str(2**62)))
+row("cope-offset-int64-min", F, lambda: ops.cope_scores(QC, KC, EC, None, 0, I64_MIN), **err(F, "k_offset", r"\[-2\^61, 2\^61\]", str(I64_MIN)))
+row("cope-grad-shape", F, lambda: torch.ops.posenc.cope_scores_backward(randn(1, 2, 3, 4), QC, KC, EC, None, 0, 0),
+    **err("cope_scores_backward", "grad", r"\[1, 2, 3, 5\]", r"\[1, 2, 3, 4\]"))
+row("cope-bytes-overflow", F, lambda: ops.cope_scores(torch.zeros(1, 1, 1, 4).expand(1, 1, 2**31, 4), torch.zeros(1, 1, 1, 4).expand(1, 1, 2**31, 4), EC),
+    **err(F, "k", "too large", r"\[1, 1, 2147483648, 2147483648\]"))
+row("cope-k-expanded", F, lambda: ops.cope_scores(QC, KC[:, :1].expand(1, 2, 5, 4), EC, None, 2, 0),
+    check=close(ref_cope(QC, KC[:, :1].expand(1, 2, 5, 4), EC, 2, 0), atol=1e-5))
+row("cope-query-before-keys", F, lambda: ops.cope_scores(QC, KC, EC, None, 0, 5), check=close(torch.zeros(1, 2, 3, 5), atol=0))
+row("cope-empty-k", F, lambda: ops.cope_scores(QC, KC[:, :, :0], EC), check=shape_is(1, 2, 3, 0))
+
 # ---- rope_inv_freq / rope / apply_rotary_pos_emb ------------------------------------------------
 F = "rope_inv_freq"
 row("invfreq-dim-odd", F, lambda: ops.rope_inv_freq(5), **err(F, "dim", "even", "5"))
@@ -575,6 +613,10 @@ for impl, M in (("py", pnn), ("cpp", pcpp)):
         **opt("KERPLEBias", "eps", '<= 2 for kind "power"', "2.5"))
     row(f"{impl}-kerple-eps-nan", fam, lambda M=M: M.KERPLEBias(2, eps=NAN), **opt("KERPLEBias", "eps", "", "nan"))
     row(f"{impl}-kerple-kind", fam, lambda M=M: M.KERPLEBias(2, kind="exp"), **opt("KERPLEBias", "kind", "one of|log", "exp"))
+    row(f"{impl}-cope-npos-zero", fam, lambda M=M: M.CoPE(0, 4), **opt("CoPE", "npos_max", "> 0", "0"))
+    row(f"{impl}-cope-scale-inf", fam, lambda M=M: M.CoPE(4, 4, scale=INF), **opt("CoPE", "scale", "finite", "inf"))
+    row(f"{impl}-cope-q-head-dim", fam, lambda M=M: M.CoPE(4, 4)(randn(1, 1, 3, 6), randn(1, 1, 3, 6)),
+        **err("cope_scores", "pos_emb", r"head_dim \(6\)", r"\[4, 4\]"))
     row(f"{impl}-txl-int-q", fam, lambda M=M: M.TransformerXLRelativeScore(8, 2, 4)(torch.zeros(1, 2, 3, 4, dtype=torch.long)),
         **err("TransformerXLRelativeScore", "q", "float", "int64|Long"))
     row(f"{impl}-txl-heads", fam, lambda M=M: M.TransformerXLRelativeScore(8, 2, 4)(randn(1, 3, 3, 4)),
@@ -597,6 +639,8 @@ row("script-learned-past-table", "modules-py", lambda: _scripted(pnn.LearnedPosi
     exc=torch.jit.Error, pattern=r"RuntimeError: posenc\.LearnedPositionalEmbedding: position 8 is past the table of 8 positions")
 row("script-rotary-mixed-dtype", "modules-py", lambda: _scripted(pnn.RotaryEmbedding(8), X, X.double()),
     **script_err("RotaryEmbedding", "k", r"dtype of 'q' \(torch.float32\)", "dtype torch.float64"))
+row("script-cope-k-dtype", "modules-py", lambda: _scripted(pnn.CoPE(6, 4), QC, KC.double()),
+    **err("cope_scores", "k", r"dtype of 'q' \(Float\)", "dtype Double"))
 row("script-alibi-klen-neg", "modules-py", lambda: _scripted(pnn.ALiBi(2), 3, -1), **err("alibi_bias", "k_len", ">= 0", "-1"))
 row("script-txl-int-q", "modules-py", lambda: _scripted(pnn.TransformerXLRelativeScore(8, 2, 4), torch.zeros(1, 2, 3, 4, dtype=torch.long)),
     **script_err("TransformerXLRelativeScore", "q", "floating dtype", "dtype torch.int64"))
@@ -725,6 +769,8 @@ def _valid(family: str) -> None:
         close(ref_kerple(R1, R2, 3, 3), atol=1e-5)(ops.kerple_bias(R1, R2, 3, 3))
     elif family == "rel_pos_scores":
         close(ref_rel_pos(Q4, REL, 0, 0, 3), atol=1e-5)(ops.rel_pos_scores(Q4, REL))
+    elif family == "cope_scores":
+        close(ref_cope(QC, KC, EC, 2, 0), atol=1e-5)(ops.cope_scores(QC, KC, EC, None, 2, 0))
     elif family == "rope_inv_freq":
         close(10000.0 ** (-torch.arange(0, 8, 2, dtype=F64) / 8), atol=1e-7)(ops.rope_inv_freq(8))
     elif family in ("rope", "apply_rotary_pos_emb"):

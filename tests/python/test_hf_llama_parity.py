@@ -328,8 +328,8 @@ def test_other_llama_family_models(cls, config_cls, rope_type):
 def test_swap_calls_posenc_ops(monkeypatch):
     model = tiny_llama(rope_params("yarn", 8.0, 1e4, 16), 16)
     ids = input_ids(40)
-    calls = {"apply_rotary_pos_emb": 0, "rope": 0}
-    real_apply, real_rope = ops.apply_rotary_pos_emb, ops.rope
+    calls = {"apply_rotary_pos_emb": 0, "rope": 0, "rope_qk": 0}
+    real_apply, real_rope, real_rope_qk = ops.apply_rotary_pos_emb, ops.rope, ops.rope_qk
 
     def counting_apply(*a, **kw):
         calls["apply_rotary_pos_emb"] += 1
@@ -339,18 +339,24 @@ def test_swap_calls_posenc_ops(monkeypatch):
         calls["rope"] += 1
         return real_rope(*a, **kw)
 
+    def counting_rope_qk(*a, **kw):
+        calls["rope_qk"] += 1
+        return real_rope_qk(*a, **kw)
+
     monkeypatch.setattr(ops, "apply_rotary_pos_emb", counting_apply)
     monkeypatch.setattr(ops, "rope", counting_rope)
+    monkeypatch.setattr(ops, "rope_qk", counting_rope_qk)
     logits(model, ids)
-    assert calls == {"apply_rotary_pos_emb": 0, "rope": 0}
+    assert calls == {"apply_rotary_pos_emb": 0, "rope": 0, "rope_qk": 0}
     with hf.use_posenc_rope(model):
         calls["apply_rotary_pos_emb"] = 0  # the probe also calls it
         logits(model, ids)
-    assert calls == {"apply_rotary_pos_emb": 2 * 2, "rope": 0}  # q and k in each of 2 layers
+    assert calls == {"apply_rotary_pos_emb": 2 * 2, "rope": 0, "rope_qk": 0}  # q, k x 2 layers
     with hf.use_posenc_rope(model, fused=True):
         calls["apply_rotary_pos_emb"] = 0
         logits(model, ids)
-    assert calls == {"apply_rotary_pos_emb": 0, "rope": 2 * 2}
+    # q and k together (shared cos/sin) in each of the 2 layers
+    assert calls == {"apply_rotary_pos_emb": 0, "rope": 0, "rope_qk": 2}
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -109,6 +109,14 @@ def test_scripted_model_runs_in_cpp(example_bin, tmp_path):
     _assert_same(got, want)
 
 
+def _cope_trained():
+    # pos_emb starts at zeros (the paper's init): give it values so the output is not all zeros
+    m = posenc.nn.CoPE(5, 4, scale=0.7)
+    with torch.no_grad():
+        m.pos_emb.copy_(torch.randn(5, 4))
+    return m
+
+
 def test_scripted_single_modules_run_in_cpp(example_bin, tmp_path):
     # Each module alone (one program run per module), with non-default options and offsets.
     torch.manual_seed(0)
@@ -117,6 +125,7 @@ def test_scripted_single_modules_run_in_cpp(example_bin, tmp_path):
         (posenc.nn.T5RelativeBias(2, bidirectional=False), (3, 9, 6, 0)),
         (posenc.nn.KERPLEBias(2, kind="power", causal=False), (3, 9, 6, 0)),
         (posenc.nn.TransformerXLRelativeScore(8, 2, 4), (torch.randn(1, 2, 3, 4), 2)),
+        (_cope_trained(), (torch.randn(1, 2, 3, 4), torch.randn(1, 2, 6, 4), 3, 0)),
     ]
     for i, (m, args) in enumerate(cases):
         d = tmp_path / str(i)

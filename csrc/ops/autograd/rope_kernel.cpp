@@ -108,6 +108,67 @@ at::Tensor rope_autograd(const at::Tensor& x, const std::optional<at::Tensor>& p
                                           std::move(xpos_centre));
 }
 
+// rope_qk / rope_qk_backward: the pair version of RopeFunction (q with the xPos magnitude, k
+// with its inverse); each op's backward is the other. An output without a gradient gets
+// zeros (materialized by autograd), which rotate to zeros.
+template <bool kBackwardOp>
+class RopeQkFunction : public torch::autograd::Function<RopeQkFunction<kBackwardOp>> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Variable& q, const Variable& k,
+                               const std::optional<at::Tensor>& positions,
+                               const Variable& inv_freq, c10::SymInt offset,
+                               std::optional<int64_t> rotary_dim, bool interleaved,
+                               c10::string_view layout,
+                               const std::optional<at::Tensor>& cu_seqlens,
+                               double attention_factor,
+                               const std::optional<at::Tensor>& xpos_zeta, double xpos_scale_base,
+                               c10::SymInt xpos_centre) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const RopeArgs args{positions,  inv_freq,         offset,    rotary_dim,
+                        interleaved, layout,          cu_seqlens, attention_factor,
+                        xpos_zeta,  xpos_scale_base,  false,     xpos_centre};
+    args.save(ctx);
+    auto& op = kBackwardOp ? detail::rope_qk_backward_op() : detail::rope_qk_op();
+    auto [a, b] = op.call(q, k, positions, inv_freq, std::move(offset), rotary_dim, interleaved,
+                          layout, cu_seqlens, attention_factor, xpos_zeta, xpos_scale_base,
+                          std::move(xpos_centre));
+    return {a, b};
+  }
+
+  static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    auto opt = [](const at::Tensor& t) {
+      return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+    };
+    const std::string layout = ctx->saved_data["layout"].toStringRef();
+    auto& d = ctx->saved_data;
+    auto& op = kBackwardOp ? detail::rope_qk_op() : detail::rope_qk_backward_op();
+    auto [gq, gk] = op.call(grad_outputs[0], grad_outputs[1], opt(saved[0]), saved[1],
+                            d["offset"].toSymInt(), d["rotary_dim"].toOptional<int64_t>(),
+                            d["interleaved"].toBool(), layout, opt(saved[2]),
+                            d["attention_factor"].toDouble(), opt(saved[3]),
+                            d["xpos_scale_base"].toDouble(), d["xpos_centre"].toSymInt());
+    variable_list out(13);  // q, k, then 11 non-differentiable arguments
+    out[0] = gq;
+    out[1] = gk;
+    return out;
+  }
+};
+
+template <bool kBackwardOp>
+std::tuple<at::Tensor, at::Tensor> rope_qk_autograd(
+    const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& positions,
+    const at::Tensor& inv_freq, c10::SymInt offset, std::optional<int64_t> rotary_dim,
+    bool interleaved, c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
+    double attention_factor, const std::optional<at::Tensor>& xpos_zeta, double xpos_scale_base,
+    c10::SymInt xpos_centre) {
+  auto out = RopeQkFunction<kBackwardOp>::apply(q, k, positions, inv_freq, std::move(offset),
+                                                rotary_dim, interleaved, layout, cu_seqlens,
+                                                attention_factor, xpos_zeta, xpos_scale_base,
+                                                std::move(xpos_centre));
+  return {out[0], out[1]};
+}
+
 class ApplyRotaryPosEmbFunction : public torch::autograd::Function<ApplyRotaryPosEmbFunction> {
  public:
   static Variable forward(AutogradContext* ctx, const Variable& x, const Variable& cos,
@@ -141,5 +202,7 @@ at::Tensor apply_rotary_pos_emb_autograd(const at::Tensor& x, const at::Tensor& 
 TORCH_LIBRARY_IMPL(posenc, Autograd, m) {
   m.impl("rope", &posenc::rope_autograd<false>);
   m.impl("rope_backward", &posenc::rope_autograd<true>);
+  m.impl("rope_qk", &posenc::rope_qk_autograd<false>);
+  m.impl("rope_qk_backward", &posenc::rope_qk_autograd<true>);
   m.impl("apply_rotary_pos_emb", &posenc::apply_rotary_pos_emb_autograd);
 }

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../rope.h"
@@ -57,30 +59,48 @@ inline void fast_cos_sin(float p, const float* freq, int64_t n, float* c, float*
 }
 inline void fast_cos_sin(float, const float*, int64_t, double*, double*) {}  // fp64: not used
 
-// Shared by rope (conjugate = false) and rope_backward (conjugate = true). The forward is the
-// linear map m_k(p) * R(angle) on each pair; its adjoint is m_k(p) * R(-angle), the same
-// magnitude with the rotation by the negative angle.
+// Shared by rope (conjugate = false), rope_backward (conjugate = true) and rope_qk /
+// rope_qk_backward (x2 defined: the keys, rotated with the same angles and, for xPos, the
+// inverse magnitude). The forward is the linear map m_k(p) * R(angle) on each pair; its
+// adjoint is m_k(p) * R(-angle), the same magnitude with the rotation by the negative angle.
 //
 // cos/sin are computed once per (position, frequency) -- per (batch row, position) only for
-// (B, S) positions -- into a table for a block of positions, then every head and batch row of
-// the block is rotated from it by the vectorised rope_rotate (rope_rotate.vec.cpp).
-at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const RopeParams& a,
-                    bool conjugate) {
+// (B, S) positions -- into a table for a block of positions, then every head (of x and x2)
+// and batch row of the block is rotated from it by the vectorised rope_rotate
+// (rope_rotate.vec.cpp). With xPos the two tensors' magnitudes differ, so each gets its own
+// table (built the same way, so each output equals a rope call on that tensor bit for bit).
+std::pair<at::Tensor, at::Tensor> rope_cpu_impl(const char* op, const char* arg,
+                                                const at::Tensor& x, const char* arg2,
+                                                const at::Tensor& x2, const RopeParams& a,
+                                                bool conjugate) {
   const detail::RopeLayout lay =
       detail::check_rope(op, arg, x, a.positions, a.inv_freq, a.rotary_dim, a.layout,
                          a.cu_seqlens, a.attention_factor, a.xpos_zeta, a.xpos_scale_base);
+  const bool pair = x2.defined();
+  if (pair) detail::check_rope_pair(op, arg, x, arg2, x2, a, lay);
   detail::check_rope_offset(op, a.positions, a.offset, detail::rope_seq_len(x, lay));
   const bool packed = lay == detail::RopeLayout::kThd;
   detail::check_rope_values(op, a.cu_seqlens, packed ? x.size(0) : 0, a.inv_freq, a.xpos_zeta);
   auto out = at::empty(x.sizes(), x.options());
-  if (out.numel() == 0) return out;
+  at::Tensor out2;
+  if (pair) out2 = at::empty(x2.sizes(), x2.options());
+  if (out.numel() == 0 && (!pair || out2.numel() == 0)) return {out, out2};
 
   const auto inv_freq = a.inv_freq.contiguous();  // (R/2,): tiny
   const int64_t half = inv_freq.size(0);
   const bool bshd = lay == detail::RopeLayout::kBshd;
   const Bhsd xg = packed ? thd(x) : bhsd(x, bshd);
   const Bhsd og = packed ? thd(out) : bhsd(out, bshd);
-  const int64_t B = xg.size[0], H = xg.size[1], S = xg.size[2], D = xg.size[3];
+  Bhsd xg2{}, og2{};
+  if (pair) {
+    xg2 = packed ? thd(x2) : bhsd(x2, bshd);
+    og2 = packed ? thd(out2) : bhsd(out2, bshd);
+  }
+  const int64_t B = xg.size[0], S = xg.size[2], D = xg.size[3];
+  // Heads [0, H1) are x's, [H1, H) x2's: one index space, so a task's range of heads may span
+  // both tensors and the table of a block serves all of them.
+  const int64_t H1 = xg.size[1], H = H1 + (pair ? xg2.size[1] : 0);
+  if (B == 0 || S == 0 || H == 0 || D == 0) return {out, out2};
   const int64_t offset = a.offset;
 
   const bool has_pos = a.positions.has_value() && a.positions->defined();
@@ -103,11 +123,14 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
   at::Tensor zeta;
   if (a.xpos_zeta.has_value() && a.xpos_zeta->defined()) zeta = a.xpos_zeta->contiguous();
   const float* zp = zeta.defined() ? zeta.const_data_ptr<float>() : nullptr;
+  const bool two_tables = pair && zp != nullptr;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rope_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* xp2 = pair ? x2.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* op2 = pair ? out2.mutable_data_ptr<scalar_t>() : nullptr;
     const bool exact = inv_freq.scalar_type() == at::kDouble;
     const float* freq32 = exact ? nullptr : inv_freq.const_data_ptr<float>();
     const double* freq64 = exact ? inv_freq.const_data_ptr<double>() : nullptr;
@@ -131,8 +154,7 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
     const int64_t task_elems = (B / nb) * hchunk * block * D;
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, task_elems));
     at::parallel_for(0, ntasks, grain, [&](int64_t begin, int64_t end) {
-      std::vector<opmath_t> table(static_cast<size_t>(block * row));
-      opmath_t* tab = table.data();
+      std::vector<opmath_t> table(static_cast<size_t>((two_tables ? 2 : 1) * block * row));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t hs = task % hsplit;
         const int64_t blk = (task / hsplit) % nblocks;
@@ -142,65 +164,102 @@ at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const 
         if (h0 >= h1) continue;
         // The magnitude scales cos and sin, as HF's attention_scaling does, so only the rotary
         // dims are scaled.
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t s = s0 + j;
-          const int64_t p =
-              (has_pos ? pos[bb * pos_sb + s * pos_ss]
-                       : (packed ? s - detail::rope_seq_start(cup, n_cu, s) : s)) + offset;
-          opmath_t* cs = tab + j * row;
-          opmath_t* sn = cs + half;
-          // Reference precision in fp32 math: cos/sin of the fp32 angles in vectors.
-          const bool fast = std::is_same_v<opmath_t, float> && freq32 != nullptr;
-          if (fast) {
-            fast_cos_sin(static_cast<float>(p), freq32, half, cs, sn);
-            if (zp == nullptr) {  // magnitude = factor for every pair
-              if (factor != opmath_t(1) || conjugate) {
-                for (int64_t k = 0; k < half; ++k) {
-                  cs[k] *= factor;
-                  const opmath_t sv = sn[k] * factor;
-                  sn[k] = conjugate ? -sv : sv;
-                }
-              }
-              continue;
-            }
-          }
-          for (int64_t k = 0; k < half; ++k) {
-            opmath_t c, sv;
+        auto build = [&](opmath_t* tab, bool inverse) {
+          for (int64_t j = 0; j < n; ++j) {
+            const int64_t s = s0 + j;
+            const int64_t p =
+                (has_pos ? pos[bb * pos_sb + s * pos_ss]
+                         : (packed ? s - detail::rope_seq_start(cup, n_cu, s) : s)) + offset;
+            opmath_t* cs = tab + j * row;
+            opmath_t* sn = cs + half;
+            // Reference precision in fp32 math: cos/sin of the fp32 angles in vectors.
+            const bool fast = std::is_same_v<opmath_t, float> && freq32 != nullptr;
             if (fast) {
-              c = cs[k];
-              sv = sn[k];
-            } else {
-              detail::rope_cos_sin<opmath_t>(p, freq32, freq64, k, c, sv);
+              fast_cos_sin(static_cast<float>(p), freq32, half, cs, sn);
+              if (zp == nullptr) {  // magnitude = factor for every pair
+                if (factor != opmath_t(1) || conjugate) {
+                  for (int64_t k = 0; k < half; ++k) {
+                    cs[k] *= factor;
+                    const opmath_t sv = sn[k] * factor;
+                    sn[k] = conjugate ? -sv : sv;
+                  }
+                }
+                continue;
+              }
             }
-            const opmath_t m = detail::rope_magnitude<opmath_t>(factor, zp, k, p, a.xpos_centre,
-                                                                scale_base, a.xpos_inverse);
-            cs[k] = m * c;
-            sv *= m;
-            sn[k] = conjugate ? -sv : sv;
+            for (int64_t k = 0; k < half; ++k) {
+              opmath_t c, sv;
+              if (fast) {
+                c = cs[k];
+                sv = sn[k];
+              } else {
+                detail::rope_cos_sin<opmath_t>(p, freq32, freq64, k, c, sv);
+              }
+              const opmath_t m = detail::rope_magnitude<opmath_t>(factor, zp, k, p, a.xpos_centre,
+                                                                  scale_base, inverse);
+              cs[k] = m * c;
+              sv *= m;
+              sn[k] = conjugate ? -sv : sv;
+            }
           }
-        }
+        };
+        opmath_t* tab = table.data();
+        opmath_t* tab2 = two_tables ? tab + block * row : tab;
+        // Without xPos the magnitude is the same for q and k: one table serves every head.
+        if (h0 < H1 || !two_tables) build(tab, a.xpos_inverse);
+        if (two_tables && h1 > H1) build(tab2, !a.xpos_inverse);
         // The block's rows in the output's memory order: runs along s ("bhsd": one table row
         // per row) or along heads ("bshd", "thd": one table row for the run).
         const int64_t b_lo = batched ? bb : 0, b_hi = batched ? bb + 1 : B;
         for (int64_t b = b_lo; b < b_hi; ++b) {
-          if (s_inner) {
-            for (int64_t h = h0; h < h1; ++h) {
-              POSENC_CPU_DISPATCH(rope_rotate, xp + xg.offset(b, h, s0), xg.stride[2],
-                                  xg.stride[3], op_ + og.offset(b, h, s0), og.stride[2], tab,
-                                  row, n, half, D, a.interleaved);
+          // The part [lo, hi) of the task's heads that lies in one tensor (heads local to it).
+          auto rotate = [&](const scalar_t* src, const Bhsd& sg, scalar_t* dst, const Bhsd& dg,
+                            const opmath_t* t, int64_t lo, int64_t hi) {
+            if (lo >= hi) return;
+            if (s_inner) {
+              for (int64_t h = lo; h < hi; ++h) {
+                POSENC_CPU_DISPATCH(rope_rotate, src + sg.offset(b, h, s0), sg.stride[2],
+                                    sg.stride[3], dst + dg.offset(b, h, s0), dg.stride[2], t,
+                                    row, n, half, D, a.interleaved);
+              }
+            } else {
+              for (int64_t j = 0; j < n; ++j) {
+                POSENC_CPU_DISPATCH(rope_rotate, src + sg.offset(b, lo, s0 + j), sg.stride[1],
+                                    sg.stride[3], dst + dg.offset(b, lo, s0 + j), dg.stride[1],
+                                    t + j * row, 0, hi - lo, half, D, a.interleaved);
+              }
             }
-          } else {
-            for (int64_t j = 0; j < n; ++j) {
-              POSENC_CPU_DISPATCH(rope_rotate, xp + xg.offset(b, h0, s0 + j), xg.stride[1],
-                                  xg.stride[3], op_ + og.offset(b, h0, s0 + j), og.stride[1],
-                                  tab + j * row, 0, h1 - h0, half, D, a.interleaved);
-            }
-          }
+          };
+          rotate(xp, xg, op_, og, tab, h0, std::min(h1, H1));
+          if (pair) rotate(xp2, xg2, op2, og2, tab2, std::max(h0, H1) - H1, h1 - H1);
         }
       }
     });
   });
-  return out;
+  return {out, out2};
+}
+
+at::Tensor rope_cpu(const char* op, const char* arg, const at::Tensor& x, const RopeParams& a,
+                    bool conjugate) {
+  return rope_cpu_impl(op, arg, x, nullptr, at::Tensor(), a, conjugate).first;
+}
+
+// rope_qk (Backward = false) and rope_qk_backward (true): q with the xPos magnitude, k with its
+// inverse, from one cos/sin table per block of positions.
+template <bool Backward>
+std::tuple<at::Tensor, at::Tensor> rope_qk_cpu(
+    const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& positions,
+    const at::Tensor& inv_freq, int64_t offset, std::optional<int64_t> rotary_dim,
+    bool interleaved, c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
+    double attention_factor, const std::optional<at::Tensor>& xpos_zeta, double xpos_scale_base,
+    int64_t xpos_centre) {
+  auto [q_out, k_out] = rope_cpu_impl(
+      Backward ? "rope_qk_backward" : "rope_qk", Backward ? "grad_q" : "q", q,
+      Backward ? "grad_k" : "k", k,
+      {positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens, attention_factor,
+       xpos_zeta, xpos_scale_base, /*xpos_inverse=*/false, xpos_centre},
+      Backward);
+  return {q_out, k_out};
 }
 
 // A (S, R) or (B, S, R) cos/sin table: element strides, batch stride 0 for a shared table.
@@ -315,6 +374,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_ker
 TORCH_LIBRARY_IMPL(posenc, CPU, m) {
   m.impl("rope", &posenc::detail::rope_kernel_entry<posenc::rope_cpu, false>);
   m.impl("rope_backward", &posenc::detail::rope_kernel_entry<posenc::rope_cpu, true>);
+  m.impl("rope_qk", &posenc::rope_qk_cpu<false>);
+  m.impl("rope_qk_backward", &posenc::rope_qk_cpu<true>);
   m.impl("apply_rotary_pos_emb", &posenc::apply_rotary_pos_emb_forward_kernel);
   m.impl("apply_rotary_pos_emb_backward", &posenc::apply_rotary_pos_emb_backward_kernel);
 }
