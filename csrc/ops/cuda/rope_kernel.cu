@@ -202,23 +202,36 @@ struct Magnitude {
   int64_t centre;
 };
 
+// A tensor rotated by the kernels: x (or the upstream gradient) and its output, both seen as
+// (B, H, S, D). x == nullptr: none.
+template <typename scalar_t>
+struct Rotated {
+  const scalar_t* x;
+  Bhsd xg;
+  scalar_t* out;
+  Bhsd og;
+};
+
 // rope (conjugate = false) and rope_backward (conjugate = true, the same magnitude times the
-// rotation by -angle). cu != nullptr: packed "thd" input seen as (1, H, T, D), the position of
-// token s found by a binary search in cu_seqlens (n_cu entries). cos/sin (and the magnitude)
-// are computed once per (unit, pair) and shared by the unit's heads.
+// rotation by -angle), of q alone or of q and k in one launch (rope_qk: the same B, S and D,
+// heads may differ; k takes the inverse xPos magnitude). cu != nullptr: packed "thd" input
+// seen as (1, H, T, D), the position of token s found by a binary search in cu_seqlens (n_cu
+// entries). cos/sin are computed once per (unit, pair) and shared by every head of q and k;
+// the magnitude once per (unit, pair) and tensor.
 template <typename scalar_t, int V>
-__global__ void rope_kernel(const scalar_t* __restrict__ x, Bhsd xg, scalar_t* __restrict__ out,
-                            Bhsd og, const int64_t* __restrict__ pos, int64_t pos_sb,
-                            int64_t pos_ss, const int64_t* __restrict__ cu, int64_t n_cu,
-                            int64_t offset, const float* __restrict__ freq32,
-                            const double* __restrict__ freq64, int64_t half,
-                            Magnitude<at::opmath_type<scalar_t>> mag, bool interleaved,
-                            bool conjugate) {
+__global__ void rope_kernel(Rotated<scalar_t> q, Rotated<scalar_t> k,
+                            const int64_t* __restrict__ pos, int64_t pos_sb, int64_t pos_ss,
+                            const int64_t* __restrict__ cu, int64_t n_cu, int64_t offset,
+                            const float* __restrict__ freq32, const double* __restrict__ freq64,
+                            int64_t half, Magnitude<at::opmath_type<scalar_t>> mag,
+                            bool interleaved, bool conjugate) {
   using opmath_t = at::opmath_type<scalar_t>;
-  __shared__ opmath_t cs[kPairChunk], sn[kPairChunk];
-  const ChunkTable<opmath_t> t{cs, sn, cs, sn};
-  const int64_t S = xg.size[2];
-  const int64_t units = xg.size[0] * S;
+  __shared__ opmath_t cs[2][kPairChunk], sn[2][kPairChunk];  // [0]: q, [1]: k
+  const ChunkTable<opmath_t> tq{cs[0], sn[0], cs[0], sn[0]};
+  const ChunkTable<opmath_t> tk{cs[1], sn[1], cs[1], sn[1]};
+  const bool has_k = k.x != nullptr;
+  const int64_t S = q.xg.size[2];
+  const int64_t units = q.xg.size[0] * S;
   const int tid = cuda::block_tid(), nthreads = cuda::block_threads();
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {  // uniform in the block
     const int64_t b = u / S, s = u - b * S;
@@ -229,32 +242,28 @@ __global__ void rope_kernel(const scalar_t* __restrict__ x, Bhsd xg, scalar_t* _
     for (int64_t k0 = 0; k0 < half; k0 += kPairChunk) {
       const int64_t nk = half - k0 < kPairChunk ? half - k0 : kPairChunk;
       __syncthreads();  // the previous chunk (or unit) is no longer read
-      for (int64_t k = tid; k < nk; k += nthreads) {
+      for (int64_t kk = tid; kk < nk; kk += nthreads) {
         // Angle as on CPU (detail::rope_cos_sin); cos/sin and magnitude in opmath.
         opmath_t c, sv;
-        detail::rope_cos_sin<opmath_t>(p, freq32, freq64, k0 + k, c, sv);
-        const opmath_t m = detail::rope_magnitude<opmath_t>(mag.factor, mag.zeta, k0 + k, p,
-                                                            mag.centre, mag.scale_base,
-                                                            mag.inverse);
-        cs[k] = c * m;
-        sn[k] = sv * (conjugate ? -m : m);
+        detail::rope_cos_sin<opmath_t>(p, freq32, freq64, k0 + kk, c, sv);
+        for (int w = 0; w < (has_k ? 2 : 1); ++w) {
+          const opmath_t m = detail::rope_magnitude<opmath_t>(
+              mag.factor, mag.zeta, k0 + kk, p, mag.centre, mag.scale_base,
+              w == 0 ? mag.inverse : !mag.inverse);
+          cs[w][kk] = c * m;
+          sn[w][kk] = sv * (conjugate ? -m : m);
+        }
       }
       __syncthreads();
-      rotate_unit_chunk<V>(x, xg, out, og, b, s, k0, nk, half, interleaved, t, false);
+      rotate_unit_chunk<V>(q.x, q.xg, q.out, q.og, b, s, k0, nk, half, interleaved, tq, false);
+      if (has_k) {
+        rotate_unit_chunk<V>(k.x, k.xg, k.out, k.og, b, s, k0, nk, half, interleaved, tk, false);
+      }
     }
-    copy_pass_through<V>(x, xg, out, og, b, s, half);
+    copy_pass_through<V>(q.x, q.xg, q.out, q.og, b, s, half);
+    if (has_k) copy_pass_through<V>(k.x, k.xg, k.out, k.og, b, s, half);
   }
 }
-
-// A tensor rotated by apply_rotary_kernel: x (or the upstream gradient) and its output, both
-// seen as (B, H, S, D). x == nullptr: none.
-template <typename scalar_t>
-struct Rotated {
-  const scalar_t* x;
-  Bhsd xg;
-  scalar_t* out;
-  Bhsd og;
-};
 
 // apply_rotary_pos_emb (adjoint = false) and its x-gradient (adjoint = true), see rotate_pair,
 // with (a, b) the pair of x (forward) or of the upstream gradient (adjoint), for one tensor or
@@ -359,26 +368,30 @@ __global__ void apply_rotary_table_grad_kernel(const scalar_t* __restrict__ x, B
 }
 
 
+// Rotates x and, when k is defined (rope_qk), k (already checked against x) by one launch.
 // The values of cu_seqlens and xpos_zeta are not checked here (that needs a device-to-host
 // copy and a sync); see detail::check_rope_values and the docs of posenc::ops::rope.
-at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const RopeParams& a,
-                     bool conjugate) {
-  const detail::RopeLayout lay =
-      detail::check_rope(op, arg, x, a.positions, a.inv_freq, a.rotary_dim, a.layout,
-                         a.cu_seqlens, a.attention_factor, a.xpos_zeta, a.xpos_scale_base);
-  detail::check_rope_offset(op, a.positions, a.offset, detail::rope_seq_len(x, lay));
-  const c10::cuda::CUDAGuard guard(x.device());
+std::tuple<at::Tensor, at::Tensor> launch_rope(const at::Tensor& x, const at::Tensor& k,
+                                               const RopeParams& a, detail::RopeLayout lay,
+                                               bool conjugate) {
   const bool packed = lay == detail::RopeLayout::kThd;
+  const bool has_k = k.defined() && k.numel() > 0;
   auto out = at::empty(x.sizes(), x.options());
-  if (out.numel() == 0) return out;
+  auto k_out = k.defined() ? at::empty(k.sizes(), k.options()) : at::Tensor();
+  if (out.numel() == 0) {  // the units are x's: rotate k alone
+    if (has_k) k_out = std::get<0>(launch_rope(k, at::Tensor(), a, lay, conjugate));
+    return {out, k_out};
+  }
 
   const auto inv_freq = a.inv_freq.contiguous();  // (R/2,): tiny
   const int64_t half = inv_freq.size(0);
   const bool exact = inv_freq.scalar_type() == at::kDouble;
   const bool bshd = lay == detail::RopeLayout::kBshd;
-  const Bhsd xg = packed ? thd(x) : bhsd(x, bshd);
-  const Bhsd og = packed ? thd(out) : bhsd(out, bshd);
-  const int64_t B = xg.size[0], H = xg.size[1], S = xg.size[2], D = xg.size[3];
+  auto view = [&](const at::Tensor& t) { return packed ? thd(t) : bhsd(t, bshd); };
+  const Bhsd xg = view(x), og = view(out);
+  const Bhsd kg = has_k ? view(k) : xg, kog = has_k ? view(k_out) : og;
+  const int64_t B = xg.size[0], S = xg.size[2], D = xg.size[3];
+  const int64_t H = std::max(xg.size[1], has_k ? kg.size[1] : int64_t{0});
 
   const bool has_pos = a.positions.has_value() && a.positions->defined();
   // int32 position ids are widened (a (B, S) copy, small beside x); int64 ones read in place.
@@ -402,13 +415,15 @@ at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const
                                   static_cast<opmath_t>(a.attention_factor),
                                   static_cast<opmath_t>(a.xpos_scale_base), a.xpos_inverse,
                                   a.xpos_centre};
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
-    const int V = vector_width(xp, xg, op_, og, half, a.interleaved);
+    const Rotated<scalar_t> rq{x.const_data_ptr<scalar_t>(), xg, out.mutable_data_ptr<scalar_t>(), og};
+    const Rotated<scalar_t> rk{has_k ? k.const_data_ptr<scalar_t>() : nullptr, kg,
+                               has_k ? k_out.mutable_data_ptr<scalar_t>() : nullptr, kog};
+    int V = vector_width(rq.x, rq.xg, rq.out, rq.og, half, a.interleaved);
+    if (has_k) V = std::min(V, vector_width(rk.x, rk.xg, rk.out, rk.og, half, a.interleaved));
     const dim3 block = rotation_block(H, half, D, V, a.interleaved);
     auto launch = [&](auto kernel) {
       kernel<<<cuda::num_blocks(B * S), block, 0, stream>>>(
-          xp, xg, op_, og, pos, pos_sb, pos_ss, packed ? cu.const_data_ptr<int64_t>() : nullptr,
+          rq, rk, pos, pos_sb, pos_ss, packed ? cu.const_data_ptr<int64_t>() : nullptr,
           packed ? cu.size(0) : 0, a.offset, exact ? nullptr : inv_freq.const_data_ptr<float>(),
           exact ? inv_freq.const_data_ptr<double>() : nullptr, half, mag, a.interleaved,
           conjugate);
@@ -420,7 +435,41 @@ at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return {out, k_out};
+}
+
+at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const RopeParams& a,
+                     bool conjugate) {
+  const detail::RopeLayout lay =
+      detail::check_rope(op, arg, x, a.positions, a.inv_freq, a.rotary_dim, a.layout,
+                         a.cu_seqlens, a.attention_factor, a.xpos_zeta, a.xpos_scale_base);
+  detail::check_rope_offset(op, a.positions, a.offset, detail::rope_seq_len(x, lay));
+  const c10::cuda::CUDAGuard guard(x.device());
+  return std::get<0>(launch_rope(x, at::Tensor(), a, lay, conjugate));
+}
+
+// rope_qk (Backward = false) and rope_qk_backward: the two rope calls it is defined to equal
+// (q with the xPos magnitude, k with its inverse), in one launch that computes each cos/sin
+// once for every head of q and k.
+template <bool Backward>
+std::tuple<at::Tensor, at::Tensor> rope_qk_cuda(
+    const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& positions,
+    const at::Tensor& inv_freq, int64_t offset, std::optional<int64_t> rotary_dim,
+    bool interleaved, c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
+    double attention_factor, const std::optional<at::Tensor>& xpos_zeta, double xpos_scale_base,
+    int64_t xpos_centre) {
+  const char* op = Backward ? "rope_qk_backward" : "rope_qk";
+  const char* q_arg = Backward ? "grad_q" : "q";
+  const detail::RopeLayout lay = detail::check_rope(op, q_arg, q, positions, inv_freq, rotary_dim,
+                                                    layout, cu_seqlens, attention_factor,
+                                                    xpos_zeta, xpos_scale_base);
+  const RopeParams a{positions,  inv_freq,   offset,           rotary_dim,
+                     interleaved, layout,    cu_seqlens,       attention_factor,
+                     xpos_zeta,  xpos_scale_base, /*xpos_inverse=*/false, xpos_centre};
+  detail::check_rope_pair(op, q_arg, q, Backward ? "grad_k" : "k", k, a, lay);
+  detail::check_rope_offset(op, positions, offset, detail::rope_seq_len(q, lay));
+  const c10::cuda::CUDAGuard guard(q.device());
+  return launch_rope(q, k, a, lay, /*conjugate=*/Backward);
 }
 
 // Rotates `q_src` (x, or the upstream gradient when adjoint) and, when defined, `k_src` (the
@@ -523,6 +572,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_cud
 TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
   m.impl("rope", &posenc::detail::rope_kernel_entry<posenc::rope_cuda, false>);
   m.impl("rope_backward", &posenc::detail::rope_kernel_entry<posenc::rope_cuda, true>);
+  m.impl("rope_qk", &posenc::rope_qk_cuda<false>);
+  m.impl("rope_qk_backward", &posenc::rope_qk_cuda<true>);
   m.impl("apply_rotary_pos_emb", &posenc::apply_rotary_pos_emb_forward_cuda);
   m.impl("apply_rotary_pos_emb_backward", &posenc::apply_rotary_pos_emb_backward_cuda);
 }
