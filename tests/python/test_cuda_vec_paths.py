@@ -158,3 +158,39 @@ def test_apply_rotary_paths(case, dtype, interleaved, layout):
     assert torch.equal(got[0], other[0])
     cpu = torch.ops.posenc.apply_rotary_pos_emb_backward(g, x, cos, sin, interleaved, layout)
     torch.testing.assert_close(got[0].cpu().double(), cpu[0].double(), **tol)
+
+
+# B, Hq, Hk, S, D, rot (grouped-query heads; a rotary_dim below head_dim; more pairs than a chunk)
+QK_CASES = [(2, 8, 2, 5, 64, 64), (1, 3, 5, 4, 40, 32), (1, 2, 1, 3, 1040, 528)]
+
+
+@pytest.mark.parametrize("xpos", [False, True])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd", "thd"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("case", QK_CASES)
+def test_rope_qk_is_two_rope_calls(case, dtype, layout, xpos):
+    # rope_qk is defined as rope(q, xpos_inverse=False), rope(k, xpos_inverse=True): one launch
+    # on CUDA must give those bits, for q and k aligned (vector path) or k misaligned (scalar).
+    B, Hq, Hk, S, D, rot = case
+    if layout == "thd":
+        q, k = torch.randn(B * S, Hq, D, dtype=dtype), torch.randn(B * S, Hk, D, dtype=dtype)
+        cu = torch.tensor([0, S // 2, B * S], dtype=torch.long).to(DEV)
+    else:
+        q, k = make_x(B, Hq, S, D, layout, dtype), make_x(B, Hk, S, D, layout, dtype)
+        cu = None
+    inv = ops.rope_inv_freq(rot).to(DEV)
+    zeta = ((torch.arange(0, rot, 2, dtype=torch.float32) / rot + 0.4) / 1.4).to(DEV) if xpos else None
+    kw = dict(offset=3, rotary_dim=rot, layout=layout, cu_seqlens=cu, attention_factor=1.25, xpos_zeta=zeta)
+    qd, kd = q.to(DEV), k.to(DEV)
+    for k_in in (kd, misaligned(kd)):
+        got = ops.rope_qk(qd, k_in, None, inv, **kw)
+        assert torch.equal(got[0], ops.rope(qd, None, inv, **kw))
+        assert torch.equal(got[1], ops.rope(k_in, None, inv, xpos_inverse=True, **kw))
+        back = torch.ops.posenc.rope_qk_backward(qd, k_in, None, inv, 3, rot, False, layout, cu, 1.25, zeta)
+        assert torch.equal(back[0], torch.ops.posenc.rope_backward(qd, None, inv, 3, rot, False, layout, cu, 1.25, zeta))
+        assert torch.equal(back[1], torch.ops.posenc.rope_backward(k_in, None, inv, 3, rot, False, layout, cu, 1.25, zeta, 512.0, True))
+    cpu_kw = dict(kw, cu_seqlens=None if cu is None else cu.cpu(), xpos_zeta=None if zeta is None else zeta.cpu())
+    cpu = ops.rope_qk(q, k, None, inv.cpu(), **cpu_kw)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else TOL[dtype]
+    for a, b in zip(got, cpu):
+        torch.testing.assert_close(a.cpu(), b, **tol)
