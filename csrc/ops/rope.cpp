@@ -102,38 +102,3 @@ TORCH_LIBRARY_FRAGMENT(posenc, m) {
 TORCH_LIBRARY_IMPL(posenc, CompositeImplicitAutograd, m) {
   m.impl("rope_inv_freq", &posenc::rope_inv_freq_impl);
 }
-
-namespace posenc {
-namespace {
-
-// CUDA: until a kernel shares cos/sin between q and k there, rope_qk is the two rope calls it
-// is defined to equal (q with the xPos magnitude, k with its inverse).
-template <bool kBackward>
-std::tuple<at::Tensor, at::Tensor> rope_qk_two_calls(
-    const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& positions,
-    const at::Tensor& inv_freq, c10::SymInt offset, std::optional<int64_t> rotary_dim,
-    bool interleaved, c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
-    double attention_factor, const std::optional<at::Tensor>& xpos_zeta, double xpos_scale_base,
-    c10::SymInt xpos_centre) {
-  const char* op = kBackward ? "rope_qk_backward" : "rope_qk";
-  const char* q_arg = kBackward ? "grad_q" : "q";
-  const auto lay = detail::check_rope(op, q_arg, q, positions, inv_freq, rotary_dim, layout,
-                                      cu_seqlens, attention_factor, xpos_zeta, xpos_scale_base);
-  const detail::RopeParams a{positions,  inv_freq,         0,     rotary_dim,
-                             interleaved, layout,          cu_seqlens, attention_factor,
-                             xpos_zeta,  xpos_scale_base,  false, 0};
-  detail::check_rope_pair(op, q_arg, q, kBackward ? "grad_k" : "k", k, a, lay);
-  auto& rope = kBackward ? detail::rope_backward_op() : detail::rope_op();
-  return {rope.call(q, positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
-                    attention_factor, xpos_zeta, xpos_scale_base, false, xpos_centre),
-          rope.call(k, positions, inv_freq, offset, rotary_dim, interleaved, layout, cu_seqlens,
-                    attention_factor, xpos_zeta, xpos_scale_base, true, xpos_centre)};
-}
-
-}  // namespace
-}  // namespace posenc
-
-TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
-  m.impl("rope_qk", &posenc::rope_qk_two_calls<false>);
-  m.impl("rope_qk_backward", &posenc::rope_qk_two_calls<true>);
-}

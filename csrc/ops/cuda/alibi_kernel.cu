@@ -1,4 +1,5 @@
-// ALiBi (Press et al. 2022) on CUDA: the same numbers as ../cpu/alibi_kernel.cpp.
+// ALiBi (Press et al. 2022) on CUDA: the same numbers as ../cpu/alibi_kernel.cpp (the bias
+// bit for bit; the slope gradient, like the CPU one, from per-diagonal sums in fp64).
 // The CPU kernel rejects non-finite slopes; here the slopes are not read on the host (that
 // would synchronise the stream on every call), so NaN/inf slopes give NaN/inf biases.
 #include <ATen/Dispatch.h>
@@ -11,81 +12,70 @@
 #include <algorithm>
 
 #include "../alibi.h"
-#include "cuda_utils.cuh"
+#include "bias_utils.cuh"
 
 namespace posenc {
 namespace {
 
-constexpr int kThreads = 256;
+using bias_cuda::kThreads;
 
-// One pass over the (H, Lq, Lk) output: the distance comes from the flat index.
-template <typename scalar_t>
+// Rows are (head, query i); the threadIdx.x lanes fill a row with 16-byte stores. The distance
+// is affine in j along a row (two runs, q_pos - k_pos then its negation, for the symmetric
+// bias): no division per element, and 32-bit index math where the sizes allow.
+template <typename scalar_t, typename index_t>
 __global__ void alibi_bias_kernel(const scalar_t* __restrict__ slopes, scalar_t* __restrict__ out,
-                                  int64_t n, int64_t q_len, int64_t k_len, int64_t q_offset,
-                                  int64_t k_offset, bool causal) {
+                                  int64_t rows, index_t q_len, index_t k_len, index_t dq,
+                                  bool causal) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
-       idx += stride) {
-    const int64_t j = idx % k_len;
-    const int64_t row = idx / k_len;
-    const int64_t d0 = q_offset + row % q_len - k_offset;
-    const int64_t d = detail::alibi_distance(d0, j, causal);
-    out[idx] = static_cast<scalar_t>(static_cast<opmath_t>(-d) *
-                                     static_cast<opmath_t>(slopes[row / q_len]));
+  const int64_t row_stride = static_cast<int64_t>(gridDim.x) * blockDim.y;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < rows;
+       row += row_stride) {
+    const int64_t h = row / q_len;
+    const auto d0 = static_cast<index_t>(dq + (row - h * q_len));  // q_pos - k_pos at key 0
+    const auto slope = static_cast<opmath_t>(slopes[h]);
+    bias_cuda::fill_row(out + row * k_len, k_len, [&](index_t j) {
+      const index_t d = d0 - j;
+      const index_t dist = (!causal && d < 0) ? -d : d;  // detail::alibi_distance
+      return static_cast<scalar_t>(static_cast<opmath_t>(-dist) * slope);  // +0 at d = 0
+    });
   }
 }
 
-// Pass 1 of the slope gradient: block (h, chunk) sums g * d over its chunk of head h's
-// Lq * Lk elements in double. Fixed chunking and a fixed-order block reduction: deterministic.
+// d(bias)/d(slope) = -distance, so grad_slopes[h] = -sum over t of distance(t) * diag[h, t]
+// (diag: the per-diagonal sums of the upstream gradient). Block per head, fixed-order block
+// sum: deterministic.
 template <typename scalar_t>
-__global__ void alibi_grad_partial_kernel(const scalar_t* __restrict__ g, int64_t gs0, int64_t gs1,
-                                          int64_t gs2, double* __restrict__ partial, int64_t heads,
-                                          int64_t chunks, int64_t chunk_len, int64_t q_len,
-                                          int64_t k_len, int64_t q_offset, int64_t k_offset,
-                                          bool causal) {
+__global__ void alibi_grad_kernel(const double* __restrict__ diag,
+                                  scalar_t* __restrict__ grad_slopes, int64_t heads, int64_t nd,
+                                  int64_t d_top, bool causal) {
   __shared__ double scratch[33];
-  const int64_t per_head = q_len * k_len;
-  for (int64_t unit = blockIdx.x; unit < heads * chunks; unit += gridDim.x) {
-    const int64_t h = unit / chunks;
-    const int64_t begin = (unit % chunks) * chunk_len;
-    const int64_t end = begin + chunk_len < per_head ? begin + chunk_len : per_head;
+  for (int64_t h = blockIdx.x; h < heads; h += gridDim.x) {
+    const double* drow = diag + h * nd;
     double acc = 0.0;
-    for (int64_t t = begin + threadIdx.x; t < end; t += blockDim.x) {
-      const int64_t i = t / k_len;
-      const int64_t j = t % k_len;
-      const int64_t d = detail::alibi_distance(q_offset + i - k_offset, j, causal);
-      acc += static_cast<double>(g[h * gs0 + i * gs1 + j * gs2]) * static_cast<double>(d);
+    for (int64_t t = threadIdx.x; t < nd; t += blockDim.x) {
+      // q_pos - k_pos on diagonal t is d_top - t
+      acc += drow[t] * static_cast<double>(detail::alibi_distance(d_top, t, causal));
     }
     acc = cuda::block_sum(acc, scratch);
-    if (threadIdx.x == 0) partial[unit] = acc;
-  }
-}
-
-// Pass 2: one thread per head adds its chunks in order. d(bias)/d(slope) = -d.
-template <typename scalar_t>
-__global__ void alibi_grad_final_kernel(const double* __restrict__ partial,
-                                        scalar_t* __restrict__ grad_slopes, int64_t heads,
-                                        int64_t chunks) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t h = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; h < heads;
-       h += stride) {
-    double s = 0.0;
-    for (int64_t c = 0; c < chunks; ++c) s += partial[h * chunks + c];
-    grad_slopes[h] = static_cast<scalar_t>(-s);
+    if (threadIdx.x == 0) grad_slopes[h] = static_cast<scalar_t>(-acc);
   }
 }
 
 void alibi_bias_fill_cuda(const at::Tensor& slopes, int64_t q_len, int64_t k_len,
                           int64_t q_offset, int64_t k_offset, bool causal, const at::Tensor& out) {
-  const int64_t n = out.numel();
-  if (n == 0) return;
+  if (out.numel() == 0) return;
+  const int64_t rows = slopes.size(0) * q_len;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, slopes.scalar_type(), "alibi_bias_cuda", [&] {
-    alibi_bias_kernel<scalar_t><<<cuda::num_blocks(n, kThreads), kThreads, 0, stream>>>(
-        slopes.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, q_len, k_len,
-        q_offset, k_offset, causal);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto launch = bias_cuda::vector_row_launch<scalar_t>(rows, k_len);
+    bias_cuda::with_index_type(q_len, k_len, q_offset, k_offset, [&](auto index) {
+      using index_t = decltype(index);
+      alibi_bias_kernel<scalar_t, index_t><<<launch.grid, launch.block, 0, stream>>>(
+          slopes.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), rows,
+          static_cast<index_t>(q_len), static_cast<index_t>(k_len),
+          static_cast<index_t>(q_offset - k_offset), causal);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 
@@ -120,24 +110,15 @@ at::Tensor alibi_bias_backward_cuda(const at::Tensor& grad_in, const at::Tensor&
   if (heads == 0 || q_len == 0 || k_len == 0) return at::zeros({heads}, slopes.options());
   auto grad_slopes = at::empty({heads}, slopes.options());
   // Read through strides (an expanded upstream gradient is not copied); dtype as on CPU.
-  const auto grad = grad_in.to(slopes.scalar_type());
-
-  // Chunks of at least 8192 elements, about 1024 blocks in all when the heads are few.
-  const int64_t per_head = q_len * k_len;
-  const int64_t chunks =
-      std::clamp<int64_t>((1024 + heads - 1) / heads, 1, (per_head + 8191) / 8192);
-  const int64_t chunk_len = (per_head + chunks - 1) / chunks;
-  auto partial = at::empty({heads * chunks}, slopes.options().dtype(at::kDouble));
-
+  const auto grad = grad_in.scalar_type() == slopes.scalar_type() ? grad_in : grad_in.to(slopes.scalar_type());
+  const auto diag = bias_cuda::diagonal_sums(grad);
+  const int64_t nd = q_len + k_len - 1;
+  const int64_t d_top = q_offset - k_offset + (q_len - 1);  // q_pos - k_pos on diagonal 0
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, slopes.scalar_type(), "alibi_bias_backward_cuda", [&] {
-    alibi_grad_partial_kernel<scalar_t><<<cuda::num_blocks(heads * chunks), kThreads, 0, stream>>>(
-        grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1), grad.stride(2),
-        partial.mutable_data_ptr<double>(), heads, chunks, chunk_len, q_len, k_len, q_offset,
-        k_offset, causal);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    alibi_grad_final_kernel<scalar_t><<<cuda::num_blocks(heads, kThreads), kThreads, 0, stream>>>(
-        partial.const_data_ptr<double>(), grad_slopes.mutable_data_ptr<scalar_t>(), heads, chunks);
+    alibi_grad_kernel<scalar_t><<<bias_cuda::blocks_for(heads), kThreads, 0, stream>>>(
+        diag.const_data_ptr<double>(), grad_slopes.mutable_data_ptr<scalar_t>(), heads, nd,
+        d_top, causal);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_slopes;

@@ -59,6 +59,22 @@ __device__ T block_sum(T v, T* scratch) {
   return total;
 }
 
+// N elements of T moved by one access of N * sizeof(T) bytes (a 16-byte ld/st.v4 for N =
+// 16 / sizeof(T)); the address must be a multiple of that size.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// Elements of T in one 16-byte access: 4 fp32, 8 fp16/bf16, 2 fp64.
+template <typename T>
+constexpr int kVec = static_cast<int>(16 / sizeof(T));
+
+// Whether p is 16-byte aligned (host and device).
+C10_HOST_DEVICE inline bool is_aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
 // Precise sin and cos (the build does not use --use_fast_math) in float or double.
 __device__ __forceinline__ void sin_cos(float a, float* s, float* c) { sincosf(a, s, c); }
 __device__ __forceinline__ void sin_cos(double a, double* s, double* c) { sincos(a, s, c); }

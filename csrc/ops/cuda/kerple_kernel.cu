@@ -33,8 +33,8 @@ __device__ __forceinline__ float pow_(float x, float y) { return powf(x, y); }
 __device__ __forceinline__ double pow_(double x, double y) { return pow(x, y); }
 
 // -r1 * log(1 + r2 d) or -r1 * d^r2, +0 at d = 0 for every r2 (as the CPU kernel).
-template <typename T>
-__device__ __forceinline__ T kerple_value(bool log_kind, T r1, T r2, int64_t d) {
+template <typename T, typename I>
+__device__ __forceinline__ T kerple_value(bool log_kind, T r1, T r2, I d) {
   if (d == 0) return T(0);
   const T x = static_cast<T>(d);
   return T(0) - r1 * (log_kind ? log1p_(r2 * x) : pow_(x, r2));
@@ -48,26 +48,26 @@ void check_r2_values_cuda(const char* op, const at::Tensor& r2, KerpleKind kind)
   detail::check_kerple_r2_values(op, r2.to(at::kCPU), kind);
 }
 
-// Rows are (head, query i); threadIdx.x walks the keys. One pass over the output.
-template <typename scalar_t>
+// Rows are (head, query i); the threadIdx.x lanes fill a row with 16-byte stores. The distance
+// along a row is affine in j (max(d, 0) or |d| of d = d0 - j): no division per element, and
+// 32-bit index math where the sizes allow.
+template <typename scalar_t, typename index_t>
 __global__ void kerple_bias_kernel(const scalar_t* __restrict__ r1, const scalar_t* __restrict__ r2,
-                                   scalar_t* __restrict__ out, int64_t heads, int64_t q_len,
-                                   int64_t k_len, int64_t q_offset, int64_t k_offset,
-                                   bool log_kind, bool causal) {
+                                   scalar_t* __restrict__ out, int64_t rows, index_t q_len,
+                                   index_t k_len, index_t dq, bool log_kind, bool causal) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t rows = heads * q_len;
   const int64_t row_stride = static_cast<int64_t>(gridDim.x) * blockDim.y;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < rows;
        row += row_stride) {
     const int64_t h = row / q_len;
-    const int64_t i = row - h * q_len;
+    const auto d0 = static_cast<index_t>(dq + (row - h * q_len));  // q_pos - k_pos at key 0
     const opmath_t a = static_cast<opmath_t>(r1[h]);
     const opmath_t b = static_cast<opmath_t>(r2[h]);
-    scalar_t* orow = out + row * k_len;
-    for (int64_t j = threadIdx.x; j < k_len; j += blockDim.x) {
-      const int64_t d = detail::kerple_distance(j - i + q_len - 1, q_len, q_offset, k_offset, causal);
-      orow[j] = static_cast<scalar_t>(kerple_value<opmath_t>(log_kind, a, b, d));
-    }
+    bias_cuda::fill_row(out + row * k_len, k_len, [&](index_t j) {
+      const index_t d = d0 - j;
+      const index_t dist = causal ? (d > 0 ? d : 0) : (d < 0 ? -d : d);  // detail::kerple_distance
+      return static_cast<scalar_t>(kerple_value<opmath_t>(log_kind, a, b, dist));
+    });
   }
 }
 
@@ -114,15 +114,19 @@ void kerple_bias_fill_cuda(const at::Tensor& r1, const at::Tensor& r2, int64_t q
                            int64_t k_len, int64_t q_offset, int64_t k_offset, KerpleKind kind,
                            bool causal, const at::Tensor& out) {
   if (out.numel() == 0) return;
-  const int64_t heads = r1.size(0);
-  const auto launch = bias_cuda::row_launch(heads * q_len, k_len);
+  const int64_t rows = r1.size(0) * q_len;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r1.scalar_type(), "kerple_bias_cuda", [&] {
-    kerple_bias_kernel<scalar_t><<<launch.grid, launch.block, 0, stream>>>(
-        r1.const_data_ptr<scalar_t>(), r2.const_data_ptr<scalar_t>(),
-        out.mutable_data_ptr<scalar_t>(), heads, q_len, k_len, q_offset, k_offset,
-        kind == KerpleKind::Log, causal);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto launch = bias_cuda::vector_row_launch<scalar_t>(rows, k_len);
+    bias_cuda::with_index_type(q_len, k_len, q_offset, k_offset, [&](auto index) {
+      using index_t = decltype(index);
+      kerple_bias_kernel<scalar_t, index_t><<<launch.grid, launch.block, 0, stream>>>(
+          r1.const_data_ptr<scalar_t>(), r2.const_data_ptr<scalar_t>(),
+          out.mutable_data_ptr<scalar_t>(), rows, static_cast<index_t>(q_len),
+          static_cast<index_t>(k_len), static_cast<index_t>(q_offset - k_offset),
+          kind == KerpleKind::Log, causal);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 

@@ -1,6 +1,9 @@
 // RoPE (Su et al. 2021) and Hugging Face's apply_rotary_pos_emb on CUDA: the same numbers as
 // ../cpu/rope_kernel.cpp. x is read through its strides (bhsd, bshd, views into packed qkv,
-// any last-dim stride) and every element is read and written once.
+// any last-dim stride) and every element is read and written once: 16-byte vectors where the
+// rows are aligned and contiguous, single elements otherwise (the same values). cos/sin are
+// computed (rope) or read (apply_rotary_pos_emb) once per (batch, position, pair) and shared
+// by every head.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -20,7 +23,9 @@ namespace {
 using detail::rope_pair_index;
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxHeadsPerThread = 4;
+// Pairs whose cos/sin a block keeps in shared memory at a time (8 KiB of fp64 for
+// apply_rotary_pos_emb's four rows); longer rotary dims are walked in chunks of this many.
+constexpr int64_t kPairChunk = 256;
 
 using detail::Bhsd;
 using detail::bhsd;
@@ -37,39 +42,155 @@ Table table(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2)};
 }
 
-// Launch shape shared by the elementwise kernels. A block owns one (batch, position) and a
-// chunk of heads: threadIdx.x runs over the pairs (and the pass-through dims), threadIdx.y
-// over heads, each thread taking up to kMaxHeadsPerThread heads so that the cos/sin of a pair
-// is computed (or loaded) once and applied to several heads.
-struct RowLaunch {
-  dim3 block;
-  int64_t heads_per_thread;
-  int64_t head_chunks;
-  int64_t units;  // B * S * head_chunks
-};
-
-RowLaunch row_launch(int64_t B, int64_t H, int64_t S, int64_t D, int64_t half) {
-  RowLaunch l{};
-  const int tx = cuda::pow2_at_least(std::max<int64_t>({half, D - 2 * half, 1}), 64);
+// The rotation kernels: a block owns one (batch, position) unit at a time (grid-stride over
+// the B * S units). Its threads first put the unit's cos/sin of a chunk of pairs into shared
+// memory -- computed (rope) or loaded (apply_rotary_pos_emb) once per (position, frequency) --
+// then threadIdx.y runs over the heads and threadIdx.x over groups of pairs, every head
+// rotated from the same shared values. A group is one 16-byte vector of x (V elements: V pairs
+// half-split, V / 2 interleaved) when the rows allow it (vector_width), else one pair read
+// through x's strides (V = 1); both paths compute each element by the same expression.
+dim3 rotation_block(int64_t H, int64_t half, int64_t D, int V, bool interleaved) {
+  const int64_t per_group = V == 1 ? 1 : (interleaved ? V / 2 : V);
+  const int64_t groups = (std::min(half, kPairChunk) + per_group - 1) / per_group;
+  const int64_t pass = (D - 2 * half + V - 1) / V;  // pass-through vectors
+  const int tx = cuda::pow2_at_least(std::max<int64_t>({groups, pass, 1}), 64);
   const int ty = std::min(kThreads / tx, cuda::pow2_at_least(H, kThreads));
-  l.block = dim3(tx, ty);
-  l.heads_per_thread = std::clamp<int64_t>((H + ty - 1) / ty, 1, kMaxHeadsPerThread);
-  const int64_t chunk = ty * l.heads_per_thread;
-  l.head_chunks = (H + chunk - 1) / chunk;
-  l.units = B * S * l.head_chunks;
-  return l;
+  return dim3(tx, ty);
 }
 
-// Unit u of a RowLaunch -> (b, s, first head of this thread).
-struct Unit {
-  int64_t b, s, h0;
+// Strides of the (b, h, s) dims that matter (size > 1) are multiples of V.
+bool rows_aligned(const Bhsd& g, int64_t V) {
+  for (int i = 0; i < 3; ++i) {
+    if (g.size[i] > 1 && g.stride[i] % V != 0) return false;
+  }
+  return true;
+}
+
+// V = 16 / sizeof(scalar_t) when every row of x and out starts 16-byte aligned, is contiguous,
+// and the pairs and the pass-through dims split into whole vectors; 1 otherwise.
+template <typename scalar_t>
+int vector_width(const scalar_t* x, const Bhsd& xg, const scalar_t* out, const Bhsd& og,
+                 int64_t half, bool interleaved) {
+  constexpr int V = cuda::kVec<scalar_t>;
+  const bool ok = xg.stride[3] == 1 && og.stride[3] == 1 && cuda::is_aligned16(x) &&
+                  cuda::is_aligned16(out) && rows_aligned(xg, V) && rows_aligned(og, V) &&
+                  half % (interleaved ? V / 2 : V) == 0 && xg.size[3] % V == 0;
+  return ok ? V : 1;
+}
+
+template <typename T, int N>
+__device__ __forceinline__ cuda::Pack<T, N> load_pack(const T* p) {
+  return *reinterpret_cast<const cuda::Pack<T, N>*>(p);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_pack(T* p, const cuda::Pack<T, N>& v) {
+  *reinterpret_cast<cuda::Pack<T, N>*>(p) = v;
+}
+
+// The pair (a, b) = (x[i1], x[i2]) rotated by (c1, s1) at i1 and (c2, s2) at i2:
+//   forward  o1 = a c1 - b s1,  o2 = b c2 + a s2   (rope: c1 = c2 = cos, s1 = s2 = sin)
+//   adjoint  o1 = a c1 + b s2,  o2 = b c2 - a s1   (apply_rotary_pos_emb's x-gradient)
+template <typename T>
+__device__ __forceinline__ void rotate_pair(T a, T b, T c1, T s1, T c2, T s2, bool adjoint, T& o1,
+                                            T& o2) {
+  if (adjoint) {
+    o1 = a * c1 + b * s2;
+    o2 = b * c2 - a * s1;
+  } else {
+    o1 = a * c1 - b * s1;
+    o2 = b * c2 + a * s2;
+  }
+}
+
+// Per-pair cos/sin of a chunk in shared memory: c1/s1 at i1, c2/s2 at i2 (rope: c2 = c1 and
+// s2 = s1, the same arrays).
+template <typename T>
+struct ChunkTable {
+  const T* c1;
+  const T* s1;
+  const T* c2;
+  const T* s2;
 };
 
-__device__ __forceinline__ Unit decode_unit(int64_t u, int64_t S, int64_t head_chunks,
-                                            int64_t heads_per_thread) {
-  const int64_t hc = u % head_chunks;
-  const int64_t bs = u / head_chunks;
-  return {bs / S, bs % S, hc * blockDim.y * heads_per_thread + threadIdx.y};
+// Rotates the group of pairs starting at pair k (local index q in the chunk table) of one row.
+template <int V, typename scalar_t, typename T>
+__device__ __forceinline__ void rotate_group(const scalar_t* __restrict__ xr, int64_t xd,
+                                             scalar_t* __restrict__ orow, int64_t od, int64_t k,
+                                             int64_t q, int64_t half, bool interleaved,
+                                             const ChunkTable<T>& t, bool adjoint) {
+  if constexpr (V == 1) {
+    int64_t i1, i2;
+    rope_pair_index(k, half, interleaved, i1, i2);
+    T o1, o2;
+    rotate_pair(static_cast<T>(xr[i1 * xd]), static_cast<T>(xr[i2 * xd]), t.c1[q], t.s1[q],
+                t.c2[q], t.s2[q], adjoint, o1, o2);
+    orow[i1 * od] = static_cast<scalar_t>(o1);
+    orow[i2 * od] = static_cast<scalar_t>(o2);
+  } else if (interleaved) {  // V / 2 pairs (2k, 2k + 1), ... in one vector
+    const auto v = load_pack<scalar_t, V>(xr + 2 * k);
+    cuda::Pack<scalar_t, V> o;
+#pragma unroll
+    for (int e = 0; e < V / 2; ++e) {
+      T o1, o2;
+      rotate_pair(static_cast<T>(v.v[2 * e]), static_cast<T>(v.v[2 * e + 1]), t.c1[q + e],
+                  t.s1[q + e], t.c2[q + e], t.s2[q + e], adjoint, o1, o2);
+      o.v[2 * e] = static_cast<scalar_t>(o1);
+      o.v[2 * e + 1] = static_cast<scalar_t>(o2);
+    }
+    store_pack(orow + 2 * k, o);
+  } else {  // V pairs (k, k + half), ... in two vectors
+    const auto u = load_pack<scalar_t, V>(xr + k);
+    const auto w = load_pack<scalar_t, V>(xr + half + k);
+    cuda::Pack<scalar_t, V> o1v, o2v;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      T o1, o2;
+      rotate_pair(static_cast<T>(u.v[e]), static_cast<T>(w.v[e]), t.c1[q + e], t.s1[q + e],
+                  t.c2[q + e], t.s2[q + e], adjoint, o1, o2);
+      o1v.v[e] = static_cast<scalar_t>(o1);
+      o2v.v[e] = static_cast<scalar_t>(o2);
+    }
+    store_pack(orow + k, o1v);
+    store_pack(orow + half + k, o2v);
+  }
+}
+
+// Rotates the pairs [k0, k0 + nk) of every head of unit (b, s) from the chunk table, then
+// (last chunk) copies the pass-through dims [2 half, D) bit-exactly.
+template <int V, typename scalar_t, typename T>
+__device__ __forceinline__ void rotate_unit_chunk(const scalar_t* __restrict__ x, const Bhsd& xg,
+                                                  scalar_t* __restrict__ out, const Bhsd& og,
+                                                  int64_t b, int64_t s, int64_t k0, int64_t nk,
+                                                  int64_t half, bool interleaved,
+                                                  const ChunkTable<T>& t, bool adjoint) {
+  const int64_t per_group = V == 1 ? 1 : (interleaved ? V / 2 : V);
+  const int64_t H = xg.size[1], xd = xg.stride[3], od = og.stride[3];
+  for (int64_t h = threadIdx.y; h < H; h += blockDim.y) {
+    const scalar_t* xr = x + xg.offset(b, h, s);
+    scalar_t* orow = out + og.offset(b, h, s);
+    for (int64_t q = threadIdx.x * per_group; q < nk; q += blockDim.x * per_group) {
+      rotate_group<V>(xr, xd, orow, od, k0 + q, q, half, interleaved, t, adjoint);
+    }
+  }
+}
+
+template <int V, typename scalar_t>
+__device__ __forceinline__ void copy_pass_through(const scalar_t* __restrict__ x, const Bhsd& xg,
+                                                  scalar_t* __restrict__ out, const Bhsd& og,
+                                                  int64_t b, int64_t s, int64_t half) {
+  const int64_t H = xg.size[1], D = xg.size[3], xd = xg.stride[3], od = og.stride[3];
+  for (int64_t h = threadIdx.y; h < H; h += blockDim.y) {
+    const scalar_t* xr = x + xg.offset(b, h, s);
+    scalar_t* orow = out + og.offset(b, h, s);
+    for (int64_t d = 2 * half + threadIdx.x * V; d < D; d += blockDim.x * V) {
+      if constexpr (V == 1) {
+        orow[d * od] = xr[d * xd];  // bit-exact
+      } else {
+        store_pack(orow + d, load_pack<scalar_t, V>(xr + d));
+      }
+    }
+  }
 }
 
 // Magnitude parameters of rope (attention_factor, xPos), in the kernel's math type.
@@ -81,106 +202,107 @@ struct Magnitude {
   int64_t centre;
 };
 
-// rope (conjugate = false) and rope_backward (conjugate = true, the same magnitude times the
-// rotation by -angle). cu != nullptr: packed "thd" input seen as (1, H, T, D), the position of
-// token s found by a binary search in cu_seqlens (n_cu entries).
+// A tensor rotated by the kernels: x (or the upstream gradient) and its output, both seen as
+// (B, H, S, D). x == nullptr: none.
 template <typename scalar_t>
-__global__ void rope_kernel(const scalar_t* __restrict__ x, Bhsd xg, scalar_t* __restrict__ out,
-                            Bhsd og, const int64_t* __restrict__ pos, int64_t pos_sb,
-                            int64_t pos_ss, const int64_t* __restrict__ cu, int64_t n_cu,
-                            int64_t offset, const float* __restrict__ freq32,
-                            const double* __restrict__ freq64, int64_t half,
-                            Magnitude<at::opmath_type<scalar_t>> mag, bool interleaved,
-                            bool conjugate, int64_t units, int64_t head_chunks,
-                            int64_t heads_per_thread) {
+struct Rotated {
+  const scalar_t* x;
+  Bhsd xg;
+  scalar_t* out;
+  Bhsd og;
+};
+
+// rope (conjugate = false) and rope_backward (conjugate = true, the same magnitude times the
+// rotation by -angle), of q alone or of q and k in one launch (rope_qk: the same B, S and D,
+// heads may differ; k takes the inverse xPos magnitude). cu != nullptr: packed "thd" input
+// seen as (1, H, T, D), the position of token s found by a binary search in cu_seqlens (n_cu
+// entries). cos/sin are computed once per (unit, pair) and shared by every head of q and k;
+// the magnitude once per (unit, pair) and tensor.
+template <typename scalar_t, int V>
+__global__ void rope_kernel(Rotated<scalar_t> q, Rotated<scalar_t> k,
+                            const int64_t* __restrict__ pos, int64_t pos_sb, int64_t pos_ss,
+                            const int64_t* __restrict__ cu, int64_t n_cu, int64_t offset,
+                            const float* __restrict__ freq32, const double* __restrict__ freq64,
+                            int64_t half, Magnitude<at::opmath_type<scalar_t>> mag,
+                            bool interleaved, bool conjugate) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t H = xg.size[1], S = xg.size[2], D = xg.size[3];
-  const int64_t xd = xg.stride[3], od = og.stride[3];
-  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
-    const Unit w = decode_unit(u, S, head_chunks, heads_per_thread);
-    const int64_t p = (pos != nullptr  ? pos[w.b * pos_sb + w.s * pos_ss]
-                       : cu != nullptr ? w.s - detail::rope_seq_start(cu, n_cu, w.s)
-                                       : w.s) +
+  __shared__ opmath_t cs[2][kPairChunk], sn[2][kPairChunk];  // [0]: q, [1]: k
+  const ChunkTable<opmath_t> tq{cs[0], sn[0], cs[0], sn[0]};
+  const ChunkTable<opmath_t> tk{cs[1], sn[1], cs[1], sn[1]};
+  const bool has_k = k.x != nullptr;
+  const int64_t S = q.xg.size[2];
+  const int64_t units = q.xg.size[0] * S;
+  const int tid = cuda::block_tid(), nthreads = cuda::block_threads();
+  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {  // uniform in the block
+    const int64_t b = u / S, s = u - b * S;
+    const int64_t p = (pos != nullptr  ? pos[b * pos_sb + s * pos_ss]
+                       : cu != nullptr ? s - detail::rope_seq_start(cu, n_cu, s)
+                                       : s) +
                       offset;
-    // Angle as on CPU (detail::rope_cos_sin); cos/sin and magnitude in opmath.
-    for (int64_t k = threadIdx.x; k < half; k += blockDim.x) {
-      opmath_t sn, cs;
-      detail::rope_cos_sin<opmath_t>(p, freq32, freq64, k, cs, sn);
-      const opmath_t m = detail::rope_magnitude<opmath_t>(mag.factor, mag.zeta, k, p, mag.centre,
-                                                          mag.scale_base, mag.inverse);
-      cs *= m;
-      sn *= conjugate ? -m : m;
-      int64_t i1, i2;
-      rope_pair_index(k, half, interleaved, i1, i2);
-      for (int64_t q = 0; q < heads_per_thread; ++q) {
-        const int64_t h = w.h0 + q * blockDim.y;
-        if (h >= H) break;
-        const scalar_t* xr = x + xg.offset(w.b, h, w.s);
-        scalar_t* orow = out + og.offset(w.b, h, w.s);
-        const opmath_t a = static_cast<opmath_t>(xr[i1 * xd]);
-        const opmath_t c = static_cast<opmath_t>(xr[i2 * xd]);
-        orow[i1 * od] = static_cast<scalar_t>(a * cs - c * sn);
-        orow[i2 * od] = static_cast<scalar_t>(c * cs + a * sn);
+    for (int64_t k0 = 0; k0 < half; k0 += kPairChunk) {
+      const int64_t nk = half - k0 < kPairChunk ? half - k0 : kPairChunk;
+      __syncthreads();  // the previous chunk (or unit) is no longer read
+      for (int64_t kk = tid; kk < nk; kk += nthreads) {
+        // Angle as on CPU (detail::rope_cos_sin); cos/sin and magnitude in opmath.
+        opmath_t c, sv;
+        detail::rope_cos_sin<opmath_t>(p, freq32, freq64, k0 + kk, c, sv);
+        for (int w = 0; w < (has_k ? 2 : 1); ++w) {
+          const opmath_t m = detail::rope_magnitude<opmath_t>(
+              mag.factor, mag.zeta, k0 + kk, p, mag.centre, mag.scale_base,
+              w == 0 ? mag.inverse : !mag.inverse);
+          cs[w][kk] = c * m;
+          sn[w][kk] = sv * (conjugate ? -m : m);
+        }
+      }
+      __syncthreads();
+      rotate_unit_chunk<V>(q.x, q.xg, q.out, q.og, b, s, k0, nk, half, interleaved, tq, false);
+      if (has_k) {
+        rotate_unit_chunk<V>(k.x, k.xg, k.out, k.og, b, s, k0, nk, half, interleaved, tk, false);
       }
     }
-    for (int64_t d = 2 * half + threadIdx.x; d < D; d += blockDim.x) {
-      for (int64_t q = 0; q < heads_per_thread; ++q) {
-        const int64_t h = w.h0 + q * blockDim.y;
-        if (h >= H) break;
-        out[og.offset(w.b, h, w.s) + d * od] = x[xg.offset(w.b, h, w.s) + d * xd];  // bit-exact
-      }
-    }
+    copy_pass_through<V>(q.x, q.xg, q.out, q.og, b, s, half);
+    if (has_k) copy_pass_through<V>(k.x, k.xg, k.out, k.og, b, s, half);
   }
 }
 
-// apply_rotary_pos_emb (adjoint = false) and its x-gradient (adjoint = true):
-//   forward  o[i1] = a c[i1] - b s[i1],  o[i2] = b c[i2] + a s[i2]
-//   adjoint  o[i1] = a c[i1] + b s[i2],  o[i2] = b c[i2] - a s[i1]
-// with (a, b) the pair of x (forward) or of the upstream gradient (adjoint).
-template <typename scalar_t>
-__global__ void apply_rotary_kernel(const scalar_t* __restrict__ x, Bhsd xg,
-                                    scalar_t* __restrict__ out, Bhsd og,
+// apply_rotary_pos_emb (adjoint = false) and its x-gradient (adjoint = true), see rotate_pair,
+// with (a, b) the pair of x (forward) or of the upstream gradient (adjoint), for one tensor or
+// for q and k in one launch (the same B, S and D; heads may differ). The unit's table row is
+// read once (per chunk) into shared memory, in opmath, and shared by every head of q and k.
+template <typename scalar_t, int V>
+__global__ void apply_rotary_kernel(Rotated<scalar_t> q, Rotated<scalar_t> k,
                                     const scalar_t* __restrict__ cosp, Table ct,
                                     const scalar_t* __restrict__ sinp, Table st, int64_t half,
-                                    bool interleaved, bool adjoint, int64_t units,
-                                    int64_t head_chunks, int64_t heads_per_thread) {
+                                    bool interleaved, bool adjoint) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t H = xg.size[1], S = xg.size[2], D = xg.size[3];
-  const int64_t xd = xg.stride[3], od = og.stride[3];
-  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
-    const Unit w = decode_unit(u, S, head_chunks, heads_per_thread);
-    const scalar_t* cr = cosp + w.b * ct.sb + w.s * ct.ss;
-    const scalar_t* sr = sinp + w.b * st.sb + w.s * st.ss;
-    for (int64_t k = threadIdx.x; k < half; k += blockDim.x) {
-      int64_t i1, i2;
-      rope_pair_index(k, half, interleaved, i1, i2);
-      const opmath_t c1 = static_cast<opmath_t>(cr[i1 * ct.sr]);
-      const opmath_t c2 = static_cast<opmath_t>(cr[i2 * ct.sr]);
-      const opmath_t s1 = static_cast<opmath_t>(sr[i1 * st.sr]);
-      const opmath_t s2 = static_cast<opmath_t>(sr[i2 * st.sr]);
-      for (int64_t m = 0; m < heads_per_thread; ++m) {
-        const int64_t h = w.h0 + m * blockDim.y;
-        if (h >= H) break;
-        const scalar_t* xr = x + xg.offset(w.b, h, w.s);
-        scalar_t* orow = out + og.offset(w.b, h, w.s);
-        const opmath_t a = static_cast<opmath_t>(xr[i1 * xd]);
-        const opmath_t b = static_cast<opmath_t>(xr[i2 * xd]);
-        if (adjoint) {
-          orow[i1 * od] = static_cast<scalar_t>(a * c1 + b * s2);
-          orow[i2 * od] = static_cast<scalar_t>(b * c2 - a * s1);
-        } else {
-          orow[i1 * od] = static_cast<scalar_t>(a * c1 - b * s1);
-          orow[i2 * od] = static_cast<scalar_t>(b * c2 + a * s2);
-        }
+  __shared__ opmath_t c1[kPairChunk], c2[kPairChunk], s1[kPairChunk], s2[kPairChunk];
+  const ChunkTable<opmath_t> t{c1, s1, c2, s2};
+  const int64_t S = q.xg.size[2];
+  const int64_t units = q.xg.size[0] * S;
+  const int tid = cuda::block_tid(), nthreads = cuda::block_threads();
+  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {  // uniform in the block
+    const int64_t b = u / S, s = u - b * S;
+    const scalar_t* cr = cosp + b * ct.sb + s * ct.ss;
+    const scalar_t* sr = sinp + b * st.sb + s * st.ss;
+    for (int64_t k0 = 0; k0 < half; k0 += kPairChunk) {
+      const int64_t nk = half - k0 < kPairChunk ? half - k0 : kPairChunk;
+      __syncthreads();  // the previous chunk (or unit) is no longer read
+      for (int64_t kk = tid; kk < nk; kk += nthreads) {
+        int64_t i1, i2;
+        rope_pair_index(k0 + kk, half, interleaved, i1, i2);
+        c1[kk] = static_cast<opmath_t>(cr[i1 * ct.sr]);
+        c2[kk] = static_cast<opmath_t>(cr[i2 * ct.sr]);
+        s1[kk] = static_cast<opmath_t>(sr[i1 * st.sr]);
+        s2[kk] = static_cast<opmath_t>(sr[i2 * st.sr]);
+      }
+      __syncthreads();
+      rotate_unit_chunk<V>(q.x, q.xg, q.out, q.og, b, s, k0, nk, half, interleaved, t, adjoint);
+      if (k.x != nullptr) {
+        rotate_unit_chunk<V>(k.x, k.xg, k.out, k.og, b, s, k0, nk, half, interleaved, t, adjoint);
       }
     }
-    for (int64_t d = 2 * half + threadIdx.x; d < D; d += blockDim.x) {
-      for (int64_t m = 0; m < heads_per_thread; ++m) {
-        const int64_t h = w.h0 + m * blockDim.y;
-        if (h >= H) break;
-        out[og.offset(w.b, h, w.s) + d * od] = x[xg.offset(w.b, h, w.s) + d * xd];
-      }
-    }
+    copy_pass_through<V>(q.x, q.xg, q.out, q.og, b, s, half);
+    if (k.x != nullptr) copy_pass_through<V>(k.x, k.xg, k.out, k.og, b, s, half);
   }
 }
 
@@ -246,35 +368,35 @@ __global__ void apply_rotary_table_grad_kernel(const scalar_t* __restrict__ x, B
 }
 
 
+// Rotates x and, when k is defined (rope_qk), k (already checked against x) by one launch.
 // The values of cu_seqlens and xpos_zeta are not checked here (that needs a device-to-host
 // copy and a sync); see detail::check_rope_values and the docs of posenc::ops::rope.
-at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const RopeParams& a,
-                     bool conjugate) {
-  const detail::RopeLayout lay =
-      detail::check_rope(op, arg, x, a.positions, a.inv_freq, a.rotary_dim, a.layout,
-                         a.cu_seqlens, a.attention_factor, a.xpos_zeta, a.xpos_scale_base);
-  detail::check_rope_offset(op, a.positions, a.offset, detail::rope_seq_len(x, lay));
-  const c10::cuda::CUDAGuard guard(x.device());
-  if (a.positions.has_value() && a.positions->defined() &&
-      detail::rope_positions_may_wrap(*a.positions, a.offset)) {
-    // offset + positions[i] within int64: reads two numbers (a sync), never during a capture
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &status));
-    if (status == cudaStreamCaptureStatusNone) {
-      detail::check_rope_positions_offset(op, *a.positions, a.offset);
-    }
-  }
+std::tuple<at::Tensor, at::Tensor> launch_rope(const at::Tensor& x, const at::Tensor& k,
+                                               const RopeParams& a, detail::RopeLayout lay,
+                                               bool conjugate) {
   const bool packed = lay == detail::RopeLayout::kThd;
+  const bool has_k = k.defined() && k.numel() > 0;
   auto out = at::empty(x.sizes(), x.options());
-  if (out.numel() == 0) return out;
+  auto k_out = k.defined() ? at::empty(k.sizes(), k.options()) : at::Tensor();
+  if (out.numel() == 0) {  // the units are x's: rotate k alone, with k's (inverse) magnitude
+    if (has_k) {
+      const RopeParams ak{a.positions,  a.inv_freq,         a.offset,          a.rotary_dim,
+                          a.interleaved, a.layout,          a.cu_seqlens,      a.attention_factor,
+                          a.xpos_zeta,  a.xpos_scale_base,  !a.xpos_inverse,   a.xpos_centre};
+      k_out = std::get<0>(launch_rope(k, at::Tensor(), ak, lay, conjugate));
+    }
+    return {out, k_out};
+  }
 
   const auto inv_freq = a.inv_freq.contiguous();  // (R/2,): tiny
   const int64_t half = inv_freq.size(0);
   const bool exact = inv_freq.scalar_type() == at::kDouble;
   const bool bshd = lay == detail::RopeLayout::kBshd;
-  const Bhsd xg = packed ? thd(x) : bhsd(x, bshd);
-  const Bhsd og = packed ? thd(out) : bhsd(out, bshd);
-  const int64_t B = xg.size[0], H = xg.size[1], S = xg.size[2], D = xg.size[3];
+  auto view = [&](const at::Tensor& t) { return packed ? thd(t) : bhsd(t, bshd); };
+  const Bhsd xg = view(x), og = view(out);
+  const Bhsd kg = has_k ? view(k) : xg, kog = has_k ? view(k_out) : og;
+  const int64_t B = xg.size[0], S = xg.size[2], D = xg.size[3];
+  const int64_t H = std::max(xg.size[1], has_k ? kg.size[1] : int64_t{0});
 
   const bool has_pos = a.positions.has_value() && a.positions->defined();
   // int32 position ids are widened (a (B, S) copy, small beside x); int64 ones read in place.
@@ -291,7 +413,6 @@ at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const
   at::Tensor zeta;
   if (a.xpos_zeta.has_value() && a.xpos_zeta->defined()) zeta = a.xpos_zeta->contiguous();
 
-  const RowLaunch l = row_launch(B, H, S, D, half);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rope_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -299,35 +420,124 @@ at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const
                                   static_cast<opmath_t>(a.attention_factor),
                                   static_cast<opmath_t>(a.xpos_scale_base), a.xpos_inverse,
                                   a.xpos_centre};
-    rope_kernel<scalar_t><<<cuda::num_blocks(l.units), l.block, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), xg, out.mutable_data_ptr<scalar_t>(), og, pos, pos_sb,
-        pos_ss, packed ? cu.const_data_ptr<int64_t>() : nullptr, packed ? cu.size(0) : 0,
-        a.offset, exact ? nullptr : inv_freq.const_data_ptr<float>(),
-        exact ? inv_freq.const_data_ptr<double>() : nullptr, half, mag, a.interleaved, conjugate,
-        l.units, l.head_chunks, l.heads_per_thread);
+    const Rotated<scalar_t> rq{x.const_data_ptr<scalar_t>(), xg, out.mutable_data_ptr<scalar_t>(), og};
+    const Rotated<scalar_t> rk{has_k ? k.const_data_ptr<scalar_t>() : nullptr, kg,
+                               has_k ? k_out.mutable_data_ptr<scalar_t>() : nullptr, kog};
+    int V = vector_width(rq.x, rq.xg, rq.out, rq.og, half, a.interleaved);
+    if (has_k) V = std::min(V, vector_width(rk.x, rk.xg, rk.out, rk.og, half, a.interleaved));
+    const dim3 block = rotation_block(H, half, D, V, a.interleaved);
+    auto launch = [&](auto kernel) {
+      kernel<<<cuda::num_blocks(B * S), block, 0, stream>>>(
+          rq, rk, pos, pos_sb, pos_ss, packed ? cu.const_data_ptr<int64_t>() : nullptr,
+          packed ? cu.size(0) : 0, a.offset, exact ? nullptr : inv_freq.const_data_ptr<float>(),
+          exact ? inv_freq.const_data_ptr<double>() : nullptr, half, mag, a.interleaved,
+          conjugate);
+    };
+    if (V == 1) {
+      launch(rope_kernel<scalar_t, 1>);
+    } else {
+      launch(rope_kernel<scalar_t, cuda::kVec<scalar_t>>);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return {out, k_out};
 }
 
-// Rotates `src` (x, or the upstream gradient when adjoint) into a fresh contiguous tensor.
-at::Tensor launch_apply_rotary(const at::Tensor& src, const at::Tensor& cos, const at::Tensor& sin,
-                               bool interleaved, bool bshd, bool adjoint) {
-  auto out = at::empty(src.sizes(), src.options());
-  const Bhsd sg = bhsd(src, bshd);
-  const Bhsd og = bhsd(out, bshd);
-  const int64_t B = sg.size[0], H = sg.size[1], S = sg.size[2], D = sg.size[3];
+// offset + positions[i] within int64: reads two numbers (a sync) where a wrap is possible,
+// never during a graph capture.
+void check_positions_wrap(const char* op, const std::optional<at::Tensor>& positions,
+                          int64_t offset) {
+  if (!positions.has_value() || !positions->defined() ||
+      !detail::rope_positions_may_wrap(*positions, offset)) {
+    return;
+  }
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &status));
+  if (status == cudaStreamCaptureStatusNone) {
+    detail::check_rope_positions_offset(op, *positions, offset);
+  }
+}
+
+at::Tensor rope_cuda(const char* op, const char* arg, const at::Tensor& x, const RopeParams& a,
+                     bool conjugate) {
+  const detail::RopeLayout lay =
+      detail::check_rope(op, arg, x, a.positions, a.inv_freq, a.rotary_dim, a.layout,
+                         a.cu_seqlens, a.attention_factor, a.xpos_zeta, a.xpos_scale_base);
+  detail::check_rope_offset(op, a.positions, a.offset, detail::rope_seq_len(x, lay));
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_positions_wrap(op, a.positions, a.offset);
+  return std::get<0>(launch_rope(x, at::Tensor(), a, lay, conjugate));
+}
+
+// rope_qk (Backward = false) and rope_qk_backward: the two rope calls it is defined to equal
+// (q with the xPos magnitude, k with its inverse), in one launch that computes each cos/sin
+// once for every head of q and k.
+template <bool Backward>
+std::tuple<at::Tensor, at::Tensor> rope_qk_cuda(
+    const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& positions,
+    const at::Tensor& inv_freq, int64_t offset, std::optional<int64_t> rotary_dim,
+    bool interleaved, c10::string_view layout, const std::optional<at::Tensor>& cu_seqlens,
+    double attention_factor, const std::optional<at::Tensor>& xpos_zeta, double xpos_scale_base,
+    int64_t xpos_centre) {
+  const char* op = Backward ? "rope_qk_backward" : "rope_qk";
+  const char* q_arg = Backward ? "grad_q" : "q";
+  const detail::RopeLayout lay = detail::check_rope(op, q_arg, q, positions, inv_freq, rotary_dim,
+                                                    layout, cu_seqlens, attention_factor,
+                                                    xpos_zeta, xpos_scale_base);
+  const RopeParams a{positions,  inv_freq,   offset,           rotary_dim,
+                     interleaved, layout,    cu_seqlens,       attention_factor,
+                     xpos_zeta,  xpos_scale_base, /*xpos_inverse=*/false, xpos_centre};
+  detail::check_rope_pair(op, q_arg, q, Backward ? "grad_k" : "k", k, a, lay);
+  detail::check_rope_offset(op, positions, offset, detail::rope_seq_len(q, lay));
+  const c10::cuda::CUDAGuard guard(q.device());
+  check_positions_wrap(op, positions, offset);
+  return launch_rope(q, k, a, lay, /*conjugate=*/Backward);
+}
+
+// Rotates `q_src` (x, or the upstream gradient when adjoint) and, when defined, `k_src` (the
+// same B, S, D and layout) into fresh contiguous tensors, in one launch.
+std::tuple<at::Tensor, at::Tensor> launch_apply_rotary(const at::Tensor& q_src,
+                                                       const at::Tensor& k_src,
+                                                       const at::Tensor& cos, const at::Tensor& sin,
+                                                       bool interleaved, bool bshd, bool adjoint) {
+  const bool has_k = k_src.defined() && k_src.numel() > 0;
+  if (q_src.numel() == 0) {  // the units are q's: rotate k alone
+    at::Tensor k_out = k_src.defined() ? at::empty(k_src.sizes(), k_src.options()) : at::Tensor();
+    if (has_k) {
+      k_out = std::get<0>(launch_apply_rotary(k_src, at::Tensor(), cos, sin, interleaved, bshd,
+                                              adjoint));
+    }
+    return {at::empty(q_src.sizes(), q_src.options()), k_out};
+  }
+  auto q_out = at::empty(q_src.sizes(), q_src.options());
+  auto k_out = k_src.defined() ? at::empty(k_src.sizes(), k_src.options()) : at::Tensor();
+  const Bhsd qg = bhsd(q_src, bshd), qog = bhsd(q_out, bshd);
+  const Bhsd kg = has_k ? bhsd(k_src, bshd) : qg, kog = has_k ? bhsd(k_out, bshd) : qog;
+  const int64_t B = qg.size[0], S = qg.size[2], D = qg.size[3];
+  const int64_t H = std::max(qg.size[1], has_k ? kg.size[1] : 0);
   const int64_t half = cos.size(-1) / 2;
-  const RowLaunch l = row_launch(B, H, S, D, half);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "apply_rotary_pos_emb_cuda", [&] {
-    apply_rotary_kernel<scalar_t><<<cuda::num_blocks(l.units), l.block, 0, stream>>>(
-        src.const_data_ptr<scalar_t>(), sg, out.mutable_data_ptr<scalar_t>(), og,
-        cos.const_data_ptr<scalar_t>(), table(cos), sin.const_data_ptr<scalar_t>(), table(sin),
-        half, interleaved, adjoint, l.units, l.head_chunks, l.heads_per_thread);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q_src.scalar_type(), "apply_rotary_pos_emb_cuda", [&] {
+    const Rotated<scalar_t> q{q_src.const_data_ptr<scalar_t>(), qg,
+                              q_out.mutable_data_ptr<scalar_t>(), qog};
+    const Rotated<scalar_t> k{has_k ? k_src.const_data_ptr<scalar_t>() : nullptr, kg,
+                              has_k ? k_out.mutable_data_ptr<scalar_t>() : nullptr, kog};
+    int V = vector_width(q.x, q.xg, q.out, q.og, half, interleaved);
+    if (has_k) V = std::min(V, vector_width(k.x, k.xg, k.out, k.og, half, interleaved));
+    const dim3 block = rotation_block(H, half, D, V, interleaved);
+    auto launch = [&](auto kernel) {
+      kernel<<<cuda::num_blocks(B * S), block, 0, stream>>>(
+          q, k, cos.const_data_ptr<scalar_t>(), table(cos), sin.const_data_ptr<scalar_t>(),
+          table(sin), half, interleaved, adjoint);
+    };
+    if (V == 1) {
+      launch(apply_rotary_kernel<scalar_t, 1>);
+    } else {
+      launch(apply_rotary_kernel<scalar_t, cuda::kVec<scalar_t>>);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return {q_out, k_out};
 }
 
 at::Tensor apply_rotary_pos_emb_forward_cuda(const at::Tensor& x, const at::Tensor& cos,
@@ -336,7 +546,8 @@ at::Tensor apply_rotary_pos_emb_forward_cuda(const at::Tensor& x, const at::Tens
   const bool bshd = detail::check_apply_rotary("apply_rotary_pos_emb", x, cos, sin, layout);
   const c10::cuda::CUDAGuard guard(x.device());
   if (x.numel() == 0) return at::empty(x.sizes(), x.options());
-  return launch_apply_rotary(x, cos, sin, interleaved, bshd, /*adjoint=*/false);
+  return std::get<0>(
+      launch_apply_rotary(x, at::Tensor(), cos, sin, interleaved, bshd, /*adjoint=*/false));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_cuda(
@@ -349,7 +560,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_cud
     return {at::empty(x.sizes(), x.options()), at::zeros(cos.sizes(), cos.options()),
             at::zeros(sin.sizes(), sin.options())};
   }
-  auto grad_x = launch_apply_rotary(grad, cos, sin, interleaved, bshd, /*adjoint=*/true);
+  auto grad_x = std::get<0>(
+      launch_apply_rotary(grad, at::Tensor(), cos, sin, interleaved, bshd, /*adjoint=*/true));
   auto grad_cos = at::empty(cos.sizes(), cos.options());
   auto grad_sin = at::empty(sin.sizes(), sin.options());
   if (grad_cos.numel() == 0) return {grad_x, grad_cos, grad_sin};
@@ -382,6 +594,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_rotary_pos_emb_backward_cud
 TORCH_LIBRARY_IMPL(posenc, CUDA, m) {
   m.impl("rope", &posenc::detail::rope_kernel_entry<posenc::rope_cuda, false>);
   m.impl("rope_backward", &posenc::detail::rope_kernel_entry<posenc::rope_cuda, true>);
+  m.impl("rope_qk", &posenc::rope_qk_cuda<false>);
+  m.impl("rope_qk_backward", &posenc::rope_qk_cuda<true>);
   m.impl("apply_rotary_pos_emb", &posenc::apply_rotary_pos_emb_forward_cuda);
   m.impl("apply_rotary_pos_emb_backward", &posenc::apply_rotary_pos_emb_backward_cuda);
 }
