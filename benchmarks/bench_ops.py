@@ -251,6 +251,15 @@ def eager_kerple(r1, r2, q_len, k_len, causal=True):
     return (-r1.float()[:, None, None] * torch.log1p(r2.float()[:, None, None] * d)).to(r1.dtype)
 
 
+def eager_fgate(log_fgate, q_len):
+    # x-transformers' data-dependent ALiBi / FoX: cumsum, broadcast subtraction, causal mask
+    c = log_fgate.float().cumsum(-1)
+    k_len = log_fgate.size(-1)
+    bias = c[..., k_len - q_len:, None] - c[..., None, :]
+    future = torch.ones(q_len, k_len, dtype=torch.bool, device=log_fgate.device).triu(k_len - q_len + 1)
+    return bias.masked_fill(future, float("-inf")).to(log_fgate.dtype)
+
+
 def eager_sinusoidal(positions, dim, dtype, base=10000.0):
     freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
     ang = positions.double()[:, None] * freq[None]
@@ -315,6 +324,14 @@ def case_kerple(dev, dtype, H, Lq, Lk):
     r2 = (torch.rand(H, device=dev) * 0.5 + 0.1).to(dtype).requires_grad_()
     return bias_case("kerple_bias", [r1, r2], partial(ops.kerple_bias, r1, r2, Lq, Lk, kind="log"),
                      lambda: eager_kerple(r1, r2, Lq, Lk), H, Lq, Lk, dtype)
+
+
+def case_fgate(dev, dtype, B, H, Lq, Lk):
+    lf = torch.nn.functional.logsigmoid(torch.randn(B, H, Lk, device=dev) + 2).to(dtype).requires_grad_()
+    n = B * H * Lq * Lk * esize(dtype)
+    return Case(fn=partial(ops.forgetting_gate_bias, lf, Lq, Lk - Lq), inputs=[lf],
+                eager=lambda: eager_fgate(lf, Lq), family="bias", out_shape=(B * H, Lq, Lk),
+                nbytes=(n, n), out_note="out=: not supported", tril=Lq == Lk)
 
 
 def case_rel_pos(dev, dtype, B, H, L, D, mode, M=128):
@@ -408,6 +425,9 @@ VARIANTS = {
         Variant("causal", partial(case_alibi, causal=True), "-slope * (i - j) from arange", "bias"),
     ],
     "kerple_bias": [Variant("log", case_kerple, "-r1 * log1p(r2 * d) from a distance matrix (causal d)", "bias")],
+    "forgetting_gate_bias": [
+        Variant("causal", case_fgate, "cumsum + broadcast c_i - c_j + causal masked_fill (x-transformers)", "bias"),
+    ],
     "rel_pos_scores": [
         Variant("bidir R=2L-1", partial(case_rel_pos, mode="bidir"),
                 "TXL: q @ rel_emb.flip^T over 2L-1 distances + pad-and-reshape shift", "rel_bidir"),
@@ -439,6 +459,7 @@ CPU_SIZES = {  # the sizes of issue 10
     "t5_bias": [dict(H=12, Lq=2048, Lk=2048), dict(H=12, Lq=4096, Lk=4096)],
     "alibi_bias": [dict(H=12, Lq=2048, Lk=2048), dict(H=12, Lq=4096, Lk=4096)],
     "kerple_bias": [dict(H=12, Lq=2048, Lk=2048), dict(H=12, Lq=4096, Lk=4096)],
+    "forgetting_gate_bias": [dict(B=1, H=12, Lq=2048, Lk=2048), dict(B=1, H=12, Lq=1, Lk=4096)],
     "rel_pos_scores": [dict(B=4, H=8, L=1024, D=64)],
     "rope": [dict(B=4, H=32, S=2048, D=128)],
     "rope_exact": [dict(B=4, H=32, S=2048, D=128)],
@@ -453,6 +474,7 @@ SIZES = {  # realistic GPU sizes
     "t5_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
     "alibi_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
     "kerple_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
+    "forgetting_gate_bias": [dict(B=2, H=16, Lq=4096, Lk=4096), dict(B=8, H=16, Lq=1, Lk=4096)],
     "sinusoidal_table": [dict(N=32768, dim=1024)],
 }
 QUICK_SIZES = {  # a smoke run
@@ -463,6 +485,7 @@ QUICK_SIZES = {  # a smoke run
     "t5_bias": [dict(H=4, Lq=256, Lk=256)],
     "alibi_bias": [dict(H=4, Lq=256, Lk=256)],
     "kerple_bias": [dict(H=4, Lq=256, Lk=256)],
+    "forgetting_gate_bias": [dict(B=1, H=4, Lq=256, Lk=256)],
     "sinusoidal_table": [dict(N=1024, dim=64)],
 }
 CHECK_SIZES = {  # the eager == op check (fp32)
@@ -473,6 +496,7 @@ CHECK_SIZES = {  # the eager == op check (fp32)
     "t5_bias": dict(H=3, Lq=150, Lk=170),
     "alibi_bias": dict(H=5, Lq=9, Lk=13),
     "kerple_bias": dict(H=3, Lq=9, Lk=13),
+    "forgetting_gate_bias": dict(B=2, H=3, Lq=11, Lk=11),
     "sinusoidal_table": dict(N=50, dim=16),
 }
 

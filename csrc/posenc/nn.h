@@ -3,6 +3,7 @@
 #pragma once
 
 #include "posenc/nn/alibi.h"
+#include "posenc/nn/forgetting_gate.h"
 #include "posenc/nn/kerple.h"
 #include "posenc/nn/learned.h"
 #include "posenc/nn/rotary.h"

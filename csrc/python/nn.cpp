@@ -187,6 +187,18 @@ void init_nn(py::module& m) {
     with_repr<Impl>(cls);
   }
   {
+    using Impl = ForgettingGateImpl;
+    auto cls = torch::python::bind_module<Impl, true>(m, "ForgettingGate");
+    cls.def(py::init([](int64_t d_model, int64_t num_heads, double init_std) {
+              return std::make_shared<Impl>(
+                  ForgettingGateOptions(d_model, num_heads).init_std(init_std));
+            }),
+            py::arg("d_model"), py::arg("num_heads"), py::arg("init_std") = 0.02);
+    bind_forward(cls, &Impl::forward, py::arg("x"));
+    cls.def("log_fgate", &Impl::log_fgate, py::arg("x"));
+    with_repr<Impl>(cls);
+  }
+  {
     using Impl = TransformerXLRelativeScoreImpl;
     auto cls = torch::python::bind_module<Impl, true>(m, "TransformerXLRelativeScore");
     cls.def(py::init([](int64_t d_model, int64_t num_heads, int64_t head_dim, double base) {

@@ -29,6 +29,7 @@ ALiBi = _C.ALiBi
 T5RelativeBias = _C.T5RelativeBias
 KERPLEBias = _C.KERPLEBias
 TransformerXLRelativeScore = _C.TransformerXLRelativeScore
+ForgettingGate = _C.ForgettingGate
 
 
 def _rotary_from_config(cls: Any, config: Any, **kwargs: Any) -> Any:
@@ -92,6 +93,7 @@ __all__ = [
     "T5RelativeBias",
     "KERPLEBias",
     "TransformerXLRelativeScore",
+    "ForgettingGate",
     "state_dict",
     "load_state_dict",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "rope",
     "apply_rotary_pos_emb",
     "relative_attention",
+    "forgetting_gate_bias",
 ]
 
 
@@ -566,3 +567,35 @@ def relative_attention(
         max_seqlen_q=max_seqlen_q,
         max_seqlen_k=max_seqlen_k,
     )
+
+
+def forgetting_gate_bias(
+    log_fgate: Tensor, q_len: int, q_offset: int = 0, k_offset: int = 0
+) -> Tensor:
+    """Forgetting-gate attention bias (Lin et al. 2025, "Forgetting Transformer", §2), ``(B, H, q_len, k_len)``.
+
+    FoX computes ``O = softmax(Q K^T + D) V`` with ``D_ij = log F_ij``, ``F_ij = prod_{j < s <= i} f_s``
+    for ``j <= i`` and 0 after; ``f_s = sigmoid(w_f^T x_s + b_f)`` is a per-head forget gate of
+    token ``s`` (x-transformers calls it data-dependent ALiBi). With the caller's log gates
+    ``log_fgate`` ``(B, H, k_len)`` (``F.logsigmoid`` of the gate logits; key ``t`` at position
+    ``k_offset + t``) and ``c_t = sum_{s <= t} log_fgate_s`` (in fp64), query ``i`` at position
+    ``q_offset + i`` is key index ``t_i = q_offset - k_offset + i`` and
+
+    ``out[b, h, i, j] = c[t_i] - c[j]`` for ``j <= t_i``, ``-inf`` for ``j > t_i``.
+
+    The bias is its own causal mask: pass it (in the queries' dtype) as ``attn_mask`` to SDPA
+    with ``is_causal=False``; adding a causal mask as well changes nothing. A single-query call
+    at ``q_offset = k_offset + k_len - 1`` equals the last row of the full call (KV-cache
+    decoding). Output dtype is ``log_fgate``'s (float16/bfloat16/float32/float64; any strides),
+    contiguous. Gradient flows to ``log_fgate``: the reverse cumulative sum of (row sum minus
+    column sum) of the incoming gradient, in fp64 and a fixed order (deterministic, no atomics).
+
+    Errors (``RuntimeError``, "posenc.forgetting_gate_bias: argument ..."): ``log_fgate`` not
+    3-D floating; ``q_len`` < 0; offsets outside ``+-2**61``; a query not at a key position
+    (``k_offset <= q_offset`` and ``q_offset + q_len <= k_offset + k_len`` are required: query
+    ``i`` reads the gates up to its own position); an output whose size in bytes overflows
+    int64; ``log_fgate`` values not finite or > 0 ("must be finite ..., but got
+    log_fgate[b, h, t] = nan"), checked for CPU tensors only: on CUDA the check would need a
+    stream sync on every call, and non-finite gates give NaN there.
+    """
+    return torch.ops.posenc.forgetting_gate_bias(log_fgate, q_len, q_offset, k_offset)
