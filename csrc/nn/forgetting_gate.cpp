@@ -50,5 +50,20 @@ torch::Tensor ForgettingGateImpl::forward(const torch::Tensor& x) {
   return ops::forgetting_gate_bias(l, l.size(2)).to(x.scalar_type());
 }
 
+torch::Tensor ForgettingGateImpl::attention(const torch::Tensor& q, const torch::Tensor& k,
+                                            const torch::Tensor& v, const torch::Tensor& x,
+                                            const std::optional<torch::Tensor>& key_padding_mask,
+                                            int64_t q_offset, int64_t k_offset,
+                                            std::optional<double> scale) {
+  const auto o = ops::RelativeAttentionOptions()
+                     .log_fgate(log_fgate(x))
+                     .causal(true)
+                     .key_padding_mask(key_padding_mask)
+                     .scale(scale)
+                     .q_offset(q_offset)
+                     .k_offset(k_offset);
+  return std::get<0>(ops::relative_attention(q, k, v, o));
+}
+
 }  // namespace nn
 }  // namespace posenc

@@ -246,6 +246,12 @@ struct RelativeAttentionOptions {
   /// "thd": the longest sequences (optional; on CUDA they save a host sync).
   TORCH_ARG(std::optional<int64_t>, max_seqlen_q) = std::nullopt;
   TORCH_ARG(std::optional<int64_t>, max_seqlen_k) = std::nullopt;
+  /// Forgetting-gate term (Lin et al. 2025): the log forget gates log sigmoid(f) <= 0 of the
+  /// keys, (B, H, k_len) for "bhsd" or (total_k, H) for "thd" (any float dtype); the term is
+  /// forgetting_gate_bias(log_fgate, q_len, q_offset, k_offset), per sequence for "thd".
+  /// Requires causal = true and every query at a key position (k_offset <= q_offset,
+  /// q_offset + q_len <= k_offset + k_len, per sequence).
+  TORCH_ARG(std::optional<at::Tensor>, log_fgate) = std::nullopt;
 };
 
 /// Fused relative-position attention: softmax(scale * q k^T + P + mask) v, computed in tiles
@@ -254,8 +260,9 @@ struct RelativeAttentionOptions {
 /// the same offsets: none, ALiBi (alibi_bias with causal = !bidirectional), T5 (t5_bias), KERPLE
 /// (kerple_bias with causal = !bidirectional), or relative scores rel_pos_scores(q_rel,
 /// rel_emb, q_offset, k_offset, k_len, max_distance) (Transformer-XL's (b)+(d) with q_rel = q +
-/// v, Shaw et al. 2018 with q_rel = q). At most one position term per call, selected by the
-/// parameters given. P is added unscaled (pre-scale rel_emb for Transformer-XL's 1/sqrt(d)).
+/// v, Shaw et al. 2018 with q_rel = q), or the forgetting gate (forgetting_gate_bias(log_fgate,
+/// q_len, q_offset, k_offset), per sequence for "thd"; causal only). At most one position term
+/// per call, selected by the parameters given. P is added unscaled (pre-scale rel_emb for Transformer-XL's 1/sqrt(d)).
 ///
 /// q, k, v: float16/bfloat16/float32/float64 (one dtype, one device, any strides), head_dim
 /// (and v's) <= 256, H % H_kv == 0 (grouped-query / multi-query attention). Math in fp32 for
@@ -268,7 +275,8 @@ struct RelativeAttentionOptions {
 /// for merging partial results (ring attention). A query whose keys are all masked gets out = 0
 /// and lse = -inf, and zero gradients (never NaN).
 ///
-/// Differentiable in q, k, v, the position parameters (slopes, table, r1, r2, rel_emb, q_rel)
+/// Differentiable in q, k, v, the position parameters (slopes, table, r1, r2, rel_emb, q_rel,
+/// log_fgate)
 /// and through lse. The backward recomputes the tiles from lse; parameter gradients are reduced
 /// in a fixed order without atomics (bit-identical across runs and CPU thread counts).
 ///

@@ -196,6 +196,9 @@ void init_nn(py::module& m) {
             py::arg("d_model"), py::arg("num_heads"), py::arg("init_std") = 0.02);
     bind_forward(cls, &Impl::forward, py::arg("x"));
     cls.def("log_fgate", &Impl::log_fgate, py::arg("x"));
+    cls.def("attention", &Impl::attention, py::arg("q"), py::arg("k"), py::arg("v"),
+            py::arg("x"), py::arg("key_padding_mask") = py::none(), py::arg("q_offset") = 0,
+            py::arg("k_offset") = 0, py::arg("scale") = py::none());
     with_repr<Impl>(cls);
   }
   {

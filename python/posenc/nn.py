@@ -966,6 +966,34 @@ class ForgettingGate(nn.Module):
         lf = self.log_fgate(x)
         return ops.forgetting_gate_bias(lf, lf.size(2)).to(x.dtype)
 
+    @torch.jit.export
+    def attention(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        x: Tensor,
+        key_padding_mask: Optional[Tensor] = None,
+        q_offset: int = 0,
+        k_offset: int = 0,
+        scale: Optional[float] = None,
+    ) -> Tensor:
+        """Fused forgetting attention, no ``(Lq, Lk)`` bias tensor.
+
+        :func:`posenc.ops.relative_attention` with ``log_fgate = self.log_fgate(x)`` and
+        ``causal=True``: the numbers of SDPA with :meth:`forward`'s bias as ``attn_mask``.
+        ``x`` ``(B, Lk, d_model)`` are the key tokens; ``q`` ``(B, H, Lq, D)``, ``k``
+        ``(B, H_kv, Lk, D)``, ``v`` ``(B, H_kv, Lk, Dv)``; ``key_padding_mask`` ``(B, Lk)``
+        bool, ``True`` = padding; query ``i`` at ``q_offset + i``, key ``j`` at ``k_offset + j``
+        (every query at a key position); ``scale`` defaults to ``1/sqrt(D)``. Returns
+        ``(B, H, Lq, Dv)`` in ``q``'s dtype. Raises ``RuntimeError`` as the op does.
+        """
+        out, _ = ops.relative_attention(
+            q, k, v, causal=True, key_padding_mask=key_padding_mask, scale=scale,
+            q_offset=q_offset, k_offset=k_offset, log_fgate=self.log_fgate(x),
+        )
+        return out
+
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, init_std={_fmt(self.init_std)}"
 

@@ -480,6 +480,7 @@ def relative_attention(
     cu_seqlens_k: Optional[Tensor] = None,
     max_seqlen_q: Optional[int] = None,
     max_seqlen_k: Optional[int] = None,
+    log_fgate: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Fused relative-position attention ``softmax(scale * q k^T + P + mask) v``, no L x L tensor.
 
@@ -496,7 +497,12 @@ def relative_attention(
       :func:`rel_pos_scores` ``(q_rel, rel_emb, q_offset, k_offset, k_len, max_distance)`` —
       Transformer-XL's terms (b)+(d) with ``q_rel = q + v_bias`` (Dai et al. 2019, §3.3), Shaw et
       al. 2018's relative keys with ``q_rel=None`` (``q`` itself). ``P`` is not multiplied by
-      ``scale``: scale ``rel_emb`` for Transformer-XL's ``1/sqrt(d)``.
+      ``scale``: scale ``rel_emb`` for Transformer-XL's ``1/sqrt(d)``;
+    * ``log_fgate`` ``(B, H, Lk)`` (``"thd"``: ``(Tk, H)``; any float dtype): the forgetting
+      gate (Lin et al. 2025), :func:`forgetting_gate_bias` ``(log_fgate, Lq, q_offset,
+      k_offset)`` (per sequence for "thd", the prefix sums restarting at each sequence), computed
+      per tile from the fp64 prefix sums of the log gates. Requires ``causal=True`` and every
+      query at a key position (``k_offset <= q_offset``, ``q_offset + Lq <= k_offset + Lk``).
 
     ``bidirectional`` (ALiBi/KERPLE: ``|d|`` instead of the causal form; T5: bidirectional
     buckets) defaults to ``not causal``. Position contract as the bias ops: query ``i`` at
@@ -520,7 +526,7 @@ def relative_attention(
     float32 (float64 for float64 inputs), for merging partial results (ring attention). A query
     whose keys are all masked gets zeros, ``lse = -inf`` and zero gradients, never NaN.
 
-    Gradients flow to ``q``, ``k``, ``v``, the position parameters and ``q_rel``, also through
+    Gradients flow to ``q``, ``k``, ``v``, the position parameters, ``q_rel`` and ``log_fgate``, also through
     ``lse``; the backward recomputes tiles from ``lse`` and reduces parameter gradients in a
     fixed order without atomics (bit-identical across runs and CPU thread counts). Extra
     memory is O(B·H·L) (O(B·H·L·D) for the relative-scores term and GQA gradients).
@@ -566,6 +572,7 @@ def relative_attention(
         cu_seqlens_k=cu_seqlens_k,
         max_seqlen_q=max_seqlen_q,
         max_seqlen_k=max_seqlen_k,
+        log_fgate=log_fgate,
     )
 
 

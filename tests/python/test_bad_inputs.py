@@ -571,6 +571,19 @@ row("fgate-grad-shape", F, lambda: torch.ops.posenc.forgetting_gate_bias_backwar
 row("fgate-zero-gates-defined", F, lambda: ops.forgetting_gate_bias(torch.zeros(1, 1, 3, dtype=F64), 3),
     check=close(ref_fgate(torch.zeros(1, 1, 3), 3), atol=0))
 row("fgate-decode-row", F, lambda: ops.forgetting_gate_bias(LF.double(), 1, 3, 0), check=close(ref_fgate(LF, 1, 3, 0), atol=1e-12))
+F = "relative_attention"
+QF, KF, VF = randn(1, 2, 4, 4), randn(1, 2, 4, 4), randn(1, 2, 4, 4)
+row("attn-fgate-not-causal", F, lambda: ops.relative_attention(QF, KF, VF, log_fgate=LF), **err(F, "log_fgate", "causal=True", "causal=False"))
+row("attn-fgate-shape", F, lambda: ops.relative_attention(QF, KF, VF, causal=True, log_fgate=LF[:, :, :3]),
+    **err(F, "log_fgate", r"\[1, 2, 4\]", r"\[1, 2, 3\]"))
+row("attn-fgate-with-slopes", F, lambda: ops.relative_attention(QF, KF, VF, causal=True, slopes=S2, log_fgate=LF),
+    **err(F, "log_fgate", "at most one", "slopes"))
+row("attn-fgate-nan", F, lambda: ops.relative_attention(QF, KF, VF, causal=True, log_fgate=torch.full((1, 2, 4), NAN)),
+    **err(F, "log_fgate", "finite", "nan"))
+row("attn-fgate-offset", F, lambda: ops.relative_attention(QF, KF, VF, causal=True, q_offset=1, log_fgate=LF),
+    **err(F, "q_offset", "key position", "1"))
+row("attn-fgate-valid", F, lambda: ops.relative_attention(QF.double(), KF.double(), VF.double(), causal=True, log_fgate=LF.double())[0],
+    check=close(ref_attention(QF, KF, VF, ref_fgate(LF, 4)), atol=1e-10))
 
 # ---- the Python modules (posenc.nn), the C++ modules (posenc.cpp), scripted -------------------------
 for impl, M in (("py", pnn), ("cpp", pcpp)):

@@ -169,6 +169,9 @@ OP_CASES = [
     Case("forgetting_gate_bias_backward",
          lambda: Fn(lambda g, lf: P.forgetting_gate_bias_backward(g, lf, g.size(2), lf.size(2) - g.size(2), 0)),
          lambda L: (rnd(2, 3, 4, L), torch.nn.functional.logsigmoid(rnd(2, 3, L)))),
+    Case("relative_attention[forgetting_gate]",
+         lambda: Fn(lambda q, k, v, lf: P.relative_attention(q, k, v, causal=True, log_fgate=lf)),
+         lambda L: qkv(L) + (torch.nn.functional.logsigmoid(rnd(2, 2, L)),)),
     Case("relative_attention_backward", lambda: Fn(_attention_backward),
          lambda L: qkv(L) + (ops.alibi_slopes(2),), lambda L: ({2: L}, {2: L}, {2: L}, None)),
 ]

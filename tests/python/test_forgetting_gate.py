@@ -312,3 +312,188 @@ def test_scripted_module_runs_in_cpp(example_bin, tmp_path):
         want = m(x)
     _assert_same(_run_cpp(example_bin, torch.jit.script(m), (x,), tmp_path), want)
 
+
+# ---- the fused term: posenc.ops.relative_attention(..., log_fgate=...) ---------------------
+
+
+def ref_attention(q, k, v, lf, q_offset=0, k_offset=0, scale=None, kpm=None):
+    """softmax(scale q k^T + D [+ padding mask]) v and its log-sum-exp, fp64, D from ref_bias."""
+    q, k, v = q.double(), k.double(), v.double()
+    g = q.size(1) // k.size(1)
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    scale = q.size(-1) ** -0.5 if scale is None else scale
+    s = q @ k.transpose(-1, -2) * scale + ref_bias(lf, q.size(2), q_offset, k_offset)
+    if kpm is not None:
+        s = s.masked_fill(kpm[:, None, None, :], NINF)
+    return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
+
+
+def _qkv(B, H, Hkv, Lq, Lk, D, dtype=torch.float32, requires_grad=False):
+    out = [torch.randn(B, H, Lq, D, dtype=dtype), torch.randn(B, Hkv, Lk, D, dtype=dtype), torch.randn(B, Hkv, Lk, D, dtype=dtype)]
+    return [t.requires_grad_(requires_grad) for t in out]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "B,H,Hkv,Lq,Lk,q_off,k_off",
+    [(2, 2, 2, 9, 9, 0, 0), (1, 4, 2, 5, 13, 8, 0), (2, 2, 1, 1, 40, 39, 0), (1, 2, 2, 70, 70, 3, 3), (1, 1, 1, 600, 600, 0, 0)],
+)
+def test_fused_matches_reference_forward_lse_and_grads(dtype, B, H, Hkv, Lq, Lk, q_off, k_off):
+    q, k, v = _qkv(B, H, Hkv, Lq, Lk, 8, dtype, requires_grad=True)
+    lf = log_gates(B, H, Lk, dtype, requires_grad=True)
+    if Lq * Lk > 10000:  # ref_bias loops in Python: use the (checked) bias op for the long case
+        bias_fn = lambda x: ops.forgetting_gate_bias(x, Lq, q_off, k_off).double()
+    else:
+        bias_fn = lambda x: ref_bias(x, Lq, q_off, k_off)
+    out, lse = ops.relative_attention(q, k, v, causal=True, q_offset=q_off, k_offset=k_off, log_fgate=lf)
+    go, gl = torch.randn_like(out), torch.randn_like(lse)
+    grads = torch.autograd.grad((out * go).sum() + (lse * gl).sum(), (q, k, v, lf))
+    xs = [t.detach().double().requires_grad_(True) for t in (q, k, v, lf)]
+    g = H // Hkv
+    kk, vv = xs[1].repeat_interleave(g, 1), xs[2].repeat_interleave(g, 1)
+    s = xs[0] @ kk.transpose(-1, -2) * 8 ** -0.5 + bias_fn(xs[3])
+    want_out, want_lse = torch.softmax(s, -1) @ vv, torch.logsumexp(s, -1)
+    wants = torch.autograd.grad((want_out * go.double()).sum() + (want_lse * gl.double()).sum(), xs)
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-4)
+    torch.testing.assert_close(out.double(), want_out, **tol)
+    torch.testing.assert_close(lse.double(), want_lse, **tol)
+    for name, got, want in zip("q k v log_fgate".split(), grads, wants):
+        torch.testing.assert_close(got.double(), want, **tol, msg=lambda m: f"grad {name}: {m}")
+
+
+def test_fused_equals_materialized_bias_with_sdpa_half():
+    q, k, v = _qkv(2, 2, 2, 33, 33, 16, torch.bfloat16)
+    lf = log_gates(2, 2, 33)
+    out, _ = ops.relative_attention(q, k, v, causal=True, log_fgate=lf)
+    want, _ = ref_attention(q, k, v, lf)
+    torch.testing.assert_close(out.double(), want, **TOL[torch.bfloat16])
+
+
+def test_fused_padding_mask():
+    q, k, v = _qkv(2, 2, 2, 7, 7, 8, torch.float64)
+    lf = log_gates(2, 2, 7, torch.float64)
+    kpm = torch.zeros(2, 7, dtype=torch.bool)
+    kpm[1, :2] = True
+    out, lse = ops.relative_attention(q, k, v, causal=True, key_padding_mask=kpm, log_fgate=lf)
+    want, want_lse = ref_attention(q, k, v, lf, kpm=kpm)
+    # rows whose every allowed key is padding: zeros and lse = -inf (the op's convention)
+    dead = torch.isinf(want_lse)
+    torch.testing.assert_close(out[~dead], want[~dead], rtol=1e-10, atol=1e-12)
+    assert (out[dead] == 0).all() and torch.isneginf(lse[dead]).all()
+
+
+def test_fused_decode_step_equals_last_row():
+    q, k, v = _qkv(1, 2, 2, 12, 12, 8, torch.float64)
+    lf = log_gates(1, 2, 12, torch.float64)
+    full, full_lse = ops.relative_attention(q, k, v, causal=True, log_fgate=lf)
+    last, last_lse = ops.relative_attention(q[:, :, -1:], k, v, causal=True, q_offset=11, log_fgate=lf)
+    torch.testing.assert_close(last, full[:, :, -1:], rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(last_lse, full_lse[:, :, -1:], rtol=1e-12, atol=1e-13)
+
+
+def test_fused_thd_equals_per_sequence_calls():
+    lens = [5, 9, 3]
+    cu = torch.tensor([0, 5, 14, 17])
+    q = torch.randn(17, 4, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(17, 2, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(17, 2, 8, dtype=torch.float64, requires_grad=True)
+    lf = log_gates(1, 17, 4, torch.float64)[0].requires_grad_(True)  # (Tk, H)
+    out, lse = ops.relative_attention(q, k, v, causal=True, layout="thd", cu_seqlens_q=cu, log_fgate=lf)
+    (out.square().sum() + lse.sum()).backward()
+    for s, n in enumerate(lens):
+        a, b = int(cu[s]), int(cu[s + 1])
+        qs, ks, vs = (t.detach()[a:b].transpose(0, 1)[None].requires_grad_(True) for t in (q, k, v))
+        ls = lf.detach()[a:b].t()[None].contiguous().requires_grad_(True)
+        o, l = ops.relative_attention(qs, ks, vs, causal=True, log_fgate=ls)
+        torch.testing.assert_close(out[a:b].transpose(0, 1)[None], o, rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(lse[:, a:b][None], l, rtol=1e-12, atol=1e-13)
+        (o.square().sum() + l.sum()).backward()
+        torch.testing.assert_close(lf.grad[a:b].t()[None], ls.grad, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(q.grad[a:b].transpose(0, 1)[None], qs.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_log_fgate_grad_deterministic():
+    q, k, v = _qkv(2, 4, 2, 300, 300, 16, requires_grad=True)
+    lf = log_gates(2, 4, 300, requires_grad=True)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2, 2, 1):
+            torch.set_num_threads(n)
+            out, lse = ops.relative_attention(q, k, v, causal=True, log_fgate=lf)
+            grads.append(torch.autograd.grad(out.sum() + lse.sum(), (lf, q, k, v)))
+    finally:
+        torch.set_num_threads(threads)
+    for gs in grads[1:]:
+        for a, b in zip(gs, grads[0]):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(causal=False), r"argument 'log_fgate' requires causal=True"),
+        (dict(causal=True, slopes=torch.ones(2)), r"argument 'log_fgate' must not be combined with another position term.*both 'slopes' and 'log_fgate'"),
+        (dict(causal=True, bidirectional=False), r"argument 'bidirectional' is used only by ALiBi, T5 and KERPLE"),
+        (dict(causal=True, q_offset=1), r"argument 'q_offset' must place every query at a key position"),
+    ],
+)
+def test_fused_bad_inputs(kw, match):
+    q, k, v = _qkv(1, 2, 2, 4, 4, 8)
+    with pytest.raises(RuntimeError, match=r"posenc\.relative_attention: " + match):
+        ops.relative_attention(q, k, v, log_fgate=log_gates(1, 2, 4), **kw)
+
+
+def test_fused_bad_log_fgate_shape_and_values():
+    q, k, v = _qkv(1, 2, 2, 4, 4, 8)
+    with pytest.raises(RuntimeError, match=r"argument 'log_fgate' must have shape \(batch, heads, k_len\) = \[1, 2, 4\].*but got shape \[1, 2, 5\]"):
+        ops.relative_attention(q, k, v, causal=True, log_fgate=log_gates(1, 2, 5))
+    bad = log_gates(1, 2, 4)
+    bad[0, 1, 2] = float("nan")
+    with pytest.raises(RuntimeError, match=r"argument 'log_fgate' must be finite .*log_fgate\[0, 1, 2\] = nan"):
+        ops.relative_attention(q, k, v, causal=True, log_fgate=bad)
+    cu = torch.tensor([0, 2, 4])
+    with pytest.raises(RuntimeError, match=r"argument 'log_fgate' needs every query at a key position of its sequence.*sequence 0 with q_len = 2, k_len = 1"):
+        ops.relative_attention(q[0].transpose(0, 1), k[0].transpose(0, 1)[:3], v[0].transpose(0, 1)[:3], causal=True, layout="thd",
+                               cu_seqlens_q=cu, cu_seqlens_k=torch.tensor([0, 1, 3]), log_fgate=log_gates(1, 3, 2)[0])
+
+
+def test_fused_opcheck():
+    q, k, v = _qkv(1, 2, 1, 6, 6, 8, requires_grad=True)
+    lf = log_gates(1, 2, 6, requires_grad=True)
+    torch.library.opcheck(torch.ops.posenc.relative_attention.default, (q, k, v), dict(causal=True, log_fgate=lf))
+    q2 = torch.randn(9, 2, 8)
+    k2 = torch.randn(9, 2, 8)
+    torch.library.opcheck(
+        torch.ops.posenc.relative_attention.default, (q2, k2, k2.clone()),
+        dict(causal=True, layout="thd", cu_seqlens_q=torch.tensor([0, 4, 9]), log_fgate=log_gates(1, 9, 2)[0]),
+    )
+
+
+def test_fused_compile_fullgraph():
+    q, k, v = _qkv(1, 2, 2, 10, 10, 8, requires_grad=True)
+    lf = log_gates(1, 2, 10, requires_grad=True)
+    f = lambda q, k, v, lf: ops.relative_attention(q, k, v, causal=True, log_fgate=lf)[0].sum()
+    want = torch.autograd.grad(f(q, k, v, lf), (q, k, v, lf))
+    got = torch.autograd.grad(torch.compile(f, fullgraph=True)(q, k, v, lf), (q, k, v, lf))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("M", [pnn, pcpp])
+def test_module_attention_equals_forward_bias_with_sdpa(M):
+    m = M.ForgettingGate(16, 2)
+    x = torch.randn(2, 7, 16)
+    q, k, v = _qkv(2, 2, 2, 7, 7, 8)
+    got = m.attention(q, k, v, x)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=m(x))
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-6)
+
+
+def test_module_attention_scripted():
+    m = pnn.ForgettingGate(16, 2)
+    s = torch.jit.script(m)
+    x = torch.randn(1, 5, 16)
+    q, k, v = _qkv(1, 2, 1, 5, 5, 8)
+    assert torch.equal(s.attention(q, k, v, x), m.attention(q, k, v, x))
+

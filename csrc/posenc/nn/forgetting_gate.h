@@ -7,6 +7,7 @@
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
+#include <optional>
 #include <ostream>
 
 namespace posenc {
@@ -49,6 +50,17 @@ class ForgettingGateImpl : public torch::nn::Cloneable<ForgettingGateImpl> {
   /// x (B, L, d_model) -> the bias (B, H, L, L) in x's dtype (future keys -inf).
   torch::Tensor forward(const torch::Tensor& x);
 
+  /// Fused forgetting attention without the (Lq, Lk) bias: posenc::ops::relative_attention
+  /// with log_fgate = log_fgate(x) and causal = true (the numbers of SDPA with forward(x) as
+  /// attn_mask). x (B, Lk, d_model): the key tokens; q (B, H, Lq, D), k (B, H_kv, Lk, D), v
+  /// (B, H_kv, Lk, Dv); key_padding_mask (B, Lk) bool, true = padding; query i at q_offset + i,
+  /// key j at k_offset + j (every query at a key position); scale default 1/sqrt(D).
+  /// -> (B, H, Lq, Dv) in q's dtype. Errors: those of log_fgate and relative_attention.
+  torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const torch::Tensor& x,
+                          const std::optional<torch::Tensor>& key_padding_mask = std::nullopt,
+                          int64_t q_offset = 0, int64_t k_offset = 0,
+                          std::optional<double> scale = std::nullopt);
 
   /// The options the module was built with.
   ForgettingGateOptions options;
