@@ -6,6 +6,7 @@
 #include "posenc/nn/forgetting_gate.h"
 #include "posenc/nn/kerple.h"
 #include "posenc/nn/learned.h"
+#include "posenc/nn/nope.h"
 #include "posenc/nn/rotary.h"
 #include "posenc/nn/sinusoidal.h"
 #include "posenc/nn/t5.h"

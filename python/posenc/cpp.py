@@ -30,6 +30,7 @@ T5RelativeBias = _C.T5RelativeBias
 KERPLEBias = _C.KERPLEBias
 TransformerXLRelativeScore = _C.TransformerXLRelativeScore
 ForgettingGate = _C.ForgettingGate
+NoPE = _C.NoPE
 
 
 def _rotary_from_config(cls: Any, config: Any, **kwargs: Any) -> Any:
@@ -94,6 +95,7 @@ __all__ = [
     "KERPLEBias",
     "TransformerXLRelativeScore",
     "ForgettingGate",
+    "NoPE",
     "state_dict",
     "load_state_dict",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "KERPLEBias",
     "TransformerXLRelativeScore",
     "ForgettingGate",
+    "NoPE",
 ]
 
 
@@ -997,3 +998,43 @@ class ForgettingGate(nn.Module):
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, init_std={_fmt(self.init_std)}"
 
+
+class NoPE(nn.Module):
+    """No position encoding (NoPE; Kazemnejad et al. 2023), as an explicit choice.
+
+    ``forward(x)`` returns ``x`` unchanged (the slot of an absolute encoding);
+    :meth:`attention` is :func:`posenc.ops.relative_attention` without a position term, with
+    the causal mask when ``causal`` (in a decoder the mask is the only position signal). No
+    parameters or buffers; twin of ``posenc::nn::NoPE``.
+    """
+
+    causal: bool
+
+    def __init__(self, causal: bool = True) -> None:
+        super().__init__()
+        self.causal = causal
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    @torch.jit.export
+    def attention(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding_mask: Optional[Tensor] = None,
+        q_offset: int = 0,
+        k_offset: int = 0,
+        scale: Optional[float] = None,
+    ) -> Tensor:
+        """``softmax(scale * q k^T + mask) v``: shapes, offsets and errors as
+        :func:`posenc.ops.relative_attention`; the numbers of SDPA with ``is_causal``."""
+        out, _ = ops.relative_attention(
+            q, k, v, causal=self.causal, key_padding_mask=key_padding_mask, scale=scale,
+            q_offset=q_offset, k_offset=k_offset,
+        )
+        return out
+
+    def extra_repr(self) -> str:
+        return f"causal={self.causal}"

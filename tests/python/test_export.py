@@ -302,6 +302,7 @@ MODULE_CASES = [
     Case("KERPLEBias.attention", lambda: Method(posenc.nn.KERPLEBias(3, causal=False), "attention"),
          _module_attention_args, lambda L: ({2: L}, {2: L}, {2: L}, None, None, None)),
     Case("ForgettingGate", lambda: posenc.nn.ForgettingGate(8, 2), lambda L: (rnd(2, L, 8),)),
+    Case("NoPE.attention", lambda: Method(posenc.nn.NoPE(), "attention"), lambda L: qkv(L)),
     Case("TransformerXLRelativeScore", lambda: posenc.nn.TransformerXLRelativeScore(8, 2, 4),
          lambda L: (rnd(2, 2, L, 4), 3), lambda L: ({2: L}, None)),
     Case("TransformerXLRelativeScore.attention", lambda: Method(posenc.nn.TransformerXLRelativeScore(8, 2, 4), "attention"),

@@ -497,3 +497,28 @@ def test_module_attention_scripted():
     q, k, v = _qkv(1, 2, 1, 5, 5, 8)
     assert torch.equal(s.attention(q, k, v, x), m.attention(q, k, v, x))
 
+
+# ---- NoPE ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("M", [pnn, pcpp])
+def test_nope_module(M):
+    m = M.NoPE()
+    x = torch.randn(2, 3, 4)
+    assert m(x) is x or torch.equal(m(x), x)
+    q, k, v = _qkv(2, 2, 1, 6, 6, 8, torch.float64)
+    kk, vv = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+    s = q @ kk.transpose(-1, -2) / math.sqrt(8)
+    s = s.masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), NINF)
+    torch.testing.assert_close(m.attention(q, k, v), torch.softmax(s, -1) @ vv, rtol=1e-12, atol=1e-12)
+    nc = M.NoPE(causal=False)
+    torch.testing.assert_close(nc.attention(q, k, v), torch.softmax(q @ kk.transpose(-1, -2) / math.sqrt(8), -1) @ vv, rtol=1e-12, atol=1e-12)
+    assert len(list(m.parameters())) == 0
+
+
+def test_nope_scripted_and_repr():
+    s = torch.jit.script(pnn.NoPE())
+    q, k, v = _qkv(1, 2, 2, 4, 4, 8)
+    assert torch.equal(s.attention(q, k, v), pnn.NoPE().attention(q, k, v))
+    assert repr(pcpp.NoPE()) == "posenc::nn::NoPE(causal=true)"
+    assert "causal=True" in repr(pnn.NoPE())
