@@ -330,7 +330,7 @@ def case_fgate(dev, dtype, B, H, Lq, Lk):
     lf = torch.nn.functional.logsigmoid(torch.randn(B, H, Lk, device=dev) + 2).to(dtype).requires_grad_()
     n = B * H * Lq * Lk * esize(dtype)
     return Case(fn=partial(ops.forgetting_gate_bias, lf, Lq, Lk - Lq), inputs=[lf],
-                eager=lambda: eager_fgate(lf, Lq), family="bias", out_shape=(B * H, Lq, Lk),
+                eager=lambda: eager_fgate(lf, Lq), family="bias", out_shape=(B, H, Lq, Lk),
                 nbytes=(n, n), out_note="out=: not supported", tril=Lq == Lk)
 
 
