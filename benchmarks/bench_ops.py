@@ -280,6 +280,15 @@ def eager_fire(c, L, w1, b1, w2, b2, q_len, k_len, eps=1e-6):
     return torch.nn.functional.linear(h, w2, b2).permute(2, 0, 1)
 
 
+def eager_fgate(log_fgate, q_len):
+    # x-transformers' data-dependent ALiBi / FoX: cumsum, broadcast subtraction, causal mask
+    c = log_fgate.float().cumsum(-1)
+    k_len = log_fgate.size(-1)
+    bias = c[..., k_len - q_len:, None] - c[..., None, :]
+    future = torch.ones(q_len, k_len, dtype=torch.bool, device=log_fgate.device).triu(k_len - q_len + 1)
+    return bias.masked_fill(future, float("-inf")).to(log_fgate.dtype)
+
+
 def eager_sinusoidal(positions, dim, dtype, base=10000.0):
     freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
     ang = positions.double()[:, None] * freq[None]
@@ -365,6 +374,14 @@ def case_fire(dev, dtype, H, Lq, Lk, hidden=32):
     p = [t.detach().to(dev, dtype).requires_grad_() for t in p]
     return bias_case("fire_bias", p, partial(ops.fire_bias, *p, Lq, Lk, causal=False),
                      lambda: eager_fire(*p, Lq, Lk), H, Lq, Lk, dtype)
+
+
+def case_fgate(dev, dtype, B, H, Lq, Lk):
+    lf = torch.nn.functional.logsigmoid(torch.randn(B, H, Lk, device=dev) + 2).to(dtype).requires_grad_()
+    n = B * H * Lq * Lk * esize(dtype)
+    return Case(fn=partial(ops.forgetting_gate_bias, lf, Lq, Lk - Lq), inputs=[lf],
+                eager=lambda: eager_fgate(lf, Lq), family="bias", out_shape=(B, H, Lq, Lk),
+                nbytes=(n, n), out_note="out=: not supported", tril=Lq == Lk)
 
 
 def case_rel_pos(dev, dtype, B, H, L, D, mode, M=128):
@@ -495,6 +512,9 @@ VARIANTS = {
         Variant("hidden32 bidir", case_fire,
                 "FIRE paper code: normalized distance matrix + MLP on every (i, j) entry"),
     ],
+    "forgetting_gate_bias": [
+        Variant("causal", case_fgate, "cumsum + broadcast c_i - c_j + causal masked_fill (x-transformers)", "bias"),
+    ],
     "rel_pos_scores": [
         Variant("bidir R=2L-1", partial(case_rel_pos, mode="bidir"),
                 "TXL: q @ rel_emb.flip^T over 2L-1 distances + pad-and-reshape shift", "rel_bidir"),
@@ -536,6 +556,7 @@ CPU_SIZES = {  # the sizes of issue 10
     "kerple_bias": [dict(H=12, Lq=2048, Lk=2048), dict(H=12, Lq=4096, Lk=4096)],
     "dynamic_position_bias": [dict(H=12, Lq=2048, Lk=2048), dict(H=12, Lq=4096, Lk=4096)],
     "fire_bias": [dict(H=12, Lq=1024, Lk=1024), dict(H=12, Lq=2048, Lk=2048)],
+    "forgetting_gate_bias": [dict(B=1, H=12, Lq=2048, Lk=2048), dict(B=1, H=12, Lq=1, Lk=4096)],
     "rel_pos_scores": [dict(B=4, H=8, L=1024, D=64)],
     "rope": [dict(B=4, H=32, S=2048, D=128)],
     "rope_exact": [dict(B=4, H=32, S=2048, D=128)],
@@ -553,6 +574,7 @@ SIZES = {  # realistic GPU sizes
     "kerple_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
     "dynamic_position_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
     "fire_bias": [dict(H=16, Lq=4096, Lk=4096), dict(H=16, Lq=1, Lk=4096)],
+    "forgetting_gate_bias": [dict(B=2, H=16, Lq=4096, Lk=4096), dict(B=8, H=16, Lq=1, Lk=4096)],
     "sinusoidal_table": [dict(N=32768, dim=1024)],
     "cope_scores": [dict(B=8, H=16, L=2048, D=128)],
 }
@@ -566,6 +588,7 @@ QUICK_SIZES = {  # a smoke run
     "kerple_bias": [dict(H=4, Lq=256, Lk=256)],
     "dynamic_position_bias": [dict(H=4, Lq=256, Lk=256)],
     "fire_bias": [dict(H=4, Lq=256, Lk=256)],
+    "forgetting_gate_bias": [dict(B=1, H=4, Lq=256, Lk=256)],
     "sinusoidal_table": [dict(N=1024, dim=64)],
     "cope_scores": [dict(B=1, H=2, L=128, D=32)],
 }
@@ -579,6 +602,7 @@ CHECK_SIZES = {  # the eager == op check (fp32)
     "kerple_bias": dict(H=3, Lq=9, Lk=13),
     "dynamic_position_bias": dict(H=3, Lq=9, Lk=13),
     "fire_bias": dict(H=3, Lq=9, Lk=13),
+    "forgetting_gate_bias": dict(B=2, H=3, Lq=11, Lk=11),
     "sinusoidal_table": dict(N=50, dim=16),
     "cope_scores": dict(B=2, H=3, L=9, D=4),
 }

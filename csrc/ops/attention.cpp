@@ -18,7 +18,8 @@ std::tuple<at::Tensor, at::Tensor> relative_attention(const at::Tensor& q, const
   return detail::relative_attention_op().call(
       q, k, v, o.slopes(), o.table(), o.r1(), o.r2(), o.rel_emb(), o.q_rel(), o.causal(),
       o.key_padding_mask(), o.scale(), o.q_offset(), o.k_offset(), o.bidirectional(),
-      o.max_distance(), kind, o.layout(), o.cu_seqlens_q(), o.cu_seqlens_k(), msq, msk);
+      o.max_distance(), kind, o.layout(), o.cu_seqlens_q(), o.cu_seqlens_k(), msq, msk,
+      o.log_fgate());
 }
 
 }  // namespace ops
@@ -31,15 +32,15 @@ TORCH_LIBRARY_FRAGMENT(posenc, m) {
       "Tensor? q_rel=None, bool causal=False, Tensor? key_padding_mask=None, float? scale=None, "
       "SymInt q_offset=0, SymInt k_offset=0, bool? bidirectional=None, int? max_distance=None, "
       "str? kerple_kind=None, str layout=\"bhsd\", Tensor? cu_seqlens_q=None, "
-      "Tensor? cu_seqlens_k=None, SymInt? max_seqlen_q=None, SymInt? max_seqlen_k=None) "
-      "-> (Tensor out, Tensor lse)");
+      "Tensor? cu_seqlens_k=None, SymInt? max_seqlen_q=None, SymInt? max_seqlen_k=None, "
+      "Tensor? log_fgate=None) -> (Tensor out, Tensor lse)");
   m.def(
       "relative_attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, "
       "Tensor v, Tensor out, Tensor lse, Tensor? slopes, Tensor? table, Tensor? r1, Tensor? r2, "
       "Tensor? rel_emb, Tensor? q_rel, bool causal, Tensor? key_padding_mask, float? scale, "
       "SymInt q_offset, SymInt k_offset, bool? bidirectional, int? max_distance, "
       "str? kerple_kind, str layout, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
-      "SymInt? max_seqlen_q, SymInt? max_seqlen_k) -> (Tensor grad_q, Tensor grad_k, "
-      "Tensor grad_v, Tensor grad_slopes, Tensor grad_table, Tensor grad_r1, Tensor grad_r2, "
-      "Tensor grad_rel_emb, Tensor grad_q_rel)");
+      "SymInt? max_seqlen_q, SymInt? max_seqlen_k, Tensor? log_fgate=None) -> (Tensor grad_q, "
+      "Tensor grad_k, Tensor grad_v, Tensor grad_slopes, Tensor grad_table, Tensor grad_r1, "
+      "Tensor grad_r2, Tensor grad_rel_emb, Tensor grad_q_rel, Tensor grad_log_fgate)");
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "check.h"
+#include "forgetting_gate.h"
 #include "kerple.h"
 #include "position_terms.h"
 #include "t5.h"
@@ -31,11 +32,11 @@ using RelativeAttentionSig = std::tuple<at::Tensor, at::Tensor>(
     const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, bool,
     const OptTensor&, std::optional<double>, c10::SymInt, c10::SymInt, std::optional<bool>,
     std::optional<int64_t>, std::optional<c10::string_view>, c10::string_view, const OptTensor&,
-    const OptTensor&, std::optional<c10::SymInt>, std::optional<c10::SymInt>);
+    const OptTensor&, std::optional<c10::SymInt>, std::optional<c10::SymInt>, const OptTensor&);
 
 using RelativeAttentionGrads =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-               at::Tensor, at::Tensor, at::Tensor>;
+               at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 using RelativeAttentionBackwardSig = RelativeAttentionGrads(
     const at::Tensor&, const OptTensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -43,7 +44,7 @@ using RelativeAttentionBackwardSig = RelativeAttentionGrads(
     const OptTensor&, const OptTensor&, const OptTensor&, bool, const OptTensor&,
     std::optional<double>, c10::SymInt, c10::SymInt, std::optional<bool>, std::optional<int64_t>,
     std::optional<c10::string_view>, c10::string_view, const OptTensor&, const OptTensor&,
-    std::optional<c10::SymInt>, std::optional<c10::SymInt>);
+    std::optional<c10::SymInt>, std::optional<c10::SymInt>, const OptTensor&);
 
 inline auto& relative_attention_op() {
   static auto op = c10::Dispatcher::singleton()
@@ -74,6 +75,7 @@ struct AttentionArgs {
   std::string layout = "bhsd";
   OptTensor cu_seqlens_q, cu_seqlens_k;
   std::optional<Int> max_seqlen_q, max_seqlen_k;
+  OptTensor log_fgate;  // forgetting gate: (B, H, Lk), or (Tk, H) packed
 };
 
 template <typename Int>
@@ -88,7 +90,8 @@ AttentionArgs<Int> make_attention_args(const OptTensor& slopes, const OptTensor&
                                        c10::string_view layout, const OptTensor& cu_seqlens_q,
                                        const OptTensor& cu_seqlens_k,
                                        std::optional<Int> max_seqlen_q,
-                                       std::optional<Int> max_seqlen_k) {
+                                       std::optional<Int> max_seqlen_k,
+                                       const OptTensor& log_fgate) {
   AttentionArgs<Int> a;
   a.slopes = slopes;
   a.table = table;
@@ -109,6 +112,7 @@ AttentionArgs<Int> make_attention_args(const OptTensor& slopes, const OptTensor&
   a.cu_seqlens_k = cu_seqlens_k;
   a.max_seqlen_q = std::move(max_seqlen_q);
   a.max_seqlen_k = std::move(max_seqlen_k);
+  a.log_fgate = log_fgate;
   return a;
 }
 
@@ -130,6 +134,7 @@ inline const char* family_arg(PositionFamily f, bool has_r1) {
     case PositionFamily::T5: return "table";
     case PositionFamily::KERPLE: return has_r1 ? "r1" : "r2";
     case PositionFamily::RelScores: return "rel_emb";
+    case PositionFamily::ForgettingGate: return "log_fgate";
     default: return "";
   }
 }
@@ -140,6 +145,7 @@ inline const char* family_name(PositionFamily f) {
     case PositionFamily::T5: return "T5 ('table')";
     case PositionFamily::KERPLE: return "KERPLE ('r1', 'r2')";
     case PositionFamily::RelScores: return "relative scores ('rel_emb')";
+    case PositionFamily::ForgettingGate: return "forgetting gate ('log_fgate')";
     default: return "none";
   }
 }
@@ -304,6 +310,7 @@ AttentionConfig check_relative_attention(const char* op, const at::Tensor& q, co
   take(a.table.has_value(), PositionFamily::T5);
   take(a.r1.has_value() || a.r2.has_value(), PositionFamily::KERPLE);
   take(a.rel_emb.has_value(), PositionFamily::RelScores);
+  take(a.log_fgate.has_value(), PositionFamily::ForgettingGate);
   const auto fam = cfg.family;
   const bool toeplitz = fam == PositionFamily::ALiBi || fam == PositionFamily::T5 ||
                         fam == PositionFamily::KERPLE;
@@ -379,6 +386,35 @@ AttentionConfig check_relative_attention(const char* op, const at::Tensor& q, co
       }
       break;
     }
+    case PositionFamily::ForgettingGate: {
+      const at::Tensor& l = *a.log_fgate;
+      // The term masks future keys itself (F_ij = 0); the kernels skip them only under the
+      // causal mask, so the two must go together.
+      POSENC_CHECK_ARG(a.causal, op, "log_fgate",
+                       "requires causal=True (the forgetting gate is defined for keys at or "
+                       "before the query, Lin et al. 2025)",
+                       "causal=False");
+      const char* doc = cfg.thd ? "(total_k, heads)" : "(batch, heads, k_len)";
+      check_dim(op, "log_fgate", l, cfg.thd ? 2 : 3, doc);
+      check_floating(op, "log_fgate", l);
+      check_same_device(op, "log_fgate", l, "q", q);
+      const bool shape_ok =
+          cfg.thd ? (l.sym_size(0) == k.sym_size(0) && l.sym_size(1) == heads)
+                  : (l.sym_size(0) == q.sym_size(0) && l.sym_size(1) == heads &&
+                     l.sym_size(2) == k.sym_size(2));
+      POSENC_CHECK_ARG(shape_ok, op, "log_fgate",
+                       cfg.thd ? c10::str("must have shape (total_k, heads) = [", k.sym_size(0),
+                                          ", ", heads, "] (one gate per key token and q head)")
+                               : c10::str("must have shape (batch, heads, k_len) = [",
+                                          q.sym_size(0), ", ", heads, ", ", k.sym_size(2),
+                                          "] (one gate per key and q head)"),
+                       "shape ", shape_str(l));
+      if (!cfg.thd) {
+        check_fgate_positions(op, concrete(q.sym_size(2)), concrete(k.sym_size(2)),
+                              concrete(a.q_offset), concrete(a.k_offset));
+      }
+      break;
+    }
     default:
       break;
   }
@@ -446,13 +482,14 @@ std::tuple<at::Tensor, at::Tensor> relative_attention_kernel_entry(
     std::optional<bool> bidirectional, std::optional<int64_t> max_distance,
     std::optional<c10::string_view> kerple_kind, c10::string_view layout,
     const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k,
-    std::optional<int64_t> max_seqlen_q, std::optional<int64_t> max_seqlen_k) {
+    std::optional<int64_t> max_seqlen_q, std::optional<int64_t> max_seqlen_k,
+    const OptTensor& log_fgate) {
   return Impl(q, k, v,
               make_attention_args<int64_t>(slopes, table, r1, r2, rel_emb, q_rel, causal,
                                            key_padding_mask, scale, q_offset, k_offset,
                                            bidirectional, max_distance, kerple_kind, layout,
                                            cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                           max_seqlen_k));
+                                           max_seqlen_k, log_fgate));
 }
 
 template <AttentionBackwardImpl Impl>
@@ -465,13 +502,14 @@ RelativeAttentionGrads relative_attention_backward_kernel_entry(
     int64_t k_offset, std::optional<bool> bidirectional, std::optional<int64_t> max_distance,
     std::optional<c10::string_view> kerple_kind, c10::string_view layout,
     const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k,
-    std::optional<int64_t> max_seqlen_q, std::optional<int64_t> max_seqlen_k) {
+    std::optional<int64_t> max_seqlen_q, std::optional<int64_t> max_seqlen_k,
+    const OptTensor& log_fgate) {
   return Impl(grad_out, grad_lse, q, k, v, out, lse,
               make_attention_args<int64_t>(slopes, table, r1, r2, rel_emb, q_rel, causal,
                                            key_padding_mask, scale, q_offset, k_offset,
                                            bidirectional, max_distance, kerple_kind, layout,
                                            cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                           max_seqlen_k));
+                                           max_seqlen_k, log_fgate));
 }
 
 }  // namespace detail

@@ -4,7 +4,8 @@
 //
 // Every term is a function of the head h and the signed distance d = q_pos - k_pos (the
 // Toeplitz families ALiBi, T5 and KERPLE), or of d and the query row (the relative-scores
-// term, whose value is q_rel . R[row(d)]). Each term has two entry points: `value`, the bias at
+// term, whose value is q_rel . R[row(d)]), or of the two positions themselves (the
+// forgetting gate, c[q] - c[k] of a data-dependent prefix sum). Each term has two entry points: `value`, the bias at
 // distance d, and the derivative that folds a gradient summed over one distance (a diagonal
 // of the (q_len, k_len) grid) into the term's parameters. The kernels sum gradients per
 // diagonal in a fixed order and then call the derivative once per diagonal, so parameter
@@ -29,7 +30,14 @@ namespace detail {
 #define POSENC_TERM_MATH(fn) std::fn
 #endif
 
-enum class PositionFamily : int { None = 0, ALiBi = 1, T5 = 2, KERPLE = 3, RelScores = 4 };
+enum class PositionFamily : int {
+  None = 0,
+  ALiBi = 1,
+  T5 = 2,
+  KERPLE = 3,
+  RelScores = 4,
+  ForgettingGate = 5
+};
 
 // ---- ALiBi (Press et al. 2022, §3) --------------------------------------------------------
 // Causal form -slope * d (future keys get positive values; a causal mask removes them),
@@ -93,6 +101,29 @@ C10_HOST_DEVICE inline int64_t t5_term_bucket(int64_t d, bool bidirectional, int
 C10_HOST_DEVICE inline int64_t rel_term_row(int64_t d, int64_t c, int64_t max_distance) {
   const int64_t dc = d < -max_distance ? -max_distance : (d > max_distance ? max_distance : d);
   return c + dc;
+}
+
+// ---- Forgetting gate (Lin et al. 2025, FoX §2: softmax(q k^T + D) v) ----------------------
+// Per (sequence, head) the caller's log gates l_t = log sigmoid(f_t) <= 0 of the key positions
+// t = 0 .. k_len - 1 (key t at k_offset + t), and their inclusive prefix sums c_t = sum_{s<=t}
+// l_s, kept in fp64 (a fixed-order sum; fp32 would lose c_q - c_k to cancellation once |c|
+// grows with the sequence). Query i (position q_offset + i) is key index t_q = base + i,
+// base = q_offset - k_offset (the ops require 0 <= t_q < k_len). The term of key j is
+// D_ij = c[t_q] - c[j] = sum_{j < s <= t_q} l_s for j <= t_q, and -inf for j > t_q (the paper's
+// F_ij = 0: the term is its own causal mask).
+C10_HOST_DEVICE inline int64_t fgate_term_query_index(int64_t base, int64_t i) { return base + i; }
+
+template <typename T>
+C10_HOST_DEVICE inline T fgate_term_value(double c_q, double c_k) {
+  return static_cast<T>(c_q - c_k);
+}
+
+// Gradient: an incoming g at (i, j), j <= t_q, adds +g to dc[t_q] and -g to dc[j]; with
+// rows[t] the summed g of the query whose t_q = t (0 if none) and cols[t] the summed g of key
+// column t, dc[t] = rows[t] - cols[t], and d l_s = sum_{t >= s} dc[t] (a reverse prefix sum,
+// again in a fixed order).
+C10_HOST_DEVICE inline double fgate_term_dc(double row_sum, double col_sum) {
+  return row_sum - col_sum;
 }
 
 }  // namespace detail

@@ -4,8 +4,10 @@
 
 #include "posenc/nn/alibi.h"
 #include "posenc/nn/cope.h"
+#include "posenc/nn/forgetting_gate.h"
 #include "posenc/nn/kerple.h"
 #include "posenc/nn/learned.h"
+#include "posenc/nn/nope.h"
 #include "posenc/nn/rotary.h"
 #include "posenc/nn/sinusoidal.h"
 #include "posenc/nn/t5.h"

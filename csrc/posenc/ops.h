@@ -108,6 +108,27 @@ at::Tensor& kerple_bias_out(at::Tensor& out, const at::Tensor& r1, const at::Ten
                             int64_t k_offset = 0, const std::string& kind = "log",
                             bool causal = true);
 
+/// Forgetting-gate bias (Lin et al. 2025, "Forgetting Transformer", §2: O = softmax(Q K^T + D) V;
+/// the data-dependent ALiBi of x-transformers). log_fgate (B, H, k_len): the log forget gate
+/// log sigmoid(f_t) of key t (at position k_offset + t), computed by the caller from the tokens;
+/// float16/bfloat16/float32/float64, any strides. With c_t = sum_{s <= t} log_fgate_s (fp64) and
+/// query i at q_offset + i, i.e. key index t_i = q_offset - k_offset + i:
+///   out[b, h, i, j] = c[t_i] - c[j] (= sum_{j < s <= t_i} log_fgate_s) for j <= t_i, -inf for j > t_i
+/// -> (B, H, q_len, k_len) in log_fgate's dtype, contiguous: the log of the paper's F_ij = prod
+/// f_s, so future keys get -inf (F_ij = 0) and the bias is its own causal mask (pass it to SDPA
+/// as attn_mask with is_causal=false; an extra causal mask changes nothing). A single-query call
+/// at q_offset = k_offset + k_len - 1 is the last row of the full call (KV-cache decoding).
+/// Differentiable in log_fgate: d log_fgate_s = sum_{t >= s} (rows_t - cols_t), rows_t = the
+/// gradient summed over query t's row, cols_t = over key column t, in fixed order (fp64,
+/// deterministic, no atomics). Errors: log_fgate 3-D floating; q_len >= 0; offsets within
+/// +-2^61; every query at a key position (k_offset <= q_offset, q_offset + q_len <= k_offset +
+/// k_len; "argument 'q_offset' must place every query at a key position ..."); an output whose
+/// size in bytes overflows int64; log_fgate values finite and <= 0 ("argument 'log_fgate' must
+/// be finite ..., but got log_fgate[b, h, t] = nan"), checked on CPU tensors only: on CUDA the
+/// check would need a stream sync, and non-finite values give NaN there.
+at::Tensor forgetting_gate_bias(const at::Tensor& log_fgate, int64_t q_len, int64_t q_offset = 0,
+                                int64_t k_offset = 0);
+
 /// Relative position scores (Transformer-XL terms (b)+(d), Dai et al. 2019 §3.3; Shaw et al.
 /// 2018 eq. 5 relative keys): out[b,h,i,j] = q[b,h,i,:] . rel_emb[h, c + clamp(d, -M, M), :]
 /// with d = q_pos - k_pos, c = (R - 1) / 2 (R odd), M = max_distance (default c, at most c).
@@ -262,6 +283,12 @@ struct RelativeAttentionOptions {
   /// "thd": the longest sequences (optional; on CUDA they save a host sync).
   TORCH_ARG(std::optional<int64_t>, max_seqlen_q) = std::nullopt;
   TORCH_ARG(std::optional<int64_t>, max_seqlen_k) = std::nullopt;
+  /// Forgetting-gate term (Lin et al. 2025): the log forget gates log sigmoid(f) <= 0 of the
+  /// keys, (B, H, k_len) for "bhsd" or (total_k, H) for "thd" (any float dtype); the term is
+  /// forgetting_gate_bias(log_fgate, q_len, q_offset, k_offset), per sequence for "thd".
+  /// Requires causal = true and every query at a key position (k_offset <= q_offset,
+  /// q_offset + q_len <= k_offset + k_len, per sequence).
+  TORCH_ARG(std::optional<at::Tensor>, log_fgate) = std::nullopt;
 };
 
 /// Fused relative-position attention: softmax(scale * q k^T + P + mask) v, computed in tiles
@@ -270,8 +297,9 @@ struct RelativeAttentionOptions {
 /// the same offsets: none, ALiBi (alibi_bias with causal = !bidirectional), T5 (t5_bias), KERPLE
 /// (kerple_bias with causal = !bidirectional), or relative scores rel_pos_scores(q_rel,
 /// rel_emb, q_offset, k_offset, k_len, max_distance) (Transformer-XL's (b)+(d) with q_rel = q +
-/// v, Shaw et al. 2018 with q_rel = q). At most one position term per call, selected by the
-/// parameters given. P is added unscaled (pre-scale rel_emb for Transformer-XL's 1/sqrt(d)).
+/// v, Shaw et al. 2018 with q_rel = q), or the forgetting gate (forgetting_gate_bias(log_fgate,
+/// q_len, q_offset, k_offset), per sequence for "thd"; causal only). At most one position term
+/// per call, selected by the parameters given. P is added unscaled (pre-scale rel_emb for Transformer-XL's 1/sqrt(d)).
 ///
 /// q, k, v: float16/bfloat16/float32/float64 (one dtype, one device, any strides), head_dim
 /// (and v's) <= 256, H % H_kv == 0 (grouped-query / multi-query attention). Math in fp32 for
@@ -284,7 +312,8 @@ struct RelativeAttentionOptions {
 /// for merging partial results (ring attention). A query whose keys are all masked gets out = 0
 /// and lse = -inf, and zero gradients (never NaN).
 ///
-/// Differentiable in q, k, v, the position parameters (slopes, table, r1, r2, rel_emb, q_rel)
+/// Differentiable in q, k, v, the position parameters (slopes, table, r1, r2, rel_emb, q_rel,
+/// log_fgate)
 /// and through lse. The backward recomputes the tiles from lse; parameter gradients are reduced
 /// in a fixed order without atomics (bit-identical across runs and CPU thread counts).
 ///

@@ -224,6 +224,34 @@ void init_nn(py::module& m) {
     with_repr<Impl>(cls);
   }
   {
+    using Impl = ForgettingGateImpl;
+    auto cls = torch::python::bind_module<Impl, true>(m, "ForgettingGate");
+    cls.def(py::init([](int64_t d_model, int64_t num_heads, double init_std) {
+              return std::make_shared<Impl>(
+                  ForgettingGateOptions(d_model, num_heads).init_std(init_std));
+            }),
+            py::arg("d_model"), py::arg("num_heads"), py::arg("init_std") = 0.02);
+    bind_forward(cls, &Impl::forward, py::arg("x"));
+    cls.def("log_fgate", &Impl::log_fgate, py::arg("x"));
+    cls.def("attention", &Impl::attention, py::arg("q"), py::arg("k"), py::arg("v"),
+            py::arg("x"), py::arg("key_padding_mask") = py::none(), py::arg("q_offset") = 0,
+            py::arg("k_offset") = 0, py::arg("scale") = py::none());
+    with_repr<Impl>(cls);
+  }
+  {
+    using Impl = NoPEImpl;
+    auto cls = torch::python::bind_module<Impl, true>(m, "NoPE");
+    cls.def(py::init([](bool causal) {
+              return std::make_shared<Impl>(NoPEOptions().causal(causal));
+            }),
+            py::arg("causal") = true);
+    bind_forward(cls, &Impl::forward, py::arg("x"));
+    cls.def("attention", &Impl::attention, py::arg("q"), py::arg("k"), py::arg("v"),
+            py::arg("key_padding_mask") = py::none(), py::arg("q_offset") = 0,
+            py::arg("k_offset") = 0, py::arg("scale") = py::none());
+    with_repr<Impl>(cls);
+  }
+  {
     using Impl = TransformerXLRelativeScoreImpl;
     auto cls = torch::python::bind_module<Impl, true>(m, "TransformerXLRelativeScore");
     cls.def(py::init([](int64_t d_model, int64_t num_heads, int64_t head_dim, double base) {

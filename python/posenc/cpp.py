@@ -32,6 +32,8 @@ DynamicPositionBias = _C.DynamicPositionBias
 FIRE = _C.FIRE
 TransformerXLRelativeScore = _C.TransformerXLRelativeScore
 CoPE = _C.CoPE
+ForgettingGate = _C.ForgettingGate
+NoPE = _C.NoPE
 
 
 def _rotary_from_config(cls: Any, config: Any, **kwargs: Any) -> Any:
@@ -101,6 +103,8 @@ __all__ = [
     "FIRE",
     "TransformerXLRelativeScore",
     "CoPE",
+    "ForgettingGate",
+    "NoPE",
     "state_dict",
     "load_state_dict",
 ]

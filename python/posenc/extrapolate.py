@@ -11,7 +11,9 @@ extrapolate like ALiBi. ``docs/extrapolate/`` holds the table and plot of the de
 
 Encodings (``--encodings``, comma separated, default all):
 
-* ``none``        NoPE: no position information except the causal mask.
+* ``none``        NoPE (Kazemnejad et al. 2023; ``nope`` is accepted as an alias): no position
+  information except the causal mask (``posenc.nn.NoPE.attention``: the fused op without a
+  position term).
 * ``sinusoidal``  ``posenc.nn.SinusoidalPositionalEncoding`` added to the byte embeddings.
 * ``learned``     ``posenc.nn.LearnedPositionalEmbedding`` with ``max_len = L``; it cannot go
   past its table, which the table reports as ``n/a (table L)`` (the module's error is caught).
@@ -23,6 +25,9 @@ Encodings (``--encodings``, comma separated, default all):
 * ``kerple``      ``posenc.nn.KERPLEBias`` (logarithmic kernel, learned per layer).
 * ``xl``          Transformer-XL relative attention: content score ``(q + u) k^T`` plus the
   position score of ``posenc.nn.TransformerXLRelativeScore`` (per layer), no memory.
+* ``forgetting_gate``  the Forgetting Transformer's data-dependent forget gate (Lin et al.
+  2025; x-transformers' data-dependent ALiBi): ``posenc.nn.ForgettingGate`` per layer, bias
+  ``sum_{j < s <= i} log sigmoid(w^T x_s + b)``, no other position information.
 
 RoPE scalings (``--rope-scalings``, default all; rows ``rope+<scaling>``): the trained ``rope``
 model, not retrained, evaluated with the frequencies of a context-extension scaling from
@@ -132,12 +137,14 @@ import posenc
 import posenc.nn as pnn
 from posenc.rope_config import RopeConfig
 
-ENCODINGS = ("none", "sinusoidal", "learned", "rope", "alibi", "t5", "kerple", "xl")
+ENCODINGS = ("none", "sinusoidal", "learned", "rope", "alibi", "t5", "kerple", "xl", "forgetting_gate")
+# Other names accepted by --encodings.
+ALIASES = {"nope": "none"}
 DEFAULT_FACTORS = (1, 2, 4, 8, 16)
 QUICK_FACTORS = (1, 2, 4)
 
 # Defaults of the full run, and what --quick changes (explicit flags win over both).
-# Sized to finish all eight encodings in a few minutes on 2 CPU cores while every model still
+# Sized to finish all nine encodings in a few minutes on 2 CPU cores while every model still
 # learns (held-out perplexity ~5-8 per byte against ~26 for a unigram model).
 DEFAULTS = dict(train_len=64, steps=800, batch_size=16, d_model=64, layers=2, heads=4, lr=6e-3)
 QUICK = dict(train_len=32, steps=200, batch_size=16, d_model=32, layers=1, heads=2, lr=1e-2)
@@ -258,6 +265,9 @@ class Attention(nn.Module):
         self.xl = (
             pnn.TransformerXLRelativeScore(d_model, heads, self.head_dim) if encoding == "xl" else None
         )
+        # The forget gate reads the tokens of each layer (Lin et al. 2025).
+        self.fgate = pnn.ForgettingGate(d_model, heads) if encoding == "forgetting_gate" else None
+        self.nope = pnn.NoPE(causal=True) if encoding == "none" else None
 
     def forward(self, x: Tensor, shared_bias: Optional[Tensor], causal: Optional[Tensor],
                 rope_freqs: Optional[Tuple[Tensor, float]] = None,
@@ -274,6 +284,10 @@ class Attention(nn.Module):
                 y = self.kerple.attention(q, k, v)
             elif self.xl is not None:
                 y = self.xl.attention(q, k, v)
+            elif self.fgate is not None:
+                y = self.fgate.attention(q, k, v, x)
+            elif self.nope is not None:
+                y = self.nope.attention(q, k, v)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             return self.out(y.transpose(1, 2).reshape(B, S, D))
@@ -293,6 +307,8 @@ class Attention(nn.Module):
             # the same way, so the logits are ((q+u) k^T + (q+v) R^T) / sqrt(d) as in the paper.
             mask = self.xl(q) * (self.head_dim ** -0.5) + causal
             q = self.xl.content_query(q)
+        elif self.fgate is not None:
+            mask = self.fgate(x)  # masks future keys itself (-inf)
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -725,7 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="tiny model, few steps, eval at 1x,2x,4x L: a smoke test in seconds")
     p.add_argument("--attention", choices=("fused", "materialized"), default="fused",
-                   help="relative encodings (alibi, t5, kerple, xl): 'fused' runs "
+                   help="relative encodings (alibi, t5, kerple, xl, forgetting_gate): 'fused' runs "
                    "posenc.ops.relative_attention (no L x L tensor, O(L) extra memory); "
                    "'materialized' passes the (H, L, L) bias + causal mask to SDPA, for "
                    "comparison (default fused)")
@@ -739,7 +755,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     if args.quick:
         base.update(QUICK)
     cfg = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in base.items()}
-    encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
+    encodings = [ALIASES.get(e.strip(), e.strip()) for e in args.encodings.split(",") if e.strip()]
     bad = [e for e in encodings if e not in ENCODINGS]
     if bad or not encodings:
         raise SystemExit(
@@ -968,6 +984,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "shared_across_layers": True},
             "kerple": {"kind": "log", "per_layer": True},
             "xl": {"mem_len": 0, "per_layer": True},
+            "forgetting_gate": {"gate": "sigmoid(Linear(d_model -> heads))", "per_layer": True,
+                                "init": "weight N(0, 0.02), bias 0"},
             "learned": {"max_len": L},
             "rope": {"base": 10000.0, "rotary_dim": cfg["d_model"] // cfg["heads"],
                      "scalings": cfg["rope_scalings"],

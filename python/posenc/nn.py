@@ -32,6 +32,8 @@ __all__ = [
     "FIRE",
     "TransformerXLRelativeScore",
     "CoPE",
+    "ForgettingGate",
+    "NoPE",
 ]
 
 
@@ -1235,3 +1237,130 @@ class CoPE(nn.Module):
         if self.scale is not None:
             s += f", scale={self.scale}"
         return s
+
+
+class ForgettingGate(nn.Module):
+    """Forgetting gate of the Forgetting Transformer (Lin et al. 2025, §2), per head.
+
+    ``f_t = sigmoid(w_f^T x_t + b_f)``; the attention bias is ``D_ij = sum_{j < s <= i} log f_s``
+    for ``j <= i`` and ``-inf`` after (:func:`posenc.ops.forgetting_gate_bias`): softmax
+    attention with a data-dependent decay, no position embedding needed. ``proj`` is
+    ``Linear(d_model, num_heads)`` with bias (state_dict keys ``proj.weight``, ``proj.bias``,
+    as ``posenc::nn::ForgettingGate``), weight ``N(0, init_std)`` and bias 0 (FoX's "full" gate).
+
+    ``log_fgate(x)``: ``x`` ``(B, L, d_model)`` -> ``log sigmoid(proj(x))`` as ``(B, H, L)``
+    float32 (fp32 as FoX). ``forward(x)`` -> the bias ``(B, H, L, L)`` in ``x``'s dtype for
+    self-attention over ``x``; pass it as ``attn_mask`` to SDPA (it already masks future keys).
+    For a KV cache keep ``log_fgate`` of the cached tokens and call the op with ``q_offset``.
+
+    Raises:
+        ValueError: ``d_model`` or ``num_heads`` <= 0, ``init_std`` < 0 or not finite.
+        RuntimeError: ``x`` not ``(B, L, d_model)``.
+    """
+
+    d_model: int
+    num_heads: int
+    init_std: float
+
+    def __init__(self, d_model: int, num_heads: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        name = "ForgettingGate"
+        _check_option(d_model > 0, name, "d_model", "must be > 0", d_model)
+        _check_option(num_heads > 0, name, "num_heads", "must be > 0", num_heads)
+        _check_option(
+            math.isfinite(init_std) and init_std >= 0, name, "init_std",
+            "must be finite and >= 0", _fmt(init_std),
+        )
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.init_std = init_std
+        self.proj = nn.Linear(d_model, num_heads)
+        with torch.no_grad():
+            self.proj.weight.normal_(0.0, init_std)
+            self.proj.bias.zero_()
+
+    @torch.jit.export
+    def log_fgate(self, x: Tensor) -> Tensor:
+        """``x`` ``(B, L, d_model)`` -> ``log sigmoid(proj(x))``, ``(B, H, L)`` float32."""
+        if x.dim() != 3 or x.size(2) != self.d_model:
+            raise RuntimeError(
+                f"posenc.ForgettingGate: argument 'x' must be a 3-D tensor of shape "
+                f"(batch, seq, d_model = {self.d_model}), but got shape {list(x.shape)}"
+            )
+        return F.logsigmoid(self.proj(x).float()).transpose(1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        lf = self.log_fgate(x)
+        return ops.forgetting_gate_bias(lf, lf.size(2)).to(x.dtype)
+
+    @torch.jit.export
+    def attention(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        x: Tensor,
+        key_padding_mask: Optional[Tensor] = None,
+        q_offset: int = 0,
+        k_offset: int = 0,
+        scale: Optional[float] = None,
+    ) -> Tensor:
+        """Fused forgetting attention, no ``(Lq, Lk)`` bias tensor.
+
+        :func:`posenc.ops.relative_attention` with ``log_fgate = self.log_fgate(x)`` and
+        ``causal=True``: the numbers of SDPA with :meth:`forward`'s bias as ``attn_mask``.
+        ``x`` ``(B, Lk, d_model)`` are the key tokens; ``q`` ``(B, H, Lq, D)``, ``k``
+        ``(B, H_kv, Lk, D)``, ``v`` ``(B, H_kv, Lk, Dv)``; ``key_padding_mask`` ``(B, Lk)``
+        bool, ``True`` = padding; query ``i`` at ``q_offset + i``, key ``j`` at ``k_offset + j``
+        (every query at a key position); ``scale`` defaults to ``1/sqrt(D)``. Returns
+        ``(B, H, Lq, Dv)`` in ``q``'s dtype. Raises ``RuntimeError`` as the op does.
+        """
+        out, _ = ops.relative_attention(
+            q, k, v, causal=True, key_padding_mask=key_padding_mask, scale=scale,
+            q_offset=q_offset, k_offset=k_offset, log_fgate=self.log_fgate(x),
+        )
+        return out
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, num_heads={self.num_heads}, init_std={_fmt(self.init_std)}"
+
+
+class NoPE(nn.Module):
+    """No position encoding (NoPE; Kazemnejad et al. 2023), as an explicit choice.
+
+    ``forward(x)`` returns ``x`` unchanged (the slot of an absolute encoding);
+    :meth:`attention` is :func:`posenc.ops.relative_attention` without a position term, with
+    the causal mask when ``causal`` (in a decoder the mask is the only position signal). No
+    parameters or buffers; twin of ``posenc::nn::NoPE``.
+    """
+
+    causal: bool
+
+    def __init__(self, causal: bool = True) -> None:
+        super().__init__()
+        self.causal = causal
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    @torch.jit.export
+    def attention(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding_mask: Optional[Tensor] = None,
+        q_offset: int = 0,
+        k_offset: int = 0,
+        scale: Optional[float] = None,
+    ) -> Tensor:
+        """``softmax(scale * q k^T + mask) v``: shapes, offsets and errors as
+        :func:`posenc.ops.relative_attention`; the numbers of SDPA with ``is_causal``."""
+        out, _ = ops.relative_attention(
+            q, k, v, causal=self.causal, key_padding_mask=key_padding_mask, scale=scale,
+            q_offset=q_offset, k_offset=k_offset,
+        )
+        return out
+
+    def extra_repr(self) -> str:
+        return f"causal={self.causal}"

@@ -30,6 +30,7 @@ __all__ = [
     "rope_qk",
     "apply_rotary_pos_emb",
     "relative_attention",
+    "forgetting_gate_bias",
 ]
 
 
@@ -719,6 +720,7 @@ def relative_attention(
     cu_seqlens_k: Optional[Tensor] = None,
     max_seqlen_q: Optional[int] = None,
     max_seqlen_k: Optional[int] = None,
+    log_fgate: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Fused relative-position attention ``softmax(scale * q k^T + P + mask) v``, no L x L tensor.
 
@@ -735,7 +737,12 @@ def relative_attention(
       :func:`rel_pos_scores` ``(q_rel, rel_emb, q_offset, k_offset, k_len, max_distance)`` —
       Transformer-XL's terms (b)+(d) with ``q_rel = q + v_bias`` (Dai et al. 2019, §3.3), Shaw et
       al. 2018's relative keys with ``q_rel=None`` (``q`` itself). ``P`` is not multiplied by
-      ``scale``: scale ``rel_emb`` for Transformer-XL's ``1/sqrt(d)``.
+      ``scale``: scale ``rel_emb`` for Transformer-XL's ``1/sqrt(d)``;
+    * ``log_fgate`` ``(B, H, Lk)`` (``"thd"``: ``(Tk, H)``; any float dtype): the forgetting
+      gate (Lin et al. 2025), :func:`forgetting_gate_bias` ``(log_fgate, Lq, q_offset,
+      k_offset)`` (per sequence for "thd", the prefix sums restarting at each sequence), computed
+      per tile from the fp64 prefix sums of the log gates. Requires ``causal=True`` and every
+      query at a key position (``k_offset <= q_offset``, ``q_offset + Lq <= k_offset + Lk``).
 
     ``bidirectional`` (ALiBi/KERPLE: ``|d|`` instead of the causal form; T5: bidirectional
     buckets) defaults to ``not causal``. Position contract as the bias ops: query ``i`` at
@@ -764,7 +771,7 @@ def relative_attention(
     does (float64 is not cast); the position parameters are read as they are; ``out`` has the
     autocast dtype and ``lse`` stays float32.
 
-    Gradients flow to ``q``, ``k``, ``v``, the position parameters and ``q_rel``, also through
+    Gradients flow to ``q``, ``k``, ``v``, the position parameters, ``q_rel`` and ``log_fgate``, also through
     ``lse``; the backward recomputes tiles from ``lse`` and reduces parameter gradients in a
     fixed order without atomics (bit-identical across runs and CPU thread counts). Extra
     memory is O(B·H·L) (O(B·H·L·D) for the relative-scores term and GQA gradients).
@@ -815,4 +822,37 @@ def relative_attention(
         cu_seqlens_k=cu_seqlens_k,
         max_seqlen_q=max_seqlen_q,
         max_seqlen_k=max_seqlen_k,
+        log_fgate=log_fgate,
     )
+
+
+def forgetting_gate_bias(
+    log_fgate: Tensor, q_len: int, q_offset: int = 0, k_offset: int = 0
+) -> Tensor:
+    """Forgetting-gate attention bias (Lin et al. 2025, "Forgetting Transformer", §2), ``(B, H, q_len, k_len)``.
+
+    FoX computes ``O = softmax(Q K^T + D) V`` with ``D_ij = log F_ij``, ``F_ij = prod_{j < s <= i} f_s``
+    for ``j <= i`` and 0 after; ``f_s = sigmoid(w_f^T x_s + b_f)`` is a per-head forget gate of
+    token ``s`` (x-transformers calls it data-dependent ALiBi). With the caller's log gates
+    ``log_fgate`` ``(B, H, k_len)`` (``F.logsigmoid`` of the gate logits; key ``t`` at position
+    ``k_offset + t``) and ``c_t = sum_{s <= t} log_fgate_s`` (in fp64), query ``i`` at position
+    ``q_offset + i`` is key index ``t_i = q_offset - k_offset + i`` and
+
+    ``out[b, h, i, j] = c[t_i] - c[j]`` for ``j <= t_i``, ``-inf`` for ``j > t_i``.
+
+    The bias is its own causal mask: pass it (in the queries' dtype) as ``attn_mask`` to SDPA
+    with ``is_causal=False``; adding a causal mask as well changes nothing. A single-query call
+    at ``q_offset = k_offset + k_len - 1`` equals the last row of the full call (KV-cache
+    decoding). Output dtype is ``log_fgate``'s (float16/bfloat16/float32/float64; any strides),
+    contiguous. Gradient flows to ``log_fgate``: the reverse cumulative sum of (row sum minus
+    column sum) of the incoming gradient, in fp64 and a fixed order (deterministic, no atomics).
+
+    Errors (``RuntimeError``, "posenc.forgetting_gate_bias: argument ..."): ``log_fgate`` not
+    3-D floating; ``q_len`` < 0; offsets outside ``+-2**61``; a query not at a key position
+    (``k_offset <= q_offset`` and ``q_offset + q_len <= k_offset + k_len`` are required: query
+    ``i`` reads the gates up to its own position); an output whose size in bytes overflows
+    int64; ``log_fgate`` values not finite or > 0 ("must be finite ..., but got
+    log_fgate[b, h, t] = nan"), checked for CPU tensors only: on CUDA the check would need a
+    stream sync on every call, and non-finite gates give NaN there.
+    """
+    return torch.ops.posenc.forgetting_gate_bias(log_fgate, q_len, q_offset, k_offset)

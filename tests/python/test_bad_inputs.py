@@ -658,6 +658,52 @@ row("attn-noncontiguous-alibi", F,
 row("attn-expanded-kv", F, lambda: ops.relative_attention(QA.double(), KA[:, :1].double().expand(1, 2, 5, 4), VA.double())[0],
     check=close(ref_attention(QA, KA[:, :1].expand(1, 2, 5, 4), VA), atol=1e-10))
 
+# ---- forgetting_gate_bias (and the fused term) ------------------------------------------------------
+F = "forgetting_gate_bias"
+LF = torch.tensor([[[-0.5, -1.0, -0.25, -2.0], [-0.1, -0.2, -0.3, -0.4]]])  # (1, 2, 4)
+
+
+def ref_fgate(lf, q_len, q_offset=0, k_offset=0):
+    # Lin et al. 2025: D_ij = sum_{j < s <= t_i} log f_s for j <= t_i = q_offset - k_offset + i, -inf after
+    lf = lf.double()
+    out = torch.full(lf.shape[:2] + (q_len, lf.shape[2]), -INF, dtype=F64)
+    for i in range(q_len):
+        t = q_offset - k_offset + i
+        for j in range(t + 1):
+            out[:, :, i, j] = lf[:, :, j + 1 : t + 1].sum(-1)
+    return out
+
+
+row("fgate-2d", F, lambda: ops.forgetting_gate_bias(LF[0], 4), **err(F, "log_fgate", "3-D", "2-D"))
+row("fgate-int", F, lambda: ops.forgetting_gate_bias(LF.long(), 4), **err(F, "log_fgate", "float", "Long"))
+row("fgate-qlen-neg", F, lambda: ops.forgetting_gate_bias(LF, -1), **err(F, "q_len", ">= 0", "-1"))
+row("fgate-query-past-keys", F, lambda: ops.forgetting_gate_bias(LF, 5), **err(F, "q_offset", "key position", "q_len = 5"))
+row("fgate-query-before-keys", F, lambda: ops.forgetting_gate_bias(LF, 1, 0, 2), **err(F, "q_offset", "key position", "k_offset = 2"))
+row("fgate-nan", F, lambda: ops.forgetting_gate_bias(torch.tensor([[[-1.0, NAN]]]), 2), **err(F, "log_fgate", "finite", r"log_fgate\[0, 0, 1\] = nan"))
+row("fgate-neg-inf", F, lambda: ops.forgetting_gate_bias(torch.tensor([[[-INF, -1.0]]]), 2), **err(F, "log_fgate", "finite", r"log_fgate\[0, 0, 0\] = -inf"))
+row("fgate-positive", F, lambda: ops.forgetting_gate_bias(torch.tensor([[[-1.0, 0.5]]]), 2), **err(F, "log_fgate", "<= 0", "0.5"))
+row("fgate-offset-huge", F, lambda: ops.forgetting_gate_bias(LF, 1, 2**62, 2**62), **err(F, "q_offset", r"2\^61", str(2**62)))
+row("fgate-bytes-overflow", F, lambda: ops.forgetting_gate_bias(torch.zeros(1, 1, 1).expand(2**20, 1, 2**21), 2**21),
+    **err(F, "log_fgate", "too large", "shape"))
+row("fgate-grad-shape", F, lambda: torch.ops.posenc.forgetting_gate_bias_backward(torch.zeros(1, 2, 3, 3), LF, 3, 0, 0),
+    **err("forgetting_gate_bias_backward", "grad", r"\[1, 2, 3, 4\]", r"\[1, 2, 3, 3\]"))
+row("fgate-zero-gates-defined", F, lambda: ops.forgetting_gate_bias(torch.zeros(1, 1, 3, dtype=F64), 3),
+    check=close(ref_fgate(torch.zeros(1, 1, 3), 3), atol=0))
+row("fgate-decode-row", F, lambda: ops.forgetting_gate_bias(LF.double(), 1, 3, 0), check=close(ref_fgate(LF, 1, 3, 0), atol=1e-12))
+F = "relative_attention"
+QF, KF, VF = randn(1, 2, 4, 4), randn(1, 2, 4, 4), randn(1, 2, 4, 4)
+row("attn-fgate-not-causal", F, lambda: ops.relative_attention(QF, KF, VF, log_fgate=LF), **err(F, "log_fgate", "causal=True", "causal=False"))
+row("attn-fgate-shape", F, lambda: ops.relative_attention(QF, KF, VF, causal=True, log_fgate=LF[:, :, :3]),
+    **err(F, "log_fgate", r"\[1, 2, 4\]", r"\[1, 2, 3\]"))
+row("attn-fgate-with-slopes", F, lambda: ops.relative_attention(QF, KF, VF, causal=True, slopes=S2, log_fgate=LF),
+    **err(F, "log_fgate", "at most one", "slopes"))
+row("attn-fgate-nan", F, lambda: ops.relative_attention(QF, KF, VF, causal=True, log_fgate=torch.full((1, 2, 4), NAN)),
+    **err(F, "log_fgate", "finite", "nan"))
+row("attn-fgate-offset", F, lambda: ops.relative_attention(QF, KF, VF, causal=True, q_offset=1, log_fgate=LF),
+    **err(F, "q_offset", "key position", "1"))
+row("attn-fgate-valid", F, lambda: ops.relative_attention(QF.double(), KF.double(), VF.double(), causal=True, log_fgate=LF.double())[0],
+    check=close(ref_attention(QF, KF, VF, ref_fgate(LF, 4)), atol=1e-10))
+
 # ---- the Python modules (posenc.nn), the C++ modules (posenc.cpp), scripted -------------------------
 for impl, M in (("py", pnn), ("cpp", pcpp)):
     fam = "modules-" + impl
@@ -698,6 +744,10 @@ for impl, M in (("py", pnn), ("cpp", pcpp)):
     row(f"{impl}-cope-scale-inf", fam, lambda M=M: M.CoPE(4, 4, scale=INF), **opt("CoPE", "scale", "finite", "inf"))
     row(f"{impl}-cope-q-head-dim", fam, lambda M=M: M.CoPE(4, 4)(randn(1, 1, 3, 6), randn(1, 1, 3, 6)),
         **err("cope_scores", "pos_emb", r"head_dim \(6\)", r"\[4, 4\]"))
+    row(f"{impl}-fgate-d-model", fam, lambda M=M: M.ForgettingGate(0, 2), **opt("ForgettingGate", "d_model", "> 0", "0"))
+    row(f"{impl}-fgate-init-std", fam, lambda M=M: M.ForgettingGate(4, 2, init_std=-1.0), **opt("ForgettingGate", "init_std", ">= 0", "-1"))
+    row(f"{impl}-fgate-x-rank", fam, lambda M=M: M.ForgettingGate(4, 2)(torch.randn(2, 4)),
+        **err("ForgettingGate", "x", "3-D", r"\[2, 4\]"))
     row(f"{impl}-txl-int-q", fam, lambda M=M: M.TransformerXLRelativeScore(8, 2, 4)(torch.zeros(1, 2, 3, 4, dtype=torch.long)),
         **err("TransformerXLRelativeScore", "q", "float", "int64|Long"))
     row(f"{impl}-txl-heads", fam, lambda M=M: M.TransformerXLRelativeScore(8, 2, 4)(randn(1, 3, 3, 4)),
@@ -949,6 +999,8 @@ def _valid(family: str) -> None:
         close(10000.0 ** (-torch.arange(0, 8, 2, dtype=F64) / 8), atol=1e-7)(ops.rope_inv_freq(8))
     elif family in ("rope", "apply_rotary_pos_emb"):
         close(ref_rope(X, torch.arange(3), INV4), atol=1e-5)(ops.rope(X, None, INV4))
+    elif family == "forgetting_gate_bias":
+        close(ref_fgate(LF, 4), atol=1e-6)(ops.forgetting_gate_bias(LF, 4))
     elif family == "relative_attention":
         close(ref_attention(QA, KA, VA), atol=1e-5)(ops.relative_attention(QA, KA, VA)[0])
     elif family.startswith("modules-"):

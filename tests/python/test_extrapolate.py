@@ -290,14 +290,14 @@ def test_fused_and_materialized_attention_agree_and_report_cost(tmp_path):
     # The relative encodings train and evaluate through posenc.ops.relative_attention by
     # default; the materialized path (bias + causal mask into SDPA) must give the same model.
     def run(path, name):
-        args = ["--encodings", "alibi,t5,kerple,xl", *TINY, "--attention", path,
+        args = ["--encodings", "alibi,t5,kerple,xl,forgetting_gate,nope", *TINY, "--attention", path,
                 "--out", str(tmp_path / name)]
         assert extrapolate.main(args) == 0
         return json.loads((tmp_path / name / "results.json").read_text())
 
     fused, mat = run("fused", "f"), run("materialized", "m")
     assert fused["config"]["attention"] == "fused" and mat["config"]["attention"] == "materialized"
-    for enc in ("alibi", "t5", "kerple", "xl"):
+    for enc in ("alibi", "t5", "kerple", "xl", "forgetting_gate", "none"):
         a, b = numbers(fused)[enc], numbers(mat)[enc]
         assert a[0] == pytest.approx(b[0], rel=1e-4)
         for n in a[1]:

@@ -48,16 +48,17 @@ class RelativeAttentionFunction : public torch::autograd::Function<RelativeAtten
       c10::SymInt k_offset, std::optional<bool> bidirectional, std::optional<int64_t> max_distance,
       std::optional<c10::string_view> kerple_kind, c10::string_view layout,
       const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k,
-      std::optional<c10::SymInt> max_seqlen_q, std::optional<c10::SymInt> max_seqlen_k) {
+      std::optional<c10::SymInt> max_seqlen_q, std::optional<c10::SymInt> max_seqlen_k,
+      const OptTensor& log_fgate) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, lse] = detail::relative_attention_op().call(
         q, k, v, slopes, table, r1, r2, rel_emb, q_rel, causal, key_padding_mask, scale, q_offset,
         k_offset, bidirectional, max_distance, kerple_kind, layout, cu_seqlens_q, cu_seqlens_k,
-        max_seqlen_q, max_seqlen_k);
+        max_seqlen_q, max_seqlen_k, log_fgate);
     auto opt = [](const OptTensor& t) { return t.value_or(at::Tensor()); };
     ctx->save_for_backward({q, k, v, out, lse, opt(slopes), opt(table), opt(r1), opt(r2),
                             opt(rel_emb), opt(q_rel), opt(key_padding_mask), opt(cu_seqlens_q),
-                            opt(cu_seqlens_k)});
+                            opt(cu_seqlens_k), opt(log_fgate)});
     auto& d = ctx->saved_data;
     d["causal"] = causal;
     d["scale"] = scale;
@@ -85,18 +86,19 @@ class RelativeAttentionFunction : public torch::autograd::Function<RelativeAtten
     at::Tensor grad_out = grads[0];
     if (!grad_out.defined()) grad_out = at::zeros_like(s[3]);
     const OptTensor grad_lse = opt(grads[1]);
-    auto [gq, gk, gv, g_slopes, g_table, g_r1, g_r2, g_rel, g_q_rel] =
+    auto [gq, gk, gv, g_slopes, g_table, g_r1, g_r2, g_rel, g_q_rel, g_log_fgate] =
         detail::relative_attention_backward_op().call(
             grad_out, grad_lse, s[0], s[1], s[2], s[3], s[4], opt(s[5]), opt(s[6]), opt(s[7]),
             opt(s[8]), opt(s[9]), opt(s[10]), d["causal"].toBool(), opt(s[11]),
             d["scale"].toOptional<double>(), d["q_offset"].toSymInt(), d["k_offset"].toSymInt(),
             d["bidirectional"].toOptional<bool>(), d["max_distance"].toOptional<int64_t>(),
             kind_iv.isNone() ? std::nullopt : std::optional<c10::string_view>(kind), layout,
-            opt(s[12]), opt(s[13]), opt_symint(d["max_seqlen_q"]), opt_symint(d["max_seqlen_k"]));
+            opt(s[12]), opt(s[13]), opt_symint(d["max_seqlen_q"]), opt_symint(d["max_seqlen_k"]),
+            opt(s[14]));
     auto given = [](const at::Tensor& saved, const at::Tensor& g) {
       return saved.defined() ? g : Variable();
     };
-    variable_list out(22);
+    variable_list out(23);
     out[0] = gq;
     out[1] = gk;
     out[2] = gv;
@@ -106,10 +108,12 @@ class RelativeAttentionFunction : public torch::autograd::Function<RelativeAtten
     out[6] = given(s[8], g_r2);
     out[7] = given(s[9], g_rel);
     out[8] = given(s[10], g_q_rel);
+    out[22] = given(s[14], g_log_fgate);
     variable_list inputs;
     for (int i = 0; i < 11; ++i) {
       if (i != 3 && i != 4) inputs.push_back(s[i]);  // q, k, v and the parameters
     }
+    inputs.push_back(s[14]);
     return once_differentiable(std::move(out), inputs);
   }
 };
@@ -122,11 +126,12 @@ std::tuple<at::Tensor, at::Tensor> relative_attention_autograd(
     std::optional<bool> bidirectional, std::optional<int64_t> max_distance,
     std::optional<c10::string_view> kerple_kind, c10::string_view layout,
     const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k,
-    std::optional<c10::SymInt> max_seqlen_q, std::optional<c10::SymInt> max_seqlen_k) {
+    std::optional<c10::SymInt> max_seqlen_q, std::optional<c10::SymInt> max_seqlen_k,
+    const OptTensor& log_fgate) {
   auto outs = RelativeAttentionFunction::apply(
       q, k, v, slopes, table, r1, r2, rel_emb, q_rel, causal, key_padding_mask, scale,
       std::move(q_offset), std::move(k_offset), bidirectional, max_distance, kerple_kind, layout,
-      cu_seqlens_q, cu_seqlens_k, std::move(max_seqlen_q), std::move(max_seqlen_k));
+      cu_seqlens_q, cu_seqlens_k, std::move(max_seqlen_q), std::move(max_seqlen_k), log_fgate);
   return {outs[0], outs[1]};
 }
 

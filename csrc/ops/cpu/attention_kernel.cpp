@@ -9,12 +9,14 @@
 // relative-scores term q_rel . R[c + clamp(d)] is a GEMM of the query block with the window of
 // R rows the tile reaches (rows stored in reverse, so that each tile row reads its diagonal as
 // a contiguous run); keys clipped to +-max_distance share one row, whose dot product is taken
-// once per query.
+// once per query. The forgetting gate's c[t_q] - c[j] comes from the fp64 prefix sums c of the
+// log gates, computed once per call; a tile row reads a contiguous run of c.
 //
 // Backward: one task per (sequence, head), blocks in a fixed order: recompute P from the saved
 // log-sum-exp, dV += P^T dO, dP = dO v^T, dS = P (dP - D), dQ += dS k, dK += dS^T q. Parameter
 // gradients come from per-task sums along the diagonals (and, for R, per-task window
-// gradients), reduced over sequences in index order; grouped-query dK/dV from per-head
+// gradients; for the forgetting gate, per-task row and column sums of dS, then the reverse
+// prefix sum), reduced over sequences in index order; grouped-query dK/dV from per-head
 // partials reduced in head order. No atomics: results are bit-identical across runs and
 // thread counts.
 #include <ATen/ATen.h>
@@ -201,9 +203,49 @@ void check_values(const char* op, const Args& a, const AttentionConfig& cfg) {
     case PositionFamily::RelScores:
       finite_all("rel_emb", *a.rel_emb);
       break;
+    case PositionFamily::ForgettingGate:
+      detail::check_log_fgate_values(op, "log_fgate", *a.log_fgate);
+      break;
     default:
       break;
   }
+}
+
+// Forgetting gate, packed sequences: every query of sequence s at a key position of s.
+void check_fgate_seqs(const char* op, const Geometry& g) {
+  for (size_t s = 0; s < g.seqs.size(); ++s) {
+    const Seq& sq = g.seqs[s];
+    if (sq.q_len == 0) continue;
+    POSENC_CHECK_ARG(g.base >= 0 && g.base + sq.q_len <= sq.k_len, op, "log_fgate",
+                     "needs every query at a key position of its sequence (q_offset - k_offset "
+                     ">= 0 and q_offset - k_offset + q_len <= k_len per sequence)",
+                     "sequence ", s, " with q_len = ", sq.q_len, ", k_len = ", sq.k_len,
+                     ", q_offset - k_offset = ", g.base);
+  }
+}
+
+// Forgetting gate: fp64 inclusive prefix sums of the log gates per (sequence, head), laid out
+// as Call::fgate_off says: bhsd (B, H, Lk); thd (H, Tk), restarting at each sequence start.
+std::vector<double> fgate_prefix(const Geometry& g, const at::Tensor& log_fgate) {
+  const auto x = g.thd ? log_fgate.to(at::kDouble).t().contiguous()
+                       : log_fgate.to(at::kDouble).contiguous();
+  const double* p = x.const_data_ptr<double>();
+  std::vector<double> c(static_cast<size_t>(x.numel()));
+  const int64_t n_seq = static_cast<int64_t>(g.seqs.size());
+  const int64_t len = g.thd ? x.size(1) : g.lk_max;
+  at::parallel_for(0, g.heads * n_seq, 1, [&](int64_t b, int64_t e) {
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t h = u % g.heads, s = u / g.heads;
+      const Seq& sq = g.seqs[s];
+      const int64_t off = g.thd ? h * len + sq.k_start : (s * g.heads + h) * len;
+      double acc = 0.0;
+      for (int64_t t = 0; t < sq.k_len; ++t) {
+        acc += p[off + t];
+        c[off + t] = acc;
+      }
+    }
+  });
+  return c;
 }
 
 // ---- position terms ------------------------------------------------------------------------
@@ -391,7 +433,14 @@ struct Call {
   int64_t kpm_stride = 0;
   const acc_t* lut = nullptr;   // Toeplitz values per (head, diagonal)
   const acc_t* rrev = nullptr;  // relative term: reversed window per head
+  const double* fc = nullptr;   // forgetting gate: prefix sums (fgate_prefix)
+  int64_t fc_len = 0;           // bhsd: Lk; thd: Tk
   RelWindow win{};
+  bool fgate() const { return cfg.family == PositionFamily::ForgettingGate; }
+  // Start of sequence sq's (head h) run of prefix sums (bhsd: sq.k_start is the batch index).
+  int64_t fgate_off(const Seq& sq, int64_t h) const {
+    return g.thd ? h * fc_len + sq.k_start : (sq.k_start * g.heads + h) * fc_len;
+  }
   bool toeplitz() const {
     return cfg.family == PositionFamily::ALiBi || cfg.family == PositionFamily::T5 ||
            cfg.family == PositionFamily::KERPLE;
@@ -446,6 +495,13 @@ void score_tile(const Call<scalar_t, acc_t>& C, const Seq& sq, int64_t h, int64_
     n_valid[r] = n;
     const acc_t* bias =
         C.toeplitz() ? C.lut + h * g.n_diag() + (j0 - i + g.lq_max - 1) : nullptr;
+    if (C.fgate() && n > 0) {
+      // c[t_q] - c[j] for the row's allowed keys (n <= t_q - j0 + 1 under the causal mask).
+      const double* cr = C.fc + C.fgate_off(sq, h);
+      const double cq = cr[detail::fgate_term_query_index(g.base, i)];
+      for (int64_t c = 0; c < n; ++c) trel[c] = detail::fgate_term_value<acc_t>(cq, cr[j0 + c]);
+      bias = trel;
+    }
     cpu::scale_add(srow, bias, n, C.scale);
     if (C.rel()) {
       const auto run = rel_run(g.base + i - j0, cols, C.win);
@@ -508,7 +564,8 @@ void forward_impl(const Call<scalar_t, acc_t>& C, scalar_t* out, acc_t* lse, con
   auto make_worker = [&] {
     return Worker{Scratch<acc_t>(bs.q * bs.k), Scratch<acc_t>(bs.q * std::max<int64_t>(Dv, 1)),
                   Scratch<acc_t>(bs.q * D), Scratch<acc_t>(bs.q * D), Scratch<acc_t>(bs.k * D),
-                  Scratch<acc_t>(bs.k * Dv), Scratch<acc_t>(C.rel() ? bs.q * w_max : 0),
+                  Scratch<acc_t>(bs.k * Dv),
+                  Scratch<acc_t>(C.rel() ? bs.q * w_max : (C.fgate() ? bs.k : 0)),
                   std::vector<acc_t>(bs.q), std::vector<acc_t>(bs.q), std::vector<acc_t>(bs.q),
                   std::vector<acc_t>(bs.q), std::vector<int64_t>(bs.q)};
   };
@@ -596,7 +653,7 @@ Inputs prepare_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 template <typename scalar_t, typename acc_t>
 Call<scalar_t, acc_t> make_call(const Geometry& g, const AttentionConfig& cfg, const Args& a,
                                 const Inputs& in, std::vector<acc_t>& lut,
-                                std::vector<acc_t>& rrev) {
+                                std::vector<acc_t>& rrev, std::vector<double>& fpre) {
   Call<scalar_t, acc_t> C{g, cfg, static_cast<acc_t>(in.scale)};
   C.q = in.q.const_data_ptr<scalar_t>();
   C.k = in.k.const_data_ptr<scalar_t>();
@@ -615,6 +672,10 @@ Call<scalar_t, acc_t> make_call(const Geometry& g, const AttentionConfig& cfg, c
   if (cfg.family == PositionFamily::RelScores) {
     C.win = rel_window(g, a.rel_emb->size(1), cfg.max_distance);
     rrev = reversed_window<acc_t, scalar_t>(*a.rel_emb, C.win, g.heads, g.dim);
+  } else if (cfg.family == PositionFamily::ForgettingGate) {
+    fpre = fgate_prefix(g, *a.log_fgate);
+    C.fc = fpre.data();
+    C.fc_len = g.thd ? in.k.size(0) : g.lk_max;
   } else if (cfg.family != PositionFamily::None) {
     lut = diagonal_values<acc_t>(g, a, cfg);
   }
@@ -633,6 +694,7 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q_in, const at:
   const AttentionConfig cfg = detail::check_relative_attention(kOp, q_in, k_in, v_in, a);
   const Geometry g = make_geometry(kOp, q_in, k_in, v_in, a, cfg);
   check_values(kOp, a, cfg);
+  if (cfg.family == PositionFamily::ForgettingGate && cfg.thd) check_fgate_seqs(kOp, g);
   const auto acc_type = detail::attention_acc_type(q_in.scalar_type());
   auto out = at::empty_symint(detail::attention_out_sizes(q_in, v_in), q_in.options());
   auto lse = at::empty_symint(detail::attention_lse_sizes(q_in, cfg.thd),
@@ -643,7 +705,8 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q_in, const at:
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.q.scalar_type(), "relative_attention_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     std::vector<acc_t> lut, rrev;
-    const auto C = make_call<scalar_t, acc_t>(g, cfg, a, in, lut, rrev);
+    std::vector<double> fpre;
+    const auto C = make_call<scalar_t, acc_t>(g, cfg, a, in, lut, rrev, fpre);
     forward_impl(C, out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(),
                  rows_of(out, cfg.thd), lse_rows_of(lse, cfg.thd));
   });
@@ -691,6 +754,9 @@ struct BackwardBuffers {
   SeqSlabs slabs;
   std::vector<double> diag;  // heads * diag_total
   std::vector<acc_t> rwin;   // heads * win_total * dim
+  // Forgetting gate: per task, dS summed along query t_q's row (at index t_q) and along each
+  // key column, laid out as the prefix sums (Call::fgate_off).
+  std::vector<double> frow, fcol;
   // dK, dV in acc_t: per q head (grouped-query attention, or half precision inputs).
   std::vector<acc_t> dk, dv;
   bool dkv_direct = false;  // fp32/fp64 without groups: dK/dV accumulate in the outputs
@@ -724,7 +790,8 @@ void backward_impl(const Call<scalar_t, acc_t>& C, const scalar_t* out, const sc
                   Scratch<acc_t>(bs.q * D), Scratch<acc_t>(bs.q * D),
                   Scratch<acc_t>(bs.q * std::max<int64_t>(Dv, 1)), Scratch<acc_t>(bs.k * D),
                   Scratch<acc_t>(bs.k * Dv), Scratch<acc_t>(bs.q * D), Scratch<acc_t>(bs.q * D),
-                  Scratch<acc_t>(C.rel() ? bs.q * w_max : 0), Scratch<acc_t>(C.rel() ? w_max * D : 0),
+                  Scratch<acc_t>(C.rel() ? bs.q * w_max : (C.fgate() ? bs.k : 0)),
+                  Scratch<acc_t>(C.rel() ? w_max * D : 0),
                   v(bs.q), v(bs.q), v(bs.q), v(bs.q), v(bs.q), v(bs.q),
                   std::vector<int64_t>(bs.q)};
   };
@@ -755,6 +822,8 @@ void backward_impl(const Call<scalar_t, acc_t>& C, const scalar_t* out, const sc
       double* diag =
           C.toeplitz() ? B.diag.data() + h * S.diag_total + S.diag_off[s] : nullptr;
       acc_t* rwin = C.rel() ? B.rwin.data() + (h * S.win_total + S.win_off[s]) * D : nullptr;
+      double* frow = C.fgate() ? B.frow.data() + C.fgate_off(sq, h) : nullptr;
+      double* fcol = C.fgate() ? B.fcol.data() + C.fgate_off(sq, h) : nullptr;
       const int64_t w_lo = S.win_lo[s];
       for (int64_t i0 = 0; i0 < sq.q_len; i0 += bs.q) {
         const int64_t rows = std::min(bs.q, sq.q_len - i0);
@@ -809,6 +878,10 @@ void backward_impl(const Call<scalar_t, acc_t>& C, const scalar_t* out, const sc
             if (diag != nullptr) {
               // diagonal j - i + lq_max - 1, relative to the slab's first (lq_max - q_len)
               cpu::accumulate(diag + (j0 - (i0 + r) + sq.q_len - 1), ds, cols);
+            }
+            if (frow != nullptr) {  // masked entries of dS are 0
+              frow[detail::fgate_term_query_index(g.base, i0 + r)] += cpu::sum_of(ds, cols);
+              cpu::accumulate(fcol + j0, ds, cols);
             }
           }
           if (C.rel()) {
@@ -958,6 +1031,30 @@ void toeplitz_param_grads(const Geometry& g, const Args& a,
   }
 }
 
+// Forgetting gate: d log_fgate_s = sum_{t >= s} (rows[t] - cols[t]) per (sequence, head), in
+// fp64 and index order; returned in log_fgate's layout ((B, H, Lk), or (Tk, H) packed).
+template <typename scalar_t, typename acc_t>
+at::Tensor fgate_grad(const Geometry& g, const Call<scalar_t, acc_t>& C,
+                      const std::vector<double>& rows, const std::vector<double>& cols) {
+  const int64_t n_seq = static_cast<int64_t>(g.seqs.size());
+  auto out = at::zeros(g.thd ? std::vector<int64_t>{g.heads, C.fc_len}
+                             : std::vector<int64_t>{n_seq, g.heads, C.fc_len},
+                       at::kDouble);
+  double* o = out.mutable_data_ptr<double>();
+  at::parallel_for(0, g.heads * n_seq, 1, [&](int64_t b, int64_t e) {
+    for (int64_t u = b; u < e; ++u) {
+      const Seq& sq = g.seqs[u / g.heads];
+      const int64_t off = C.fgate_off(sq, u % g.heads);
+      double acc = 0.0;
+      for (int64_t t = sq.k_len - 1; t >= 0; --t) {
+        acc += detail::fgate_term_dc(rows[off + t], cols[off + t]);
+        o[off + t] = acc;
+      }
+    }
+  });
+  return g.thd ? out.t().contiguous() : out;
+}
+
 detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
                                             const detail::OptTensor& grad_lse_in,
                                             const at::Tensor& q_in, const at::Tensor& k_in,
@@ -968,12 +1065,13 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
                                             lse_in, cfg.thd);
   const Geometry g = make_geometry(kBwdOp, q_in, k_in, v_in, a, cfg);
   check_values(kBwdOp, a, cfg);
+  if (cfg.family == PositionFamily::ForgettingGate && cfg.thd) check_fgate_seqs(kBwdOp, g);
   const auto empty = at::empty({0}, q_in.options());
   auto grad_q = at::zeros(q_in.sizes(), q_in.options());
   auto grad_k = at::zeros(k_in.sizes(), k_in.options());
   auto grad_v = at::zeros(v_in.sizes(), v_in.options());
   at::Tensor g_slopes = empty, g_table = empty, g_r1 = empty, g_r2 = empty, g_rel = empty,
-             g_q_rel = empty;
+             g_q_rel = empty, g_fgate = empty;
   auto zeros_like_param = [](const detail::OptTensor& t) { return at::zeros(t->sizes(), t->options()); };
   switch (cfg.family) {
     case PositionFamily::ALiBi: g_slopes = zeros_like_param(a.slopes); break;
@@ -986,11 +1084,12 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
       g_rel = zeros_like_param(a.rel_emb);
       if (a.q_rel.has_value()) g_q_rel = at::zeros(q_in.sizes(), q_in.options());
       break;
+    case PositionFamily::ForgettingGate: g_fgate = zeros_like_param(a.log_fgate); break;
     default: break;
   }
   auto result = [&] {
     return detail::RelativeAttentionGrads{grad_q, grad_k, grad_v, g_slopes, g_table,
-                                          g_r1, g_r2, g_rel, g_q_rel};
+                                          g_r1, g_r2, g_rel, g_q_rel, g_fgate};
   };
   // No (query, key) pair: every gradient is zero.
   if (lse_in.numel() == 0 || k_in.size(cfg.thd ? 0 : 2) == 0) return result();
@@ -1006,7 +1105,8 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.q.scalar_type(), "relative_attention_backward_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     std::vector<acc_t> lut, rrev;
-    const auto C = make_call<scalar_t, acc_t>(g, cfg, a, in, lut, rrev);
+    std::vector<double> fpre;
+    const auto C = make_call<scalar_t, acc_t>(g, cfg, a, in, lut, rrev, fpre);
     const RelWindow& win = C.win;
     BackwardBuffers<scalar_t, acc_t> B;
     B.dkv_direct = std::is_same_v<scalar_t, acc_t> && g.group == 1;
@@ -1018,6 +1118,10 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
     B.slabs = seq_slabs(g, C.rel() ? &win : nullptr);
     if (C.toeplitz()) B.diag.assign(static_cast<size_t>(g.heads * B.slabs.diag_total), 0.0);
     if (C.rel()) B.rwin.assign(static_cast<size_t>(g.heads * B.slabs.win_total * g.dim), acc_t(0));
+    if (C.fgate()) {
+      B.frow.assign(fpre.size(), 0.0);
+      B.fcol.assign(fpre.size(), 0.0);
+    }
 
     backward_impl(C, out.const_data_ptr<scalar_t>(), dout.const_data_ptr<scalar_t>(),
                   rows_of(out, cfg.thd), lse.const_data_ptr<acc_t>(),
@@ -1055,6 +1159,8 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
         }
       });
       g_rel = acc.to(a.rel_emb->scalar_type());
+    } else if (C.fgate()) {
+      g_fgate = fgate_grad(g, C, B.frow, B.fcol).to(a.log_fgate->scalar_type());
     }
   });
   return result();

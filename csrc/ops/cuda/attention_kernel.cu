@@ -33,6 +33,13 @@
 // thd: sequence bounds are read from cu_seqlens on the device (clamped to the tensors), and on
 // the host as well (a sync; validated as on the CPU) only when max_seqlen_q/k are not given.
 // Parameter values are not read on the host, except KERPLE log's r2 (as the bias ops).
+//
+// Forgetting gate: the fp64 prefix sums c of the log gates come from fgate_scan.cuh (one
+// warp per (sequence, head)); the term c[t_q] - c[j] is read per score from c (SIMT kernels
+// only: the tensor-core forward is not used with it). Its gradient: the dQ kernel's units sum
+// dS along their query rows (thread r owns row r, key tiles in order), the dK/dV kernel's
+// units along their key columns per query head (thread c owns column c, query tiles in
+// order); dc = rows - cols and the reverse scan give d log_fgate. Deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -55,6 +62,7 @@
 
 #include "../attention.h"
 #include "cuda_utils.cuh"
+#include "fgate_scan.cuh"
 
 namespace posenc {
 namespace {
@@ -163,6 +171,20 @@ __device__ __forceinline__ Seq seq_of(const Geo& g, int64_t s) {
   return {q0, min(q1 - q0, g.lq), k0, min(k1 - k0, g.lk)};
 }
 
+// Element (key j of sequence sq, head h) of an array laid out like log_fgate: (B, H, Lk) with
+// sq.k_start the batch index, or (Tk, H) packed.
+__device__ __forceinline__ int64_t fgate_index(const Geo& g, const Seq& sq, int64_t h,
+                                               int64_t j) {
+  return g.thd ? (sq.k_start + j) * g.heads + h : (sq.k_start * g.heads + h) * g.lk + j;
+}
+
+// Key index t_q of query i, clamped into the sequence (the host checks it where it can; device
+// bounds must not turn into out-of-bounds reads).
+__device__ __forceinline__ int64_t fgate_query(const Geo& g, const Seq& sq, int64_t i) {
+  const int64_t t = detail::fgate_term_query_index(g.base, i);
+  return min(max(t, int64_t{0}), max(sq.k_len - 1, int64_t{0}));
+}
+
 // The position term's parameters on the device, in acc_t (r1d/r2d: KERPLE in fp64, for the
 // derivatives).
 template <typename acc_t>
@@ -176,6 +198,9 @@ struct Term {
   const double* r2d = nullptr;
   int64_t num_buckets = 0, max_distance = 0;  // T5
   int64_t rel_rows = 0, rel_c = 0, rel_m = 0;  // relative scores: R = 2c + 1 rows, clip M
+  // Forgetting gate: prefix sums laid out like log_fgate, (B, H, Lk) or (Tk, H).
+  const double* fc = nullptr;
+  C10_HOST_DEVICE bool fgate() const { return family == PositionFamily::ForgettingGate; }
   C10_HOST_DEVICE bool toeplitz() const {
     return family == PositionFamily::ALiBi || family == PositionFamily::T5 ||
            family == PositionFamily::KERPLE;
@@ -233,6 +258,8 @@ struct Grads {
   double* part = nullptr;  // Toeplitz: (n_seq, H, n_qt, nv) partials of the dQ kernel's units
   int64_t nv = 0;
   double* edge = nullptr;  // relative scores: (lse index, 2) dS sums over clipped keys
+  double* frow = nullptr;  // forgetting gate: dS row sums at t_q, laid out like log_fgate
+  double* fcol = nullptr;  // forgetting gate: dS column sums, laid out like log_fgate
 };
 
 // ---- shared-memory tiles -------------------------------------------------------------------
@@ -540,7 +567,9 @@ __device__ __forceinline__ void finish_scores(const Call<scalar_t, acc_t>& C, ac
                                               const acc_t* Rs, int ldD, int64_t rho_lo,
                                               const Tile& t, const acc_t* lse_s) {
   const Geo& g = C.g;
-  const bool toep = C.t.toeplitz(), rel = C.t.rel();
+  const bool toep = C.t.toeplitz(), rel = C.t.rel(), fg = C.t.fgate();
+  Seq sq{0, 0, 0, 0};
+  if (fg) sq = seq_of(g, t.s);
   for (int x = threadIdx.x; x < t.rows * B; x += kThreads) {
     const int r = x / B, c = x % B;
     if (c >= t.cols) continue;
@@ -552,6 +581,9 @@ __device__ __forceinline__ void finish_scores(const Call<scalar_t, acc_t>& C, ac
       v = Ss[r * ldS + c];
       if (toep) {
         v = add_rn(v, pos[c - r + B - 1]);
+      } else if (fg) {
+        const double cq = C.t.fc[fgate_index(g, sq, t.h, fgate_query(g, sq, i))];
+        v = add_rn(v, detail::fgate_term_value<acc_t>(cq, C.t.fc[fgate_index(g, sq, t.h, j)]));
       } else if (rel) {
         const int64_t w = detail::rel_term_row(g.base + i - j, C.t.rel_c, C.t.rel_m) - rho_lo;
         v = add_rn(v, dot_rows(Qrs + r * ldD, Rs + w * ldD, g.dim));
@@ -950,6 +982,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t i_begin = i_first / B * B;
     for (int64_t gi = 0; gi < g.group; ++gi) {
       t.h = hk * g.group + gi;
+      double fcol = 0.0;  // forgetting gate: thread c < cols sums column c, query tiles in order
       for (t.q0 = i_begin; t.q0 < sq.q_len; t.q0 += B) {
         t.rows = static_cast<int>(min(int64_t{B}, sq.q_len - t.q0));
         __syncthreads();
@@ -975,11 +1008,15 @@ __global__ void __launch_bounds__(kThreads)
             [&](int e, int c) { return Vs[c * ldV + e]; },
             [&](int r, int c, acc_t x) { Ps[r * ldS + c] = Ps[r * ldS + c] * (x - dp_s[r]); });
         __syncthreads();
+        if (C.t.fgate() && tid < t.cols) {
+          for (int r = 0; r < t.rows; ++r) fcol += static_cast<double>(Ps[r * ldS + tid]);
+        }
         block_gemm<TM, TM, acc_t>(
             t.cols, D, t.rows, [&](int c, int r) { return Ps[r * ldS + c]; },
             [&](int r, int e) { return Qs[r * ldD + e]; },
             [&](int c, int e, acc_t x) { dKs[c * ldD + e] += x * C.scale; });
       }
+      if (C.t.fgate() && tid < t.cols) G.fcol[fgate_index(g, sq, t.h, t.k0 + tid)] = fcol;
     }
     __syncthreads();
     for (int x = tid; x < t.cols * D; x += kThreads) {
@@ -1041,7 +1078,7 @@ __global__ void __launch_bounds__(kThreads)
     if (rel) zero_tile(dQrs, ldD, t.rows, D);
     // Per-thread running sums, each in a fixed order: thread x < 2B - 1 owns tile diagonal x
     // (Toeplitz terms), thread r < B owns query row r's clipped sums (relative scores).
-    double acc1 = 0.0, acc2 = 0.0, top = 0.0, bot = 0.0;
+    double acc1 = 0.0, acc2 = 0.0, top = 0.0, bot = 0.0, frow = 0.0;
     const int64_t k_end =
         g.causal ? min(max(g.base + t.q0 + t.rows, int64_t{0}), sq.k_len) : sq.k_len;
     for (t.k0 = 0; t.k0 < k_end; t.k0 += B) {
@@ -1097,6 +1134,9 @@ __global__ void __launch_bounds__(kThreads)
           prow[b] += a;
         }
       }
+      if (T.fgate() && tid < t.rows) {
+        for (int c = 0; c < t.cols; ++c) frow += static_cast<double>(Ps[tid * ldS + c]);
+      }
       if (rel && tid < t.rows) {
         const int r = tid;
         const int64_t d0 = g.base + t.q0 + r - t.k0;
@@ -1150,6 +1190,9 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t li = G.lse_rows.at(sq.q_start, h, t.q0 + tid);
       G.edge[2 * li] = top;
       G.edge[2 * li + 1] = bot;
+    }
+    if (T.fgate() && tid < t.rows && sq.k_len > 0) {
+      G.frow[fgate_index(g, sq, h, fgate_query(g, sq, t.q0 + tid))] = frow;
     }
     __syncthreads();
   }
@@ -1387,6 +1430,14 @@ HostGeo make_geometry(const char* op, const at::Tensor& q, const at::Tensor& k,
       for (size_t s = 0; s + 1 < cq.size(); ++s) {
         g.lq = std::max(g.lq, cq[s + 1] - cq[s]);
         g.lk = std::max(g.lk, ck[s + 1] - ck[s]);
+        const int64_t ql = cq[s + 1] - cq[s], kl = ck[s + 1] - ck[s];
+        POSENC_CHECK_ARG(!a.log_fgate.has_value() || ql == 0 ||
+                             (g.base >= 0 && g.base + ql <= kl),
+                         op, "log_fgate",
+                         "needs every query at a key position of its sequence (q_offset - "
+                         "k_offset >= 0 and q_offset - k_offset + q_len <= k_len per sequence)",
+                         "sequence ", s, " with q_len = ", ql, ", k_len = ", kl,
+                         ", q_offset - k_offset = ", g.base);
       }
       if (a.max_seqlen_q.has_value()) {
         POSENC_CHECK_ARG(*a.max_seqlen_q >= g.lq, op, "max_seqlen_q",
@@ -1431,12 +1482,13 @@ at::Tensor gemm_ready(const at::Tensor& t, bool thd) {
 // The inputs as the kernels read them, and the position term's parameters in acc_t (fp64 for
 // the KERPLE derivatives). Tensors kept here outlive the launches of the call.
 struct Prepared {
-  at::Tensor q, k, v, q_rel, rel_emb, p1, p2, r1d, r2d;
+  at::Tensor q, k, v, q_rel, rel_emb, p1, p2, r1d, r2d, fc;
+  cuda::ScanRows fgate_rows;  // the (sequence, head) rows of log_fgate
   double scale = 1.0;
 };
 
 Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Args& a,
-                 const AttentionConfig& cfg, bool backward) {
+                 const AttentionConfig& cfg, const HostGeo& hg, bool backward) {
   Prepared P;
   P.q = gemm_ready(q, cfg.thd);
   P.k = gemm_ready(k, cfg.thd);
@@ -1463,6 +1515,27 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
       P.rel_emb = a.rel_emb->contiguous();
       if (a.q_rel.has_value()) P.q_rel = gemm_ready(*a.q_rel, cfg.thd);
       break;
+    case PositionFamily::ForgettingGate: {
+      const auto l = a.log_fgate->contiguous();
+      cuda::ScanRows& R = P.fgate_rows;
+      if (cfg.thd) {  // (Tk, H): rows (sequence, head) restart at cu_seqlens_k
+        R.rows = hg.g.n_seq * hg.g.heads;
+        R.heads = hg.g.heads;
+        R.total = hg.g.total_k;
+        R.cu = hg.g.cu_k;
+      } else {  // (B, H, Lk)
+        R.rows = l.size(0) * l.size(1);
+        R.len = l.size(2);
+      }
+      // Zeros: packed rows outside every sequence are never written.
+      P.fc = at::zeros(l.sizes(), l.options().dtype(at::kDouble));
+      const auto stream = c10::cuda::getCurrentCUDAStream();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "fgate_prefix_cuda", [&] {
+        cuda::fgate_scan(l.const_data_ptr<scalar_t>(), P.fc.mutable_data_ptr<double>(), R, false,
+                         stream);
+      });
+      break;
+    }
     default:
       break;
   }
@@ -1491,6 +1564,7 @@ Call<scalar_t, acc_t> make_call(const HostGeo& hg, const AttentionConfig& cfg, c
   if (P.p2.defined()) T.p2 = P.p2.const_data_ptr<acc_t>();
   if (P.r1d.defined()) T.r1d = P.r1d.const_data_ptr<double>();
   if (P.r2d.defined()) T.r2d = P.r2d.const_data_ptr<double>();
+  if (P.fc.defined()) T.fc = P.fc.const_data_ptr<double>();
   if (cfg.family == PositionFamily::T5) {
     T.num_buckets = P.p1.size(0);
     T.max_distance = cfg.max_distance;
@@ -1570,14 +1644,14 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q_in, const at:
   }
   const Geo& g = hg.g;
   if (lse.numel() == 0 || g.n_seq == 0 || g.lq == 0 || g.heads == 0) return {out, lse};
-  const Prepared P = prepare(q_in, k_in, v_in, a, cfg, false);
+  const Prepared P = prepare(q_in, k_in, v_in, a, cfg, hg, false);
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, P.q.scalar_type(), "relative_attention_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const auto C = make_call<scalar_t, acc_t>(hg, cfg, P);
     if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
-      if (cfg.family != PositionFamily::RelScores) {
+      if (cfg.family != PositionFamily::RelScores && cfg.family != PositionFamily::ForgettingGate) {
         auto layout = [&](int b) { return fwd_mma_smem(b, g.dim, g.v_dim, C.t.toeplitz()); };
         const int tile = std::max(16, choose_tile(layout, std::max(g.lq, g.lk), kOp, g.dim, g.v_dim));
         const FwdMmaSmem L = layout(tile);
@@ -1630,7 +1704,7 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
   auto grad_k = at::zeros(k_in.sizes(), k_in.options());
   auto grad_v = at::zeros(v_in.sizes(), v_in.options());
   at::Tensor g_slopes = empty, g_table = empty, g_r1 = empty, g_r2 = empty, g_rel = empty,
-             g_q_rel = empty;
+             g_q_rel = empty, g_fgate = empty;
   auto zeros_like_param = [](const detail::OptTensor& t) {
     return at::zeros(t->sizes(), t->options());
   };
@@ -1645,18 +1719,19 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
       g_rel = zeros_like_param(a.rel_emb);
       if (a.q_rel.has_value()) g_q_rel = at::zeros(q_in.sizes(), q_in.options());
       break;
+    case PositionFamily::ForgettingGate: g_fgate = zeros_like_param(a.log_fgate); break;
     default: break;
   }
   auto result = [&] {
     return detail::RelativeAttentionGrads{grad_q, grad_k, grad_v, g_slopes, g_table,
-                                          g_r1,   g_r2,   g_rel,  g_q_rel};
+                                          g_r1,   g_r2,   g_rel,  g_q_rel, g_fgate};
   };
   const Geo& g = hg.g;
   // No (query, key) pair: every gradient is zero.
   if (lse_in.numel() == 0 || k_in.size(cfg.thd ? 0 : 2) == 0) return result();
   if (g.n_seq == 0 || g.lq == 0 || g.lk == 0 || g.heads == 0) return result();
 
-  const Prepared P = prepare(q_in, k_in, v_in, a, cfg, true);
+  const Prepared P = prepare(q_in, k_in, v_in, a, cfg, hg, true);
   const auto acc_type = detail::attention_acc_type(P.q.scalar_type());
   const auto out = out_in.contiguous();
   const auto dout = grad_out_in.to(P.q.scalar_type()).contiguous();
@@ -1668,6 +1743,12 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
   const bool toep = cfg.family == PositionFamily::ALiBi || cfg.family == PositionFamily::T5 ||
                     cfg.family == PositionFamily::KERPLE;
   const bool rel = cfg.family == PositionFamily::RelScores;
+  const bool fg = cfg.family == PositionFamily::ForgettingGate;
+  at::Tensor frow, fcol;
+  if (fg) {
+    frow = at::zeros(P.fc.sizes(), f64);
+    fcol = at::zeros(P.fc.sizes(), f64);
+  }
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, P.q.scalar_type(), "relative_attention_backward_cuda", [&] {
@@ -1687,6 +1768,10 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
     G.dv = grad_v.mutable_data_ptr<scalar_t>();
     G.dk_rows = rows_of(grad_k, cfg.thd);
     G.dv_rows = rows_of(grad_v, cfg.thd);
+    if (fg) {
+      G.frow = frow.mutable_data_ptr<double>();
+      G.fcol = fcol.mutable_data_ptr<double>();
+    }
 
     // 1. Dp
     {
@@ -1761,6 +1846,15 @@ detail::RelativeAttentionGrads run_backward(const at::Tensor& grad_out_in,
       } else {
         g_table = red.to(a.table->scalar_type()).contiguous();  // (num_buckets, H)
       }
+    }
+
+    // Forgetting gate: d log_fgate = reverse prefix sums of rows - cols.
+    if (fg) {
+      const auto dc = frow - fcol;  // elementwise: deterministic
+      auto acc = at::zeros(dc.sizes(), f64);
+      cuda::fgate_scan(dc.const_data_ptr<double>(), acc.mutable_data_ptr<double>(), P.fgate_rows,
+                       true, stream);
+      g_fgate = acc.to(a.log_fgate->scalar_type());
     }
 
     // 4. grad_rel_emb

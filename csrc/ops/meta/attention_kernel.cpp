@@ -16,11 +16,12 @@ std::tuple<at::Tensor, at::Tensor> relative_attention_meta(
     std::optional<bool> bidirectional, std::optional<int64_t> max_distance,
     std::optional<c10::string_view> kerple_kind, c10::string_view layout,
     const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k,
-    std::optional<c10::SymInt> max_seqlen_q, std::optional<c10::SymInt> max_seqlen_k) {
+    std::optional<c10::SymInt> max_seqlen_q, std::optional<c10::SymInt> max_seqlen_k,
+    const OptTensor& log_fgate) {
   const auto a = detail::make_attention_args<c10::SymInt>(
       slopes, table, r1, r2, rel_emb, q_rel, causal, key_padding_mask, scale, std::move(q_offset),
       std::move(k_offset), bidirectional, max_distance, kerple_kind, layout, cu_seqlens_q,
-      cu_seqlens_k, std::move(max_seqlen_q), std::move(max_seqlen_k));
+      cu_seqlens_k, std::move(max_seqlen_q), std::move(max_seqlen_k), log_fgate);
   const auto cfg = detail::check_relative_attention(detail::kAttentionOp, q, k, v, a);
   return {at::empty_symint(detail::attention_out_sizes(q, v), q.options()),
           at::empty_symint(detail::attention_lse_sizes(q, cfg.thd),
@@ -36,11 +37,12 @@ detail::RelativeAttentionGrads relative_attention_backward_meta(
     c10::SymInt k_offset, std::optional<bool> bidirectional, std::optional<int64_t> max_distance,
     std::optional<c10::string_view> kerple_kind, c10::string_view layout,
     const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k,
-    std::optional<c10::SymInt> max_seqlen_q, std::optional<c10::SymInt> max_seqlen_k) {
+    std::optional<c10::SymInt> max_seqlen_q, std::optional<c10::SymInt> max_seqlen_k,
+    const OptTensor& log_fgate) {
   const auto a = detail::make_attention_args<c10::SymInt>(
       slopes, table, r1, r2, rel_emb, q_rel, causal, key_padding_mask, scale, std::move(q_offset),
       std::move(k_offset), bidirectional, max_distance, kerple_kind, layout, cu_seqlens_q,
-      cu_seqlens_k, std::move(max_seqlen_q), std::move(max_seqlen_k));
+      cu_seqlens_k, std::move(max_seqlen_q), std::move(max_seqlen_k), log_fgate);
   const auto cfg = detail::check_relative_attention(detail::kAttentionBackwardOp, q, k, v, a);
   detail::check_relative_attention_backward(detail::kAttentionBackwardOp, grad_out, grad_lse, q,
                                             v, out, lse, cfg.thd);
@@ -56,7 +58,8 @@ detail::RelativeAttentionGrads relative_attention_backward_meta(
           cfg.family == F::KERPLE ? like(r2) : none,
           cfg.family == F::RelScores ? like(rel_emb) : none,
           cfg.family == F::RelScores && q_rel.has_value() ? at::empty_symint(q.sym_sizes(), q.options())
-                                                          : none};
+                                                          : none,
+          cfg.family == F::ForgettingGate ? like(log_fgate) : none};
 }
 
 }  // namespace
