@@ -188,10 +188,23 @@ def xpos_scale(
 # RopeConfig fields -> the op's argument types. Numbers given as strings (a config.json edited
 # by hand) are accepted as float() reads them; anything else gets the op's message format
 # naming the field, instead of a bare TypeError from float() or the schema.
+def _value_repr(value: object, depth: int = 0) -> str:
+    """repr() of a config value, with lists and dicts nested deeper than 32 levels written as
+    "..." (the C++ reader's rule): a hostile config.json cannot make the message itself fail
+    (repr raises RecursionError past Python's recursion limit)."""
+    if depth > 32:
+        return "..."
+    if isinstance(value, list):
+        return "[" + ", ".join(_value_repr(v, depth + 1) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_value_repr(v, depth + 1)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def _type_error(name: str, expected: str, value: object) -> RuntimeError:
     return RuntimeError(
         f"posenc.rope_scaling_inv_freq: argument '{name}' must be {expected}, but got "
-        f"{type(value).__name__} {value!r}"
+        f"{type(value).__name__} {_value_repr(value)}"
     )
 
 
