@@ -112,7 +112,7 @@ def rope_scaling_inv_freq(
 
     Raises ``RuntimeError`` ("posenc.rope_scaling_inv_freq: argument '<field>' <expected>, but
     got <given>") for an unknown ``rope_type`` (listing the supported ones), a field the type
-    needs that is missing, or an out-of-range value: ``head_dim <= 0``;
+    needs that is missing, or an out-of-range value: ``head_dim <= 0`` or ``> 2**20``;
     ``partial_rotary_factor`` outside (0, 1] or leaving ``d < 2`` (``d <= 2`` for ntk/dynamic,
     odd ``d`` for yarn); ``rope_theta <= 1``; ``factor``, ``attention_factor``,
     ``low_freq_factor``, ``high_freq_factor``, ``xpos_gamma``, ``xpos_scale_base`` not finite

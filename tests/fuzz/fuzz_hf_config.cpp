@@ -215,7 +215,7 @@ struct Mutator {
   std::string number_text() { return rng.pick(kNumberTexts); }
 
   std::string deep_text() {
-    static const std::vector<size_t> depths = {10, 33, 100, 1000, 5000, 20000, 100000, 300000};
+    static const std::vector<size_t> depths = {10, 33, 100, 127, 128, 129, 1000, 5000, 100000, 1000000, 3000000};
     const size_t d = depths[rng.below(depths.size())];
     const int kind = static_cast<int>(rng.below(3));
     std::string open, close;

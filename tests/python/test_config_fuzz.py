@@ -229,3 +229,36 @@ def test_corpus_configs_read(name):
     cc, cc_err = _read(lambda: rope_config_from_json(json.dumps(cfg), layer_type))
     assert cc_err is None, cc_err
     assert dataclasses.asdict(cc) == dataclasses.asdict(py)
+
+
+# ---- regressions found by the tests above (and by tests/fuzz on the C++ side) ---------------
+
+
+@pytest.mark.parametrize("hidden", ["4096", [4096], {"v": 4096}, True])
+def test_non_number_hidden_size_is_named(hidden):
+    """hidden_size // num_attention_heads raised a bare TypeError for a string or list."""
+    cfg = {"hidden_size": hidden, "num_attention_heads": 32}
+    with pytest.raises(ValueError, match=r"^posenc\.hf\.rope_from_config: 'hidden_size' must be a number, but got "):
+        rope_from_config(cfg)
+    with pytest.raises(ValueError, match=r"'num_attention_heads' must be a number, but got '32'"):
+        rope_from_config({"hidden_size": 4096, "num_attention_heads": "32"})
+    # the C++ reader names the same field
+    with pytest.raises(ValueError, match=r"'hidden_size' must be a number"):
+        rope_config_from_json(json.dumps(cfg))
+
+
+def test_deeply_nested_values_in_messages():
+    """A value nested past Python's recursion limit made the error message's repr() raise
+    RecursionError; it is now printed with "..." below 32 levels."""
+    deep = _Deep(5000, "dict").build()
+    with pytest.raises(ValueError, match=r"rope_type must be a string, but got \{'rope_type': .*\.\.\."):
+        rope_from_config({"head_dim": 64, "rope_scaling": {"rope_type": deep}})
+    with pytest.raises(RuntimeError, match=r"argument 'factor' must be a number, but got list \[\[\[.*\.\.\."):
+        rope_from_config({"head_dim": 64, "rope_scaling": {"rope_type": "linear", "factor": _Deep(5000, "list").build()}})
+
+
+def test_huge_head_dim_is_refused_by_name():
+    """head_dim 2**40 asked the allocator for a 2**39-entry table (C++ fuzz finding)."""
+    with pytest.raises(RuntimeError, match=r"argument 'head_dim' must be <= 1048576 \(2\^20\), but got 1099511627776"):
+        rope_from_config({"head_dim": 2**40})
+    assert rope_from_config({"head_dim": 2**20}).num_frequencies == 2**19
