@@ -7,7 +7,9 @@
 #   bash scripts/valgrind.sh            # the default reduced set (see DEFAULT_FILTER)
 #   bash scripts/valgrind.sh --full     # every test (slow: see README "Sanitizers and valgrind")
 #   bash scripts/valgrind.sh --filter 'RopeScaling*:HfConfig*'
-# Environment: POSENC_BUILD_DIR (default build/cmake; built first if needed).
+#   bash scripts/valgrind.sh --no-build     # use the binary as it is (e.g. another checkout's)
+# Environment: POSENC_BUILD_DIR (default build/cmake; rebuilt first unless --no-build),
+# POSENC_VALGRIND_LOG (default $POSENC_BUILD_DIR/valgrind.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-true}
@@ -16,16 +18,20 @@ if [ -f .venv/bin/activate ]; then
   source .venv/bin/activate
 fi
 
-# Under valgrind a test runs 20-50x slower; the default set covers every op family's CPU
-# kernels, the modules and the config reader, leaving out the large-shape and thread-pool
-# tests (fused attention at length, determinism sweeps) that dominate the full run.
-DEFAULT_FILTER='HfConfig*:HfConfigFuzzRegression*:RopeScaling*:Alibi*:Kerple*:T5*:Sinusoidal*:Rope*:RelPos*:BadInputs*:Modules*:-*Large*:*Huge*:*Thread*:*Cuda*:*CUDA*'
+# Under valgrind the process start alone (loading torch's CPU and CUDA libraries) takes minutes
+# and a test runs 20-50x slower. The default set is the config reader and RoPE scaling (the
+# code that reads untrusted input); every test's parameter registration runs in any case.
+# Measured on the 2-core dev machine under load: this set 556 s (24 tests, 23 s of them test
+# time); --full was not measured there (see README).
+DEFAULT_FILTER='HfConfig*:HfConfigFuzzRegression*:RopeScaling*'
 FILTER=$DEFAULT_FILTER
+BUILD=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --full) FILTER='-*Cuda*:*CUDA*' ;;
     --filter) FILTER=$2; shift ;;
-    *) echo "usage: $0 [--full | --filter GTEST_FILTER]" >&2; exit 2 ;;
+    --no-build) BUILD=0 ;;
+    *) echo "usage: $0 [--full | --filter GTEST_FILTER] [--no-build]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -38,13 +44,15 @@ if ! command -v valgrind >/dev/null; then
 fi
 
 BUILD_DIR=${POSENC_BUILD_DIR:-build/cmake}
-if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
-  echo "valgrind.sh: $BUILD_DIR is not configured; run scripts/setup.sh (or set POSENC_BUILD_DIR)" >&2
-  exit 1
+if [ "$BUILD" = 1 ]; then
+  if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
+    echo "valgrind.sh: $BUILD_DIR is not configured; run scripts/setup.sh (or set POSENC_BUILD_DIR)" >&2
+    exit 1
+  fi
+  cmake --build "$BUILD_DIR" --parallel "${MAX_JOBS:-$(nproc)}" --target posenc_tests
 fi
-cmake --build "$BUILD_DIR" --parallel "${MAX_JOBS:-$(nproc)}" --target posenc_tests
 
-LOG=$BUILD_DIR/valgrind.log
+LOG=${POSENC_VALGRIND_LOG:-$BUILD_DIR/valgrind.log}
 echo "== valgrind memcheck: $BUILD_DIR/posenc_tests --gtest_filter='$FILTER' (log: $LOG)"
 START=$(date +%s)
 # One OpenMP/ATen thread: the same code paths, far less time under valgrind's serialised
