@@ -532,9 +532,9 @@ class Reader {
 };
 
 // Deepest nesting of [ and { outside strings. nlohmann parses any depth without recursion,
-// but copying, comparing and printing a tree recurse once per level, so a hostile config of
-// ~100k nested arrays overflowed the stack in the reader (found by tests/fuzz). A config.json
-// nests 3 or 4 levels.
+// but copying, comparing and printing a tree recurse once per level: a config of a million
+// nested arrays overflowed the stack in the copy of the RoPE dict (found by tests/fuzz). A
+// config.json nests 3 or 4 levels.
 constexpr int64_t kMaxDepth = 128;
 
 int64_t nesting_depth(const std::string& text) {

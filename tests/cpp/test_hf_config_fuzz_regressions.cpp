@@ -24,9 +24,9 @@ std::string nested(size_t depth, const std::string& open, const std::string& clo
 }
 
 // A million nested arrays or objects (2 MB of text) in a config: nlohmann parses any depth
-// without recursion, but the reader then copies, prints and frees the tree recursively: the
-// process died of a stack overflow (SIGSEGV, 8 MB stack; also through
-// posenc.hf.rope_config_from_json in Python). Now refused before parsing, by name.
+// without recursion, but the reader then copied the RoPE dict, and basic_json's copy
+// constructor recurses once per level: ASan stack-overflow; SIGSEGV with an 8 MB stack, also
+// through posenc.hf.rope_config_from_json in Python. Now refused before parsing, by name.
 TEST(HfConfigFuzzRegression, DeepNestingIsRefusedNotAStackOverflow) {
   const std::string deep_array = nested(1000000, "[", "]");
   expect_error<c10::ValueError>(
