@@ -531,8 +531,39 @@ class Reader {
   const Json& config_;
 };
 
+// Deepest nesting of [ and { outside strings. nlohmann parses any depth without recursion,
+// but copying, comparing and printing a tree recurse once per level: a config of a million
+// nested arrays overflowed the stack in the copy of the RoPE dict (found by tests/fuzz). A
+// config.json nests 3 or 4 levels.
+constexpr int64_t kMaxDepth = 128;
+
+int64_t nesting_depth(const std::string& text) {
+  int64_t depth = 0, deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;  // the escaped character
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if (c == ']' || c == '}') {
+      --depth;  // unbalanced text is the parser's to report
+    }
+  }
+  return deepest;
+}
+
 RopeScalingConfig from_text(const std::string& text, const std::optional<std::string>& layer_type,
                             const std::string& fn, const std::string& source) {
+  const int64_t depth = nesting_depth(text);
+  TORCH_CHECK_VALUE(depth <= kMaxDepth, fn, ": ", source, " nests JSON arrays/objects ", depth,
+                    " levels deep; at most ", kMaxDepth, " are read (a config.json nests 3 or 4)");
   Json config;
   try {
     config = Json::parse(text);

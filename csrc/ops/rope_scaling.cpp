@@ -74,8 +74,12 @@ RopeType parse_rope_type(const std::string& name) {
 }
 
 int64_t RopeScalingConfig::rotary_dim() const {
-  // int(head_dim * partial_rotary_factor) in Python: a double product, truncated.
-  return static_cast<int64_t>(static_cast<double>(head_dim) * partial_rotary_factor);
+  // int(head_dim * partial_rotary_factor) in Python: a double product, truncated. A product
+  // that is not finite or leaves int64 (validate() refuses such fields) gives 0: the cast
+  // would be undefined behaviour.
+  const double d = static_cast<double>(head_dim) * partial_rotary_factor;
+  if (!(std::fabs(d) < 9.2e18)) return 0;
+  return static_cast<int64_t>(d);
 }
 
 int64_t RopeScalingConfig::num_frequencies() const { return (rotary_dim() + 1) / 2; }

@@ -103,9 +103,18 @@ inline void check_scale_list(const char* arg, const std::vector<double>& v, int6
   }
 }
 
+// Largest head_dim accepted: 2^20, far above any model's (<= 512), and small enough that the
+// (ceil(d/2),) tables and their temporaries stay a few MB. Without a bound a config.json
+// claiming head_dim 2^40 asked the allocator for terabytes (an allocator error, or an
+// overcommitted allocation that kills the process), and one near 2^63 overflowed the
+// double -> int64 cast of rotary_dim() (found by tests/fuzz).
+constexpr int64_t kMaxRopeHeadDim = int64_t{1} << 20;
+
 inline void check_rope_scaling_config(const RopeScalingConfig& c) {
   const RopeType t = c.type;
   POSENC_CHECK_ARG(c.head_dim > 0, kRopeScalingOp, "head_dim", "must be > 0", c.head_dim);
+  POSENC_CHECK_ARG(c.head_dim <= kMaxRopeHeadDim, kRopeScalingOp, "head_dim",
+                   c10::str("must be <= ", kMaxRopeHeadDim, " (2^20)"), c.head_dim);
   POSENC_CHECK_ARG(std::isfinite(c.partial_rotary_factor) && c.partial_rotary_factor > 0.0 &&
                        c.partial_rotary_factor <= 1.0,
                    kRopeScalingOp, "partial_rotary_factor", "must be in (0, 1]",

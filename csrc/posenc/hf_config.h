@@ -46,7 +46,8 @@ namespace posenc {
 ///
 /// Errors (messages "posenc.rope_config_from_json: ...", the same text after the prefix as
 /// posenc.hf.rope_from_config's, values written as Python writes them):
-///  * c10::ValueError (ValueError in Python): text that is not JSON or not a JSON object; an
+///  * c10::ValueError (ValueError in Python): text that is not JSON or not a JSON object, or
+///    that nests arrays/objects more than 128 levels deep (a config.json nests 3 or 4); an
 ///    unknown rope_type ("rope_type must be one of 'default', 'linear', ..., but got 'Yarn'
 ///    (did you mean 'yarn'?)": misspelled names, other case, and transformers types posenc
 ///    does not implement are never treated as "default"); a rope_type that is not a string; a

@@ -103,7 +103,7 @@ struct RopeScalingConfig {
   RopeType type = RopeType::Default;
   /// Base of the frequencies ("rope_theta"); finite and > 1.
   double rope_theta = 10000.0;
-  /// Attention head dimension (> 0); transformers' default is hidden_size / num_heads.
+  /// Attention head dimension, in [1, 2^20]; transformers' default is hidden_size / num_heads.
   int64_t head_dim = 0;
   /// Rotary fraction of head_dim, in (0, 1]: the rotary dimension is
   /// d = int(head_dim * partial_rotary_factor) (truncated, as transformers does) and >= 2.

@@ -55,6 +55,7 @@ stricter about JSON types (a number given as a string is an error there).
 import copy
 import difflib
 import inspect
+import numbers
 import os
 import sys
 import threading
@@ -66,7 +67,7 @@ from torch import Tensor, nn
 
 from . import _C, ops
 from .nn import _same_but_heads
-from .rope_config import ROPE_TYPES, RopeConfig, _float, _type_error
+from .rope_config import ROPE_TYPES, RopeConfig, _float, _type_error, _value_repr
 
 __all__ = [
     "rope_from_config",
@@ -126,7 +127,7 @@ def _rope_dict(config: Any, layer_type: Optional[str]) -> Dict[str, Any]:
     if not isinstance(params, Mapping):
         raise ValueError(
             f"posenc.hf.rope_from_config: 'rope_scaling'/'rope_parameters' must be a dict, "
-            f"but got {type(params).__name__}: {params!r}"
+            f"but got {type(params).__name__}: {_value_repr(params)}"
         )
     nested = bool(params) and all(
         isinstance(v, Mapping) or v is None for v in params.values()
@@ -155,7 +156,7 @@ def _rope_type(params: Mapping[str, Any], config: Any) -> str:
     name = params.get("rope_type") or params.get("type") or "default"
     if not isinstance(name, str):
         raise ValueError(
-            f"posenc.hf.rope_from_config: rope_type must be a string, but got {name!r}"
+            f"posenc.hf.rope_from_config: rope_type must be a string, but got {_value_repr(name)}"
         )
     model_type = _get(config, "model_type")
     if name == "su" or (model_type == "phi3" and name == "yarn"):
@@ -170,6 +171,23 @@ def _rope_type(params: Mapping[str, Any], config: Any) -> str:
             f"but got {name!r}{hint}"
         )
     return name
+
+
+def _head_dim_ratio(hidden: Any, heads: Any) -> Any:
+    """hidden_size // num_attention_heads, with a ValueError naming the field (as the C++
+    reader's) for a value that is not a number, instead of Python's bare TypeError."""
+    for name, value in (("hidden_size", hidden), ("num_attention_heads", heads)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(
+                f"posenc.hf.rope_from_config: '{name}' must be a number, but got {_value_repr(value)}"
+            )
+    try:
+        return hidden // heads
+    except OverflowError:  # an int beyond float range // a float
+        raise ValueError(
+            "posenc.hf.rope_from_config: 'head_dim' must be an integer within int64, but got "
+            f"hidden_size // num_attention_heads = {hidden!r} // {heads!r}"
+        ) from None
 
 
 def _head_dim_int(value: Any) -> int:
@@ -215,10 +233,10 @@ def rope_from_config(config: Any, layer_type: Optional[str] = None) -> RopeConfi
         if not hidden or not heads:
             raise ValueError(
                 "posenc.hf.rope_from_config: the config needs head_dim or hidden_size and "
-                f"num_attention_heads, but got head_dim={head_dim!r}, hidden_size={hidden!r}, "
-                f"num_attention_heads={heads!r}"
+                f"num_attention_heads, but got head_dim={_value_repr(head_dim)}, "
+                f"hidden_size={_value_repr(hidden)}, num_attention_heads={_value_repr(heads)}"
             )
-        head_dim = hidden // heads
+        head_dim = _head_dim_ratio(hidden, heads)
 
     rope_theta = params.get("rope_theta")
     if rope_theta is None:

@@ -112,7 +112,7 @@ def rope_scaling_inv_freq(
 
     Raises ``RuntimeError`` ("posenc.rope_scaling_inv_freq: argument '<field>' <expected>, but
     got <given>") for an unknown ``rope_type`` (listing the supported ones), a field the type
-    needs that is missing, or an out-of-range value: ``head_dim <= 0``;
+    needs that is missing, or an out-of-range value: ``head_dim <= 0`` or ``> 2**20``;
     ``partial_rotary_factor`` outside (0, 1] or leaving ``d < 2`` (``d <= 2`` for ntk/dynamic,
     odd ``d`` for yarn); ``rope_theta <= 1``; ``factor``, ``attention_factor``,
     ``low_freq_factor``, ``high_freq_factor``, ``xpos_gamma``, ``xpos_scale_base`` not finite
@@ -188,10 +188,23 @@ def xpos_scale(
 # RopeConfig fields -> the op's argument types. Numbers given as strings (a config.json edited
 # by hand) are accepted as float() reads them; anything else gets the op's message format
 # naming the field, instead of a bare TypeError from float() or the schema.
+def _value_repr(value: object, depth: int = 0) -> str:
+    """repr() of a config value, with lists and dicts nested deeper than 32 levels written as
+    "..." (the C++ reader's rule): a hostile config.json cannot make the message itself fail
+    (repr raises RecursionError past Python's recursion limit)."""
+    if depth > 32:
+        return "..."
+    if isinstance(value, list):
+        return "[" + ", ".join(_value_repr(v, depth + 1) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_value_repr(v, depth + 1)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def _type_error(name: str, expected: str, value: object) -> RuntimeError:
     return RuntimeError(
         f"posenc.rope_scaling_inv_freq: argument '{name}' must be {expected}, but got "
-        f"{type(value).__name__} {value!r}"
+        f"{type(value).__name__} {_value_repr(value)}"
     )
 
 

@@ -56,6 +56,13 @@ struct BiasCase {
   bool causal;
 };
 
+// Without a PrintTo, gtest prints a parameter as its raw bytes, padding after `causal`
+// included: valgrind reported those uninitialised reads (scripts/valgrind.sh).
+static void PrintTo(const BiasCase& c, std::ostream* os) {
+  *os << "heads " << c.heads << ", q_len " << c.q_len << ", k_len " << c.k_len << ", q_offset "
+      << c.q_offset << ", k_offset " << c.k_offset << (c.causal ? ", causal" : "");
+}
+
 class AlibiBias : public ::testing::TestWithParam<BiasCase> {};
 
 TEST_P(AlibiBias, ForwardMatchesReference) {
