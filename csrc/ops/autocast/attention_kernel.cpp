@@ -29,7 +29,8 @@ std::tuple<at::Tensor, at::Tensor> relative_attention_autocast(
     std::optional<bool> bidirectional, std::optional<int64_t> max_distance,
     std::optional<c10::string_view> kerple_kind, c10::string_view layout,
     const OptTensor& cu_seqlens_q, const OptTensor& cu_seqlens_k,
-    std::optional<c10::SymInt> max_seqlen_q, std::optional<c10::SymInt> max_seqlen_k) {
+    std::optional<c10::SymInt> max_seqlen_q, std::optional<c10::SymInt> max_seqlen_k,
+    const OptTensor& log_fgate) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(kDevice));
   const at::ScalarType dt = at::autocast::get_autocast_dtype(kDevice);
@@ -39,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor> relative_attention_autocast(
       slopes, table, r1, r2, cached_cast(dt, rel_emb, kDevice), cached_cast(dt, q_rel, kDevice),
       causal, key_padding_mask, scale, std::move(q_offset), std::move(k_offset), bidirectional,
       max_distance, kerple_kind, layout, cu_seqlens_q, cu_seqlens_k, std::move(max_seqlen_q),
-      std::move(max_seqlen_k));
+      std::move(max_seqlen_k), log_fgate);  // the gates, a position parameter, as they are
 }
 
 // q · R[dist(i, j)]: a product of activations (q) with an embedding table, as matmul.
