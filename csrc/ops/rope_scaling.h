@@ -5,6 +5,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -100,6 +101,15 @@ inline void check_scale_list(const char* arg, const std::vector<double>& v, int6
   for (size_t i = 0; i < v.size(); ++i) {
     POSENC_CHECK_ARG(std::isfinite(v[i]) && v[i] > 0.0, kRopeScalingOp, arg,
                      c10::str("must hold finite values > 0 ", for_type(t)), v[i], " at index ", i);
+    // The factors are used as float32 (as transformers does): 1e308 passed the check above and
+    // then failed the float conversion with c10's generic overflow error (found by tests/fuzz).
+    POSENC_CHECK_ARG(v[i] <= std::numeric_limits<float>::max() &&
+                         v[i] >= std::numeric_limits<float>::min(),
+                     kRopeScalingOp, arg,
+                     c10::str("must hold values in float32's normal range [",
+                              std::numeric_limits<float>::min(), ", ",
+                              std::numeric_limits<float>::max(), "] ", for_type(t)),
+                     v[i], " at index ", i);
   }
 }
 

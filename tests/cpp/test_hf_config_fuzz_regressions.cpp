@@ -83,3 +83,27 @@ TEST(HfConfigFuzzRegression, RotaryDimOfOutOfRangeFieldsIsDefined) {
 }
 
 }  // namespace
+
+namespace {
+
+// A LongRoPE factor of 1.7976931348623157e308 (fuzz seed 1, input 57954: the Phi-3 corpus
+// config with short_factor[29] replaced) passed validate() as finite, then
+// compute_rope_parameters failed converting it to float32 with c10's generic "cannot be
+// converted to type float without overflow". Refused by name now, as is a subnormal factor.
+TEST(HfConfigFuzzRegression, LongRopeFactorPastFloat32IsRefusedByName) {
+  auto config = [](const std::string& bad) {
+    std::string s = R"({"head_dim": 8, "max_position_embeddings": 4096, "rope_scaling": {)"
+                    R"("type": "longrope", "original_max_position_embeddings": 1024, )"
+                    R"("short_factor": [1.0, 1.0, )" + bad + R"(, 1.0], )"
+                    R"("long_factor": [2.0, 2.0, 2.0, 2.0]}})";
+    return posenc::compute_rope_parameters(rope_config_from_json(s));
+  };
+  expect_error([&] { config("1.7976931348623157e308"); },
+               {"argument 'short_factor' must hold values in float32's normal range",
+                "but got 1.79769e+308 at index 2"});
+  expect_error([&] { config("1e-40"); },
+               {"argument 'short_factor' must hold values in float32's normal range"});
+  EXPECT_EQ(config("3.0e38").inv_freq.numel(), 4);  // the largest float32s still compute
+}
+
+}  // namespace
