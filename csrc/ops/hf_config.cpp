@@ -561,9 +561,6 @@ int64_t nesting_depth(const std::string& text) {
 
 RopeScalingConfig from_text(const std::string& text, const std::optional<std::string>& layer_type,
                             const std::string& fn, const std::string& source) {
-  const int64_t depth = nesting_depth(text);
-  TORCH_CHECK_VALUE(depth <= kMaxDepth, fn, ": ", source, " nests JSON arrays/objects ", depth,
-                    " levels deep; at most ", kMaxDepth, " are read (a config.json nests 3 or 4)");
   Json config;
   try {
     config = Json::parse(text);
@@ -576,6 +573,11 @@ RopeScalingConfig from_text(const std::string& text, const std::optional<std::st
     }
     TORCH_CHECK_VALUE(false, fn, ": ", source, " is not valid JSON: ", what);
   }
+  // After the parse (nlohmann's parser and destructor do not recurse, so invalid text still
+  // reads "not valid JSON"), before the Reader copies the dict (its copy recurses per level).
+  const int64_t depth = nesting_depth(text);
+  TORCH_CHECK_VALUE(depth <= kMaxDepth, fn, ": ", source, " nests JSON arrays/objects ", depth,
+                    " levels deep; at most ", kMaxDepth, " are read (a config.json nests 3 or 4)");
   if (!config.is_object()) {
     std::string r = repr(config);
     if (r.size() > 80) r = r.substr(0, 77) + "...";
