@@ -78,7 +78,7 @@ def package(model, tmp_path_factory):
     ep = torch.export.export(model, _inputs(LENGTHS[0]), dynamic_shapes=({2: L}, {2: L}, {2: L}))
     # the posenc ops must stay ops in the graph Inductor compiles
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-    assert {"posenc.rope.default", "posenc.alibi_bias.default", "posenc.relative_attention.default"} <= targets, targets
+    assert {"posenc.rope_qk.default", "posenc.alibi_bias.default", "posenc.relative_attention.default"} <= targets, targets
     out = torch._inductor.aoti_compile_and_package(ep, package_path=str(path))
     assert Path(out) == path and path.is_file()
     return path

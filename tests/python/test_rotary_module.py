@@ -475,7 +475,7 @@ def test_forward_errors(impl):
         with pytest.raises(err, match=r"posenc.RotaryEmbedding: argument 'seq_len' must be >= 0 \(or None\), but got -1"):
             m(x4, x4, seq_len=-1)
     # The op's own checks still apply (positions with "thd").
-    with pytest.raises(err, match=r"posenc.rope: argument 'positions'"):
+    with pytest.raises(err, match=r"posenc.rope_qk: argument 'positions'"):
         thd[0](x3, x3, torch.arange(5), cu_seqlens=torch.tensor([0, 5]))
     m = make(impl, 8, scaling=RopeConfig(head_dim=8, rope_type="dynamic", factor=2.0, max_position_embeddings=4))
     with pytest.raises(RuntimeError, match=r"argument 'seq_len' must be >= 0"):
