@@ -75,11 +75,11 @@ void add_four_rows_widened(const in_t* __restrict g0, const in_t* __restrict g1,
   }
 }
 
-// Columns per pass: the fp64 sums a pass touches (kColumnTile + rows doubles, ~9 KiB) stay in
+// Columns per pass: the fp64 sums a pass touches (kColumnTile + rows doubles, ~17 KiB) stay in
 // L1 beside the four streamed rows; a whole 4096-wide row of sums (33 KiB) would not, and the
 // pass then runs at L2 speed (1.5x slower at L = 4096). Fixed, so the summation order depends
 // on k_len only.
-constexpr int64_t kColumnTile = 1024;
+constexpr int64_t kColumnTile = 2048;
 
 template <typename in_t>
 void diagonal_sums_widened(const in_t* g, int64_t rows, int64_t k_len, int64_t row_stride,
